@@ -1,0 +1,341 @@
+//! The dataset specification: one YAML document per dataset, the Rust twin of a `dataset_crons` row.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// What to extract, how, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Stable identifier; becomes the folder under `raw/`. Letters, digits, `-` and `_`.
+    pub id: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Cron expression for `timed_pull` datasets (used by the scheduler).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Secret id of the connection credentials (database and API sources).
+    #[serde(default, rename = "connection_id", alias = "connectionId")]
+    pub connection_id: Option<String>,
+    /// What to do when the source grows a column the previous runs did not have.
+    #[serde(default, alias = "IgnoreColumns")]
+    pub new_columns: NewColumnPolicy,
+    /// Columns whose values identify a row; used for duplicate detection and the delta cursor tie-break.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Column holding the row's change time; the delta cursor's first component.
+    #[serde(default)]
+    pub timestamp_column: Option<String>,
+    /// Explicit column types that win over inference, e.g. `amount: decimal(12,2)`.
+    #[serde(default)]
+    pub schema: BTreeMap<String, String>,
+    #[serde(default)]
+    pub on_malformed_row: MalformedRowPolicy,
+    /// A run that reads no data rows is refused unless this is set.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub format: FileFormat,
+    /// A local path (relative to the spec file), an `s3://bucket/key` object or an `https://` URL.
+    pub location: String,
+    #[serde(default)]
+    pub csv: CsvOptions,
+    #[serde(default)]
+    pub json: JsonOptions,
+    #[serde(default)]
+    pub excel: ExcelOptions,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Csv,
+    Json,
+    Excel,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsvOptions {
+    pub delimiter: char,
+    pub quote: char,
+    /// Escape character inside quoted fields; `None` means quotes are escaped by doubling them.
+    pub escape: Option<char>,
+    pub has_header: bool,
+    pub encoding: Encoding,
+    /// Field values read as null (besides the empty string).
+    pub null_values: Vec<String>,
+    /// Rows sampled for type inference.
+    pub infer_rows: usize,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: ',',
+            quote: '"',
+            escape: None,
+            has_header: true,
+            encoding: Encoding::Utf8,
+            null_values: Vec::new(),
+            infer_rows: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    #[default]
+    #[serde(alias = "utf8")]
+    Utf8,
+    /// ISO-8859-1, read as Windows-1252 as browsers and Excel do.
+    #[serde(alias = "iso-8859-1", alias = "windows-1252")]
+    Latin1,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonOptions {
+    /// Records sampled for schema inference.
+    pub infer_records: usize,
+    /// A single record larger than this is refused (protects memory).
+    pub max_record_bytes: usize,
+}
+
+impl Default for JsonOptions {
+    fn default() -> Self {
+        Self {
+            infer_records: 1000,
+            max_record_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExcelOptions {
+    /// Sheet name; the first sheet when absent.
+    pub sheet: Option<String>,
+    /// 1-based row number of the header row; rows above it are skipped.
+    pub header_row: u32,
+    pub infer_rows: usize,
+}
+
+impl Default for ExcelOptions {
+    fn default() -> Self {
+        Self {
+            sheet: None,
+            header_row: 1,
+            infer_rows: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only rows after the stored watermark.
+    Delta,
+    /// Reload everything and replace the previous snapshot.
+    #[default]
+    Complete,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    #[default]
+    TimedPull,
+    Callback,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NewColumnPolicy {
+    /// Keep the schema of the previous runs; new source columns are dropped (and reported).
+    #[default]
+    Ignore,
+    /// New source columns are added to the output schema.
+    Add,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MalformedRowPolicy {
+    /// The first malformed row fails the run, naming the row and the reason.
+    #[default]
+    Fail,
+    /// Malformed rows are left out, counted, and listed (row numbers) in the validation report.
+    Skip,
+}
+
+impl DatasetSpec {
+    /// Reads a spec and resolves a relative local `source.location` against the spec's folder.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut spec: DatasetSpec =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        if is_local_relative(&spec.source.location)
+            && let Some(dir) = path.parent()
+        {
+            spec.source.location = dir.join(&spec.source.location).display().to_string();
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let spec: DatasetSpec =
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: "<inline>".into(),
+                source,
+            })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks that can be made without touching the source. Delta needs a cursor; timed pulls need a cron.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::InvalidDataset {
+            dataset: self.id.clone(),
+            message,
+        };
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "id must be non-empty and use only letters, digits, '-' and '_'".into(),
+            ));
+        }
+        if self.mode == Mode::Delta {
+            if self.timestamp_column.is_none() {
+                return Err(invalid(
+                    "mode 'delta' needs `timestamp_column` (the column the watermark follows)"
+                        .into(),
+                ));
+            }
+            if self.key.is_empty() {
+                return Err(invalid(
+                    "mode 'delta' needs `key` (the incremental key that orders rows sharing a timestamp)"
+                        .into(),
+                ));
+            }
+        }
+        if self.trigger == Trigger::TimedPull && self.cron.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "trigger 'timed_pull' needs `cron`; use trigger 'callback' for on-demand datasets"
+                    .into(),
+            ));
+        }
+        if self.source.location.is_empty() {
+            return Err(invalid("source.location is empty".into()));
+        }
+        let csv = &self.source.csv;
+        if !csv.delimiter.is_ascii() || !csv.quote.is_ascii() {
+            return Err(invalid(
+                "csv.delimiter and csv.quote must be single ASCII characters".into(),
+            ));
+        }
+        if self.source.excel.header_row == 0 {
+            return Err(invalid(
+                "excel.header_row is 1-based; 0 is not a row".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Columns that form the delta cursor, timestamp first, in comparison order.
+    pub fn cursor_columns(&self) -> Vec<String> {
+        self.timestamp_column
+            .iter()
+            .chain(self.key.iter())
+            .cloned()
+            .collect()
+    }
+}
+
+fn is_local_relative(location: &str) -> bool {
+    !location.contains("://") && !Path::new(location).is_absolute()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "id: ventas\nsource: {format: csv, location: ventas.csv}\ncron: '0 7 * * *'\n";
+
+    #[test]
+    fn minimal_spec_takes_defaults() {
+        let spec = DatasetSpec::from_yaml(MINIMAL).unwrap();
+        assert_eq!(spec.mode, Mode::Complete);
+        assert_eq!(spec.trigger, Trigger::TimedPull);
+        assert_eq!(spec.new_columns, NewColumnPolicy::Ignore);
+        assert_eq!(spec.source.csv.delimiter, ',');
+        assert_eq!(spec.on_malformed_row, MalformedRowPolicy::Fail);
+    }
+
+    #[test]
+    fn delta_without_cursor_is_refused_with_a_reason() {
+        let err = DatasetSpec::from_yaml(&format!("{MINIMAL}mode: delta\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ventas") && msg.contains("timestamp_column"),
+            "{msg}"
+        );
+        let err = DatasetSpec::from_yaml(&format!("{MINIMAL}mode: delta\ntimestamp_column: ts\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("`key`"), "{err}");
+        DatasetSpec::from_yaml(&format!(
+            "{MINIMAL}mode: delta\ntimestamp_column: ts\nkey: [id]\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn timed_pull_needs_a_cron_but_callback_does_not() {
+        let no_cron = "id: x\nsource: {format: json, location: a.json}\n";
+        assert!(DatasetSpec::from_yaml(no_cron).is_err());
+        DatasetSpec::from_yaml(&format!("{no_cron}trigger: callback\n")).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_ids_are_refused() {
+        assert!(DatasetSpec::from_yaml(&format!("{MINIMAL}moda: delta\n")).is_err());
+        let bad_id = MINIMAL.replace("ventas", "../etc");
+        assert!(DatasetSpec::from_yaml(&bad_id).is_err());
+    }
+
+    #[test]
+    fn seed_design_field_names_are_accepted() {
+        let spec = DatasetSpec::from_yaml(&format!(
+            "{MINIMAL}connectionId: secret-1\nIgnoreColumns: add\n"
+        ))
+        .unwrap();
+        assert_eq!(spec.connection_id.as_deref(), Some("secret-1"));
+        assert_eq!(spec.new_columns, NewColumnPolicy::Add);
+    }
+}

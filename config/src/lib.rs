@@ -1,0 +1,13 @@
+//! Typed configuration for Carga: process settings (where the bucket is, which master key encrypts)
+//! and dataset specifications (what to pull, how, and how often).
+
+mod dataset;
+mod error;
+mod settings;
+
+pub use dataset::{
+    CsvOptions, DatasetSpec, Encoding, ExcelOptions, FileFormat, JsonOptions, MalformedRowPolicy,
+    Mode, NewColumnPolicy, SourceSpec, Trigger,
+};
+pub use error::ConfigError;
+pub use settings::{Compression, S3Settings, Settings};

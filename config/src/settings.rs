@@ -1,0 +1,200 @@
+//! Process settings: read from an optional YAML file, then overridden by `CARGA_*` environment variables.
+//! Credentials are never settings: S3 keys come from the standard `AWS_*` variables or the instance role.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the raw zone lives: `s3://bucket[/prefix]`, `file:///abs/dir` or a local directory path.
+    pub bucket: String,
+    /// JSON file mapping master key ids to base64 keys (the local key provider).
+    pub key_file: PathBuf,
+    /// Master key that wraps each file's data key.
+    pub master_key_id: String,
+    /// Create `key_file` with a fresh random master key when it does not exist (embedded default).
+    pub create_key_if_missing: bool,
+    pub compression: Compression,
+    /// A part file is closed and a new one started after this many rows.
+    pub rows_per_file: usize,
+    /// Rows per Parquet row group; bounds the writer's memory.
+    pub rows_per_row_group: usize,
+    /// Rows per Arrow record batch flowing through the pipeline.
+    pub batch_rows: usize,
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// Custom endpoint (moto, MinIO); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow plain-HTTP endpoints (local test servers only).
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Snappy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bucket: ".carga/bucket".into(),
+            key_file: ".carga/master-keys.json".into(),
+            master_key_id: "carga-master".into(),
+            create_key_if_missing: true,
+            compression: Compression::Zstd,
+            rows_per_file: 5_000_000,
+            rows_per_row_group: 122_880,
+            batch_rows: 8192,
+            s3: S3Settings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` if given (missing file is an error), else defaults; then applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut settings = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Environment overrides, one variable per field, e.g. `CARGA_BUCKET=s3://lake`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = var("CARGA_BUCKET") {
+            self.bucket = v;
+        }
+        if let Some(v) = var("CARGA_KEY_FILE") {
+            self.key_file = v.into();
+        }
+        if let Some(v) = var("CARGA_MASTER_KEY_ID") {
+            self.master_key_id = v;
+        }
+        if let Some(v) = var("CARGA_CREATE_KEY_IF_MISSING") {
+            self.create_key_if_missing = parse_env("CARGA_CREATE_KEY_IF_MISSING", &v)?;
+        }
+        if let Some(v) = var("CARGA_COMPRESSION") {
+            self.compression = match v.to_ascii_lowercase().as_str() {
+                "zstd" => Compression::Zstd,
+                "snappy" => Compression::Snappy,
+                other => {
+                    return Err(ConfigError::InvalidSetting {
+                        name: "CARGA_COMPRESSION".into(),
+                        message: format!("'{other}' is not one of zstd, snappy"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = var("CARGA_ROWS_PER_FILE") {
+            self.rows_per_file = parse_env("CARGA_ROWS_PER_FILE", &v)?;
+        }
+        if let Some(v) = var("CARGA_S3_ENDPOINT") {
+            self.s3.endpoint = Some(v);
+        }
+        if let Some(v) = var("CARGA_S3_REGION") {
+            self.s3.region = Some(v);
+        }
+        if let Some(v) = var("CARGA_S3_ALLOW_HTTP") {
+            self.s3.allow_http = parse_env("CARGA_S3_ALLOW_HTTP", &v)?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("rows_per_file", self.rows_per_file),
+            ("rows_per_row_group", self.rows_per_row_group),
+            ("batch_rows", self.batch_rows),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::InvalidSetting {
+                    name: name.into(),
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
+        if self.bucket.is_empty() {
+            return Err(ConfigError::InvalidSetting {
+                name: "bucket".into(),
+                message: "is empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::InvalidSetting {
+            name: name.into(),
+            message: format!("cannot parse '{value}'"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let env: HashMap<&str, &str> = [
+            ("CARGA_BUCKET", "s3://lake/raw"),
+            ("CARGA_COMPRESSION", "snappy"),
+            ("CARGA_S3_ALLOW_HTTP", "true"),
+        ]
+        .into();
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(settings.bucket, "s3://lake/raw");
+        assert_eq!(settings.compression, Compression::Snappy);
+        assert!(settings.s3.allow_http);
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let mut settings = Settings::default();
+        let err = settings
+            .apply_env(|k| (k == "CARGA_ROWS_PER_FILE").then(|| "many".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("CARGA_ROWS_PER_FILE"), "{err}");
+    }
+
+    #[test]
+    fn zero_sizes_are_refused() {
+        let settings = Settings {
+            batch_rows: 0,
+            ..Settings::default()
+        };
+        assert!(settings.validate().is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! One error type for the dataflow. Every variant carries enough context (dataset, file, row, column)
+//! for an operator to act on the message alone; none carries a secret.
+
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Config(#[from] carga_config::ConfigError),
+
+    /// The input itself is wrong: the message names the file and, where known, the row and column.
+    #[error("{location}: {message}")]
+    BadInput { location: String, message: String },
+
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        source: object_store::Error,
+    },
+
+    #[error("{context}: {source}")]
+    Parquet {
+        context: String,
+        source: parquet::errors::ParquetError,
+    },
+
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        source: arrow::error::ArrowError,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+
+    #[error("encryption: {0}")]
+    Encryption(String),
+
+    /// Another run committed between our start and our commit; our output was discarded.
+    #[error("dataset '{dataset}': {message}")]
+    Conflict { dataset: String, message: String },
+
+    #[error("dataset '{dataset}': schema of the source changed: {message}")]
+    SchemaDrift { dataset: String, message: String },
+
+    #[error("dataset '{dataset}': {message}")]
+    Refused { dataset: String, message: String },
+
+    /// An error shared between the reader thread and the pipeline.
+    #[error(transparent)]
+    Shared(Arc<JobError>),
+}
+
+pub type Result<T, E = JobError> = std::result::Result<T, E>;
+
+impl JobError {
+    pub fn bad_input(location: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError::BadInput {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn store(context: impl Into<String>, source: object_store::Error) -> Self {
+        JobError::Store {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn parquet(context: impl Into<String>, source: parquet::errors::ParquetError) -> Self {
+        JobError::Parquet {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
+        JobError::Arrow {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        JobError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Carga's dataflow library: file sources -> Arrow record batches -> delta/complete -> encrypted
+//! Parquet in the raw zone, committed by a manifest.
+
+pub mod delta;
+pub mod encryption;
+pub mod error;
+pub mod manifest;
+pub mod read;
+pub mod run;
+pub mod schema_drift;
+pub mod sink;
+pub mod sources;
+pub mod storage;
+pub mod typing;
+pub mod validation;
+
+pub use error::{JobError, Result};
+pub use run::{Engine, RunFailure, RunOutcome};

@@ -1,0 +1,335 @@
+//! One extraction run, end to end: source -> schema plan -> checks -> delta cursor -> encrypted
+//! parts -> validation report -> manifest commit. Nothing is visible, and the watermark does not
+//! move, until the manifest commits; a failed run removes its parts and still leaves its report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use carga_config::{DatasetSpec, MalformedRowPolicy, Mode, Settings};
+use chrono::Utc;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use tracing::Instrument;
+
+use crate::delta::DeltaFilter;
+use crate::encryption::{Encryptor, MasterKeyring};
+use crate::error::{JobError, Result};
+use crate::manifest::{
+    EncryptionInfo, FORMAT_VERSION, Manifest, ManifestLog, ManifestSource, WatermarkRange,
+};
+use crate::schema_drift::SchemaPlan;
+use crate::sink::{PartFile, PartSink};
+use crate::sources::{self, TypeHints};
+use crate::storage::Bucket;
+use crate::typing::parse_type_name;
+use crate::validation::{BatchChecks, RunStatus, ValidationReport};
+
+/// What a committed run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub manifest: Manifest,
+    pub report: ValidationReport,
+    /// Printable addresses (file path or `s3://` URL).
+    pub manifest_url: String,
+    pub report_url: String,
+    pub data_url: String,
+}
+
+/// A run that did not commit: the error, and where its validation report went (if it could be written).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}{}", report_url.as_ref().map(|u| format!(" (validation report: {u})")).unwrap_or_default())]
+pub struct RunFailure {
+    pub error: JobError,
+    pub report_url: Option<String>,
+}
+
+/// Runs datasets against one bucket with one master key.
+pub struct Engine {
+    settings: Settings,
+    bucket: Bucket,
+    encryptor: Encryptor,
+}
+
+impl Engine {
+    pub fn new(settings: Settings) -> Result<Self> {
+        let bucket = Bucket::open(&settings)?;
+        let keyring = MasterKeyring::from_file_or_create(
+            &settings.key_file,
+            &settings.master_key_id,
+            settings.create_key_if_missing,
+        )?;
+        let encryptor = Encryptor::new(keyring, &settings.master_key_id)?;
+        Ok(Self {
+            settings,
+            bucket,
+            encryptor,
+        })
+    }
+
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    pub fn encryptor(&self) -> &Encryptor {
+        &self.encryptor
+    }
+
+    pub async fn run(&self, spec: &DatasetSpec) -> std::result::Result<RunOutcome, RunFailure> {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("run", dataset = %spec.id, run_id = %run_id);
+        async {
+            tracing::info!(source = %spec.source.location, mode = ?spec.mode, "run started");
+            let log = ManifestLog::new(&self.bucket, &spec.id);
+            let report_path = log.dir().clone().join(format!("{run_id}.validation.json"));
+            match self.execute(spec, &run_id, &log, &report_path).await {
+                Ok(outcome) => {
+                    tracing::info!(
+                        rows = outcome.manifest.rows,
+                        bytes = outcome.manifest.bytes,
+                        sequence = outcome.manifest.sequence,
+                        "run committed"
+                    );
+                    Ok(outcome)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "run failed; nothing committed");
+                    let report = ValidationReport::failed_early(
+                        &spec.id,
+                        &run_id,
+                        &spec.source.location,
+                        error.to_string(),
+                    );
+                    let report_url = self.write_report(&report_path, &report).await.ok();
+                    Err(RunFailure { error, report_url })
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn execute(
+        &self,
+        spec: &DatasetSpec,
+        run_id: &str,
+        log: &ManifestLog,
+        report_path: &Path,
+    ) -> Result<RunOutcome> {
+        spec.validate()?;
+        let started_at = Utc::now();
+        let previous = log.latest().await?;
+        let hints = TypeHints {
+            explicit: explicit_types(spec)?,
+            previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
+        };
+        let mut reader =
+            sources::open(spec, &self.settings.s3, self.settings.batch_rows, hints).await?;
+        let plan = SchemaPlan::new(
+            &spec.id,
+            &reader.schema,
+            previous.as_ref().map(|m| &m.schema),
+            spec.new_columns,
+        )?;
+        let mut checks =
+            BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
+        let floor = match spec.mode {
+            Mode::Delta => previous.as_ref().and_then(Manifest::next_watermark),
+            Mode::Complete => None,
+        };
+        // Complete runs track the cursor too (when one is declared), so a dataset can move to delta.
+        let mut cursor = match spec.timestamp_column.is_some() && !spec.key.is_empty() {
+            true => Some(DeltaFilter::new(
+                &plan.output,
+                &spec.cursor_columns(),
+                floor,
+            )?),
+            false => None,
+        };
+
+        let ingest_date = started_at.date_naive().to_string();
+        let dir = self.bucket.path(&format!(
+            "raw/{}/ingest_date={ingest_date}/{run_id}",
+            spec.id
+        ));
+        let mut sink = PartSink::new(
+            self.bucket.clone(),
+            dir.clone(),
+            plan.output.clone(),
+            self.encryptor.clone(),
+            &self.settings,
+        )?;
+
+        let streamed: Result<u64> = async {
+            let mut rows_written = 0u64;
+            while let Some(batch) = reader.next_batch().await {
+                let batch = plan.apply(&batch?)?;
+                checks.observe(&batch)?;
+                let batch = match cursor.as_mut() {
+                    Some(cursor) => cursor.apply(&batch)?,
+                    None => batch,
+                };
+                if batch.num_rows() > 0 {
+                    sink.write(&batch).await?;
+                    rows_written += batch.num_rows() as u64;
+                }
+            }
+            Ok(rows_written)
+        }
+        .await;
+        let rows_written = match streamed {
+            Ok(rows) => rows,
+            Err(e) => {
+                drop(reader);
+                sink.abort().await;
+                return Err(e);
+            }
+        };
+        let mut stats = match reader.finish().await {
+            Ok(stats) => stats,
+            Err(e) => {
+                sink.abort().await;
+                return Err(e);
+            }
+        };
+        if let Some(cursor) = &cursor
+            && cursor.null_cursor_rows() > 0
+        {
+            let message = format!(
+                "{} rows have no value in the cursor column(s) ({}) and cannot be placed after a watermark",
+                cursor.null_cursor_rows(),
+                spec.cursor_columns().join(", ")
+            );
+            if spec.on_malformed_row == MalformedRowPolicy::Fail {
+                sink.abort().await;
+                return Err(JobError::Refused {
+                    dataset: spec.id.clone(),
+                    message: format!("{message} (set on_malformed_row: skip to leave them out)"),
+                });
+            }
+            stats.rejected_rows += cursor.null_cursor_rows();
+            *stats
+                .rejected_by_reason
+                .entry("null cursor value".into())
+                .or_default() += cursor.null_cursor_rows();
+        }
+        if checks.rows() == 0 && !spec.allow_empty {
+            sink.abort().await;
+            return Err(JobError::Refused {
+                dataset: spec.id.clone(),
+                message: format!(
+                    "{} has no data rows ({} read, {} empty, {} rejected); set allow_empty: true if that is expected",
+                    spec.source.location, stats.rows_read, stats.empty_rows, stats.rejected_rows
+                ),
+            });
+        }
+        let files = sink.finish().await?;
+
+        let mut report =
+            checks.into_report(&spec.id, run_id, &spec.source.location, stats, rows_written);
+        report.schema_changes = plan.changes.clone();
+        let report_url = match self.write_report(report_path, &report).await {
+            Ok(url) => url,
+            Err(e) => {
+                delete_parts(&self.bucket, &files).await;
+                return Err(e);
+            }
+        };
+        let highest = match &cursor {
+            Some(cursor) => cursor.highest()?,
+            None => None,
+        };
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            dataset: spec.id.clone(),
+            sequence: log
+                .sequences()
+                .await?
+                .last()
+                .map_or(1, |s| s + 1)
+                .max(previous.as_ref().map_or(1, |m| m.sequence + 1)),
+            run_id: run_id.to_owned(),
+            mode: spec.mode,
+            started_at,
+            committed_at: Utc::now(),
+            ingest_date,
+            source: ManifestSource {
+                format: spec.source.format,
+                location: spec.source.location.clone(),
+            },
+            rows: rows_written,
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+            schema: plan.output.as_ref().clone(),
+            watermark: cursor.as_ref().map(|_| WatermarkRange {
+                from: floor.cloned(),
+                to: highest.or_else(|| floor.cloned()),
+            }),
+            validation_report: report_path.to_string(),
+            encryption: EncryptionInfo {
+                algorithm: "AES_GCM_V1".into(),
+                master_key_id: self.settings.master_key_id.clone(),
+                key_material: "PKMT1 in each file's footer key metadata".into(),
+            },
+        };
+        // A run that lost the race to a concurrent run based on the same state must not commit.
+        if manifest.sequence != previous.as_ref().map_or(1, |m| m.sequence + 1) {
+            delete_parts(&self.bucket, &manifest.files).await;
+            return Err(JobError::Conflict {
+                dataset: spec.id.clone(),
+                message: "another run committed while this one ran; its output was discarded"
+                    .into(),
+            });
+        }
+        let manifest_path = match log.commit(&manifest).await {
+            Ok(path) => path,
+            Err(e) => {
+                delete_parts(&self.bucket, &manifest.files).await;
+                return Err(e);
+            }
+        };
+        Ok(RunOutcome {
+            manifest_url: self.bucket.display(&manifest_path),
+            data_url: self.bucket.display(&dir),
+            report_url,
+            report,
+            manifest,
+        })
+    }
+
+    async fn write_report(&self, path: &Path, report: &ValidationReport) -> Result<String> {
+        let mut report = report.clone();
+        if report.error.is_some() {
+            report.status = RunStatus::Failed;
+        }
+        let body = serde_json::to_vec_pretty(&report)
+            .map_err(|e| JobError::bad_input("validation report", e.to_string()))?;
+        self.bucket
+            .store
+            .put(path, PutPayload::from(body))
+            .await
+            .map_err(|e| JobError::store(format!("writing {}", self.bucket.display(path)), e))?;
+        Ok(self.bucket.display(path))
+    }
+}
+
+fn explicit_types(spec: &DatasetSpec) -> Result<BTreeMap<String, arrow::datatypes::DataType>> {
+    spec.schema
+        .iter()
+        .map(|(column, name)| {
+            parse_type_name(name).map(|t| (column.clone(), t)).ok_or_else(|| JobError::Refused {
+                dataset: spec.id.clone(),
+                message: format!(
+                    "schema: column '{column}' has unknown type '{name}' (use string, int64, int32, float64, bool, date, timestamp, timestamptz or decimal(p,s))"
+                ),
+            })
+        })
+        .collect()
+}
+
+async fn delete_parts(bucket: &Bucket, files: &[PartFile]) {
+    for file in files {
+        if let Err(e) = bucket.store.delete(&Path::from(file.path.as_str())).await {
+            tracing::warn!(path = %file.path, error = %e, "could not delete an uncommitted part; it is unreferenced and safe to remove");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Encrypted Parquet part files written through object_store, rolled every N rows.
+//! Each part is hashed as its bytes stream out, so the manifest can carry a checksum
+//! without reading the file back.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use carga_config::{Compression, Settings};
+use futures::future::BoxFuture;
+use object_store::ObjectStoreExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::encryption::Encryptor;
+use crate::error::{JobError, Result};
+use crate::storage::Bucket;
+
+/// A finished part file, as listed in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartFile {
+    /// Path inside the bucket.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    bytes: u64,
+    hasher: Sha256,
+}
+
+/// Forwards bytes to the object writer, counting and hashing them on the way.
+struct HashingWriter {
+    inner: BufWriter,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl AsyncFileWriter for HashingWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        {
+            let mut tally = self.tally.lock().expect("tally lock");
+            tally.bytes += bs.len() as u64;
+            tally.hasher.update(&bs);
+        }
+        self.inner.write(bs)
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.inner.complete()
+    }
+}
+
+struct OpenPart {
+    writer: AsyncArrowWriter<HashingWriter>,
+    path: Path,
+    rows: u64,
+    tally: Arc<Mutex<Tally>>,
+}
+
+pub struct PartSink {
+    bucket: Bucket,
+    dir: Path,
+    schema: SchemaRef,
+    encryptor: Encryptor,
+    compression: ParquetCompression,
+    rows_per_file: u64,
+    rows_per_row_group: usize,
+    current: Option<OpenPart>,
+    written: Vec<PartFile>,
+}
+
+impl PartSink {
+    /// `dir` is the run's folder inside the bucket; parts are named `part-NNNNN.parquet` in it.
+    pub fn new(
+        bucket: Bucket,
+        dir: Path,
+        schema: SchemaRef,
+        encryptor: Encryptor,
+        settings: &Settings,
+    ) -> Result<Self> {
+        let compression = match settings.compression {
+            Compression::Zstd => ParquetCompression::ZSTD(
+                ZstdLevel::try_new(3).map_err(|e| JobError::parquet("zstd level", e))?,
+            ),
+            Compression::Snappy => ParquetCompression::SNAPPY,
+        };
+        Ok(Self {
+            bucket,
+            dir,
+            schema,
+            encryptor,
+            compression,
+            rows_per_file: settings.rows_per_file as u64,
+            rows_per_row_group: settings.rows_per_row_group,
+            current: None,
+            written: Vec::new(),
+        })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.current.is_none() {
+                self.current = Some(self.open_part()?);
+            }
+            let part = self.current.as_mut().expect("part just opened");
+            let room = (self.rows_per_file - part.rows) as usize;
+            let take = room.min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, take);
+            part.writer.write(&slice).await.map_err(|e| {
+                JobError::parquet(format!("writing {}", self.bucket.display(&part.path)), e)
+            })?;
+            part.rows += take as u64;
+            offset += take;
+            if part.rows >= self.rows_per_file {
+                self.close_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the last part and returns every part written.
+    pub async fn finish(mut self) -> Result<Vec<PartFile>> {
+        self.close_part().await?;
+        Ok(self.written)
+    }
+
+    /// Best-effort removal of the parts this run wrote: nothing references them yet.
+    pub async fn abort(mut self) {
+        if let Some(part) = self.current.take() {
+            // An unfinished upload never becomes visible; dropping the writer abandons it.
+            drop(part);
+        }
+        for part in &self.written {
+            let path = Path::from(part.path.as_str());
+            if let Err(e) = self.bucket.store.delete(&path).await {
+                tracing::warn!(path = %part.path, error = %e, "could not delete an uncommitted part; it is unreferenced and safe to remove");
+            }
+        }
+    }
+
+    fn open_part(&self) -> Result<OpenPart> {
+        let path = self
+            .dir
+            .clone()
+            .join(format!("part-{:05}.parquet", self.written.len()));
+        let properties = WriterProperties::builder()
+            .set_compression(self.compression)
+            .set_max_row_group_row_count(Some(self.rows_per_row_group))
+            .set_created_by(concat!("carga ", env!("CARGO_PKG_VERSION")).to_owned())
+            .with_file_encryption_properties(self.encryptor.file_encryption()?)
+            .build();
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let writer = HashingWriter {
+            inner: BufWriter::new(self.bucket.store.clone(), path.clone()),
+            tally: tally.clone(),
+        };
+        let writer = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(properties))
+            .map_err(|e| {
+                JobError::parquet(format!("creating {}", self.bucket.display(&path)), e)
+            })?;
+        Ok(OpenPart {
+            writer,
+            path,
+            rows: 0,
+            tally,
+        })
+    }
+
+    async fn close_part(&mut self) -> Result<()> {
+        let Some(part) = self.current.take() else {
+            return Ok(());
+        };
+        part.writer.close().await.map_err(|e| {
+            JobError::parquet(format!("finishing {}", self.bucket.display(&part.path)), e)
+        })?;
+        let tally = std::mem::take(&mut *part.tally.lock().expect("tally lock"));
+        self.written.push(PartFile {
+            path: part.path.to_string(),
+            rows: part.rows,
+            bytes: tally.bytes,
+            sha256: hex::encode(tally.hasher.finalize()),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! Splits a JSON file into top-level records without parsing them: a top-level array of objects
+//! (`[{...},{...}]`) or newline/whitespace-delimited objects (NDJSON). Memory holds one record.
+
+use std::io::BufRead;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Unknown,
+    /// Inside a top-level array; `true` once its closing bracket was seen.
+    Array {
+        closed: bool,
+    },
+    Lines,
+}
+
+/// Where a record came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordPosition {
+    /// 1-based record number.
+    pub record: u64,
+    /// 1-based line where the record starts.
+    pub line: u64,
+}
+
+pub(crate) struct RecordSplitter<R> {
+    reader: R,
+    layout: Layout,
+    line: u64,
+    records: u64,
+    max_record_bytes: usize,
+    pub record: Vec<u8>,
+}
+
+impl<R: BufRead> RecordSplitter<R> {
+    pub fn new(reader: R, max_record_bytes: usize) -> Self {
+        Self {
+            reader,
+            layout: Layout::Unknown,
+            line: 1,
+            records: 0,
+            max_record_bytes,
+            record: Vec::new(),
+        }
+    }
+
+    /// Reads the next record into `self.record`. `Ok(None)` at a clean end of input.
+    pub fn next_record(&mut self) -> Result<Option<RecordPosition>, String> {
+        self.record.clear();
+        let mut depth = 0u32;
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut start_line = self.line;
+        loop {
+            let buf = self
+                .reader
+                .fill_buf()
+                .map_err(|e| format!("read error: {e}"))?;
+            if buf.is_empty() {
+                return self.end_of_input(depth > 0, start_line);
+            }
+            let mut used = 0;
+            let mut done = false;
+            for &byte in buf {
+                used += 1;
+                if byte == b'\n' {
+                    self.line += 1;
+                }
+                if depth == 0 {
+                    // Between records: whitespace, array punctuation, or the start of the next record.
+                    match (byte, self.layout) {
+                        (b' ' | b'\t' | b'\r' | b'\n', _) => continue,
+                        (b'[', Layout::Unknown) => {
+                            self.layout = Layout::Array { closed: false };
+                            continue;
+                        }
+                        (b',', Layout::Array { closed: false }) => continue,
+                        (b']', Layout::Array { closed: false }) => {
+                            self.layout = Layout::Array { closed: true };
+                            continue;
+                        }
+                        (b'{', Layout::Unknown) => self.layout = Layout::Lines,
+                        (b'{', Layout::Lines | Layout::Array { closed: false }) => {}
+                        (_, Layout::Array { closed: true }) => {
+                            return Err(format!(
+                                "line {}: unexpected content after the closing ']'",
+                                self.line
+                            ));
+                        }
+                        (other, _) => {
+                            return Err(format!(
+                                "line {}: record {} is not a JSON object (starts with {})",
+                                self.line,
+                                self.records + 1,
+                                describe_byte(other)
+                            ));
+                        }
+                    }
+                    depth = 1;
+                    start_line = self.line;
+                    self.record.push(byte);
+                    continue;
+                }
+                self.record.push(byte);
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if byte == b'\\' {
+                        escaped = true;
+                    } else if byte == b'"' {
+                        in_string = false;
+                    }
+                    continue;
+                }
+                match byte {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            done = true;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.reader.consume(used);
+            if done {
+                self.records += 1;
+                return Ok(Some(RecordPosition {
+                    record: self.records,
+                    line: start_line,
+                }));
+            }
+            if self.record.len() > self.max_record_bytes {
+                return Err(format!(
+                    "record {} starting at line {start_line} is larger than json.max_record_bytes ({} bytes)",
+                    self.records + 1,
+                    self.max_record_bytes
+                ));
+            }
+        }
+    }
+
+    fn end_of_input(
+        &self,
+        inside_record: bool,
+        start_line: u64,
+    ) -> Result<Option<RecordPosition>, String> {
+        if inside_record {
+            return Err(format!(
+                "record {} starting at line {start_line} is cut off: the file ends inside it",
+                self.records + 1
+            ));
+        }
+        match self.layout {
+            Layout::Unknown => Err("file is empty: expected a JSON array or JSON objects".into()),
+            Layout::Array { closed: false } => {
+                Err("the top-level array is not closed: the file ends before ']'".into())
+            }
+            Layout::Array { closed: true } | Layout::Lines => Ok(None),
+        }
+    }
+}
+
+fn describe_byte(byte: u8) -> String {
+    if byte.is_ascii_graphic() {
+        format!("'{}'", byte as char)
+    } else {
+        format!("byte 0x{byte:02x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(input: &str) -> Result<Vec<(String, u64)>, String> {
+        let mut splitter = RecordSplitter::new(input.as_bytes(), 1 << 20);
+        let mut out = Vec::new();
+        while let Some(pos) = splitter.next_record()? {
+            out.push((
+                String::from_utf8(splitter.record.clone()).unwrap(),
+                pos.line,
+            ));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn splits_arrays_and_lines_alike() {
+        let array = split("[\n {\"a\": 1},\n {\"a\": \"}]\\\"\"}\n]\n").unwrap();
+        assert_eq!(
+            array,
+            vec![("{\"a\": 1}".into(), 2), ("{\"a\": \"}]\\\"\"}".into(), 3)]
+        );
+        let lines = split("{\"a\": {\"b\": [1,2]}}\n\n{\"a\": 2}").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].1, 3);
+        assert_eq!(split("[]").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn malformed_layouts_are_named() {
+        assert!(split("").unwrap_err().contains("empty"));
+        assert!(split("[{\"a\":1}").unwrap_err().contains("not closed"));
+        assert!(split("{\"a\":1").unwrap_err().contains("cut off"));
+        assert!(split("[1, 2]").unwrap_err().contains("not a JSON object"));
+        assert!(split("[{}] {}").unwrap_err().contains("after the closing"));
+        assert!(split("hello").unwrap_err().contains("'h'"));
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let big = format!("{{\"a\": \"{}\"}}", "x".repeat(5000));
+        let mut splitter =
+            RecordSplitter::new(std::io::BufReader::with_capacity(64, big.as_bytes()), 1000);
+        assert!(
+            splitter
+                .next_record()
+                .unwrap_err()
+                .contains("max_record_bytes")
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! Rows of text cells (CSV, Excel) assembled into typed Arrow batches.
+//!
+//! The first rows are held as a sample to infer column types; after that rows go straight into
+//! string builders, and each full batch is cast to the column types. A cell that does not parse
+//! is reported with its row, column, value and expected type: the run fails, or the row is
+//! rejected and counted, as the dataset's malformed-row policy says.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::ReadContext;
+use crate::error::{JobError, Result};
+use crate::typing::{cast_text, describe, infer_type};
+use crate::validation::ReadStats;
+
+pub(crate) struct TableAssembler {
+    ctx: ReadContext,
+    names: Vec<String>,
+    infer_rows: usize,
+    sample: Vec<(u64, Vec<Option<String>>)>,
+    schema: Option<SchemaRef>,
+    builders: Vec<StringBuilder>,
+    row_numbers: Vec<u64>,
+    stats: ReadStats,
+    /// Set when the pipeline stopped listening; the reader should stop too.
+    closed: bool,
+}
+
+impl TableAssembler {
+    pub fn new(ctx: ReadContext, names: Vec<String>, infer_rows: usize, stats: ReadStats) -> Self {
+        let builders = names.iter().map(|_| StringBuilder::new()).collect();
+        Self {
+            ctx,
+            names,
+            infer_rows: infer_rows.max(1),
+            sample: Vec::new(),
+            schema: None,
+            builders,
+            row_numbers: Vec::new(),
+            stats,
+            closed: false,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// A row that cannot be read at all (wrong field count, bad encoding, cell error).
+    /// `kind` groups it in the report; `reason` names the row and what is wrong.
+    pub fn reject(&mut self, row: u64, kind: &str, reason: String) -> Result<()> {
+        self.stats.rows_read += 1;
+        self.ctx.reject(&mut self.stats, row, kind, reason)
+    }
+
+    /// Adds one row of cells (`None` = null). `cells.len()` must equal `width()`.
+    pub fn push_row(&mut self, row: u64, cells: &[Option<&str>]) -> Result<()> {
+        self.stats.rows_read += 1;
+        if cells.iter().all(Option::is_none) {
+            self.stats.empty_rows += 1;
+            return Ok(());
+        }
+        if self.schema.is_none() {
+            self.sample
+                .push((row, cells.iter().map(|c| c.map(str::to_owned)).collect()));
+            if self.sample.len() >= self.infer_rows {
+                self.settle_schema()?;
+            }
+            return Ok(());
+        }
+        self.append(row, cells.iter().copied());
+        if self.row_numbers.len() >= self.ctx.batch_rows {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what is left and returns the reader's statistics.
+    pub fn finish(mut self) -> Result<ReadStats> {
+        if self.schema.is_none() {
+            self.settle_schema()?;
+        }
+        self.flush()?;
+        Ok(self.stats)
+    }
+
+    fn append<'a>(&mut self, row: u64, cells: impl Iterator<Item = Option<&'a str>>) {
+        for (builder, cell) in self.builders.iter_mut().zip(cells) {
+            builder.append_option(cell);
+        }
+        self.row_numbers.push(row);
+    }
+
+    /// Decides column types from the sample and the hints, announces the schema, replays the sample.
+    fn settle_schema(&mut self) -> Result<()> {
+        let sample = std::mem::take(&mut self.sample);
+        let fields: Vec<Field> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let data_type = self.ctx.hints.for_column(name).unwrap_or_else(|| {
+                    let values: StringArray = sample
+                        .iter()
+                        .map(|(_, cells)| cells[i].as_deref())
+                        .collect();
+                    infer_type(&values).unwrap_or(DataType::Utf8)
+                });
+                Field::new(name, data_type, true)
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        self.ctx.announce_schema(schema.clone());
+        self.schema = Some(schema);
+        for (row, cells) in sample {
+            self.append(row, cells.iter().map(Option::as_deref));
+            if self.row_numbers.len() >= self.ctx.batch_rows {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Casts the buffered text to the schema's types and sends the batch.
+    fn flush(&mut self) -> Result<()> {
+        if self.row_numbers.is_empty() || self.closed {
+            return Ok(());
+        }
+        let schema = self
+            .schema
+            .clone()
+            .expect("schema is settled before rows are buffered");
+        let rows = std::mem::take(&mut self.row_numbers);
+        let mut keep = vec![true; rows.len()];
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.builders.len());
+        let texts: Vec<StringArray> = self.builders.iter_mut().map(|b| b.finish()).collect();
+        for (i, text) in texts.iter().enumerate() {
+            let field = schema.field(i);
+            let typed = cast_text(text, field.data_type()).map_err(|e| {
+                JobError::arrow(
+                    format!("{}: column '{}'", self.ctx.location, field.name()),
+                    e,
+                )
+            })?;
+            if typed.null_count() != text.null_count() {
+                for r in 0..text.len() {
+                    if text.is_valid(r) && typed.is_null(r) && keep[r] {
+                        keep[r] = false;
+                        *self
+                            .stats
+                            .type_mismatches
+                            .entry(field.name().clone())
+                            .or_default() += 1;
+                        let reason = format!(
+                            "row {}: column '{}': '{}' is not a valid {}",
+                            rows[r],
+                            field.name(),
+                            truncate(text.value(r), 80),
+                            describe(field.data_type())
+                        );
+                        self.ctx
+                            .reject(&mut self.stats, rows[r], "type mismatch", reason)?;
+                    }
+                }
+            }
+            columns.push(typed);
+        }
+        let batch = RecordBatch::try_new(schema, columns)
+            .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))?;
+        let batch = if keep.iter().all(|&k| k) {
+            batch
+        } else {
+            filter_record_batch(&batch, &BooleanArray::from(keep))
+                .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))?
+        };
+        if batch.num_rows() > 0 && !self.ctx.send(batch) {
+            self.closed = true;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}

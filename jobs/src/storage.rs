@@ -1,0 +1,198 @@
+//! Where bytes live: the raw-zone bucket and source objects, each an `object_store` behind a path.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use carga_config::{S3Settings, Settings};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::http::HttpBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::error::{JobError, Result};
+
+/// The raw zone: an object store plus a prefix inside it, with a printable base URL.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    base_url: String,
+}
+
+impl Bucket {
+    pub fn open(settings: &Settings) -> Result<Self> {
+        let location = settings.bucket.as_str();
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = s3_store(bucket, &settings.s3)?;
+            return Ok(Self {
+                store,
+                prefix: Path::from(prefix.trim_matches('/')),
+                base_url: format!("s3://{bucket}"),
+            });
+        }
+        let dir = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| JobError::io(format!("creating bucket folder {}", dir.display()), e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| JobError::io(format!("bucket folder {}", dir.display()), e))?;
+        let store = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| JobError::store(format!("bucket folder {}", dir.display()), e))?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            base_url: dir.display().to_string(),
+        })
+    }
+
+    /// A path inside the bucket, below its prefix.
+    pub fn path(&self, relative: &str) -> Path {
+        let relative = Path::from(relative);
+        if self.prefix.as_ref().is_empty() {
+            relative
+        } else {
+            self.prefix.parts().chain(relative.parts()).collect()
+        }
+    }
+
+    /// A human (and pyarrow) usable address of `path`: `s3://bucket/key` or an absolute file path.
+    pub fn display(&self, path: &Path) -> String {
+        format!("{}/{}", self.base_url, path)
+    }
+}
+
+pub(crate) fn s3_store(bucket: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>> {
+    // Credentials come from the standard AWS environment / instance role, never from our settings.
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if s3.allow_http {
+        builder = builder.with_allow_http(true);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| JobError::store(format!("S3 bucket '{bucket}'"), e))?;
+    Ok(Arc::new(store))
+}
+
+/// A source file to read: a local path, an `s3://` object or an `https://` URL.
+#[derive(Clone, Debug)]
+pub struct SourceObject {
+    /// How the file is named in messages.
+    pub display: String,
+    pub kind: SourceObjectKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum SourceObjectKind {
+    Local(PathBuf),
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+    },
+}
+
+impl SourceObject {
+    pub fn resolve(location: &str, s3: &S3Settings) -> Result<Self> {
+        let display = location.to_owned();
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+                JobError::bad_input(location, "an s3:// location needs a bucket and a key")
+            })?;
+            let store = s3_store(bucket, s3)?;
+            return Ok(Self {
+                display,
+                kind: SourceObjectKind::Remote {
+                    store,
+                    path: Path::from(key),
+                },
+            });
+        }
+        if location.starts_with("https://") || location.starts_with("http://") {
+            let url = url::Url::parse(location)
+                .map_err(|e| JobError::bad_input(location, format!("not a valid URL: {e}")))?;
+            let origin = url.origin().ascii_serialization();
+            let store = HttpBuilder::new()
+                .with_url(origin)
+                .build()
+                .map_err(|e| JobError::store(location, e))?;
+            let path = Path::from_url_path(url.path())
+                .map_err(|e| JobError::bad_input(location, format!("bad URL path: {e}")))?;
+            return Ok(Self {
+                display,
+                kind: SourceObjectKind::Remote {
+                    store: Arc::new(store),
+                    path,
+                },
+            });
+        }
+        let path = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
+        Ok(Self {
+            display,
+            kind: SourceObjectKind::Local(path),
+        })
+    }
+
+    /// A blocking reader over the object's bytes, streamed (never loaded whole).
+    /// Must be called from a blocking thread (`spawn_blocking`), never from async code.
+    pub fn open_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Box<dyn BufRead + Send>> {
+        match &self.kind {
+            SourceObjectKind::Local(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| JobError::io(format!("opening {}", self.display), e))?;
+                Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+            }
+            SourceObjectKind::Remote { store, path } => {
+                let get = runtime
+                    .block_on(store.get(path))
+                    .map_err(|e| JobError::store(format!("reading {}", self.display), e))?;
+                let stream = get.into_stream().map_err(std::io::Error::other);
+                let reader =
+                    SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone());
+                Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+            }
+        }
+    }
+
+    /// A local file with the object's bytes: the path itself, or a temporary copy streamed to disk.
+    /// Formats that need random access (Excel) read through this.
+    pub fn local_copy(&self, runtime: &tokio::runtime::Handle) -> Result<LocalCopy> {
+        match &self.kind {
+            SourceObjectKind::Local(path) => Ok(LocalCopy::Original(path.clone())),
+            SourceObjectKind::Remote { .. } => {
+                let mut temp = tempfile::NamedTempFile::new()
+                    .map_err(|e| JobError::io("creating a temporary file", e))?;
+                let mut reader = self.open_blocking(runtime)?;
+                std::io::copy(&mut reader, temp.as_file_mut())
+                    .map_err(|e| JobError::io(format!("downloading {}", self.display), e))?;
+                Ok(LocalCopy::Temporary(temp))
+            }
+        }
+    }
+}
+
+pub enum LocalCopy {
+    Original(PathBuf),
+    Temporary(tempfile::NamedTempFile),
+}
+
+impl LocalCopy {
+    pub fn path(&self) -> &FsPath {
+        match self {
+            LocalCopy::Original(path) => path,
+            LocalCopy::Temporary(temp) => temp.path(),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Text cells to typed Arrow columns: type names in specs, inference over a sample, and conversion
+//! that reports exactly which row and column did not fit instead of silently nulling it.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, TimeUnit};
+
+/// The type a timestamp column gets: microseconds, UTC when the text carries an offset.
+pub fn timestamp_type(with_zone: bool) -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, with_zone.then(|| Arc::from("UTC")))
+}
+
+/// Parses a type name as written in a dataset spec's `schema:` section.
+pub fn parse_type_name(name: &str) -> Option<DataType> {
+    let lower = name.trim().to_ascii_lowercase();
+    let simple = match lower.as_str() {
+        "string" | "text" | "utf8" | "varchar" => Some(DataType::Utf8),
+        "int" | "integer" | "int64" | "bigint" | "long" => Some(DataType::Int64),
+        "int32" => Some(DataType::Int32),
+        "float" | "double" | "float64" => Some(DataType::Float64),
+        "bool" | "boolean" => Some(DataType::Boolean),
+        "date" => Some(DataType::Date32),
+        "timestamp" => Some(timestamp_type(false)),
+        "timestamptz" | "timestamp with time zone" => Some(timestamp_type(true)),
+        _ => None,
+    };
+    if simple.is_some() {
+        return simple;
+    }
+    let args = lower.strip_prefix("decimal(")?.strip_suffix(')')?;
+    let (precision, scale) = args.split_once(',')?;
+    let precision: u8 = precision.trim().parse().ok()?;
+    let scale: i8 = scale.trim().parse().ok()?;
+    if precision == 0 || precision > 38 || scale < 0 || scale as u8 > precision {
+        return None;
+    }
+    Some(DataType::Decimal128(precision, scale))
+}
+
+const SAFE: CastOptions<'static> = CastOptions {
+    safe: true,
+    format_options: arrow::util::display::FormatOptions::new(),
+};
+
+/// Casts text to `target`; cells that were present but did not parse come back as null.
+pub fn cast_text(values: &StringArray, target: &DataType) -> arrow::error::Result<ArrayRef> {
+    if target == &DataType::Utf8 {
+        return Ok(Arc::new(values.clone()));
+    }
+    cast_with_options(values, target, &SAFE)
+}
+
+/// Infers a column type from sample values (nulls already removed by the caller's null rules).
+/// Returns `None` when the sample holds no value at all, so a hint or `Utf8` can decide.
+pub fn infer_type(values: &StringArray) -> Option<DataType> {
+    let present = values.len() - values.null_count();
+    if present == 0 {
+        return None;
+    }
+    let fits = |target: &DataType| {
+        cast_text(values, target)
+            .map(|typed| typed.null_count() == values.null_count())
+            .unwrap_or(false)
+    };
+    let texts = || values.iter().flatten();
+    // Identifiers like zip codes keep their leading zeros: such a column stays text.
+    let leading_zero = texts().any(|v| {
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.")
+    });
+    if !leading_zero && texts().all(|v| !v.contains(['.', 'e', 'E'])) && fits(&DataType::Int64) {
+        return Some(DataType::Int64);
+    }
+    if !leading_zero
+        && texts().all(|v| v.bytes().any(|b| b.is_ascii_digit()))
+        && fits(&DataType::Float64)
+    {
+        return Some(DataType::Float64);
+    }
+    if texts().all(|v| v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false")) {
+        return Some(DataType::Boolean);
+    }
+    if texts().all(|v| v.len() == 10) && fits(&DataType::Date32) {
+        return Some(DataType::Date32);
+    }
+    if texts().all(|v| v.len() >= 16 && v.as_bytes()[4] == b'-') && fits(&timestamp_type(false)) {
+        let zoned = texts().any(has_zone_designator);
+        return Some(timestamp_type(zoned));
+    }
+    Some(DataType::Utf8)
+}
+
+fn has_zone_designator(text: &str) -> bool {
+    let t = text.trim_end();
+    if t.ends_with('Z') || t.ends_with('z') {
+        return true;
+    }
+    // An offset like +02:00, -0500 or +02 after the time part.
+    let time_part = t.get(10..).unwrap_or("");
+    time_part.rfind(['+', '-']).is_some_and(|pos| {
+        time_part[pos + 1..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ':')
+    })
+}
+
+/// Human name of a type for messages.
+pub fn describe(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Utf8 => "string".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::Float64 => "float64".into(),
+        DataType::Boolean => "bool".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn infer(values: &[Option<&str>]) -> Option<DataType> {
+        infer_type(&StringArray::from(values.to_vec()))
+    }
+
+    #[test]
+    fn infers_the_narrowest_type_that_fits_every_value() {
+        assert_eq!(
+            infer(&[Some("1"), Some("-20"), None]),
+            Some(DataType::Int64)
+        );
+        assert_eq!(infer(&[Some("1"), Some("2.5")]), Some(DataType::Float64));
+        assert_eq!(
+            infer(&[Some("true"), Some("FALSE")]),
+            Some(DataType::Boolean)
+        );
+        assert_eq!(infer(&[Some("2024-01-31")]), Some(DataType::Date32));
+        assert_eq!(
+            infer(&[
+                Some("2024-01-31 10:00:00"),
+                Some("2024-02-01T11:30:00.123456")
+            ]),
+            Some(timestamp_type(false))
+        );
+        assert_eq!(
+            infer(&[
+                Some("2024-01-31T10:00:00Z"),
+                Some("2024-01-31T10:00:00+02:00")
+            ]),
+            Some(timestamp_type(true))
+        );
+        assert_eq!(infer(&[Some("1"), Some("x")]), Some(DataType::Utf8));
+        assert_eq!(infer(&[None, None]), None);
+    }
+
+    #[test]
+    fn leading_zeros_keep_identifiers_as_text() {
+        assert_eq!(infer(&[Some("01234"), Some("55555")]), Some(DataType::Utf8));
+        assert_eq!(infer(&[Some("0"), Some("0.5")]), Some(DataType::Float64));
+    }
+
+    #[test]
+    fn numbers_are_not_booleans_and_dates_are_not_numbers() {
+        assert_eq!(infer(&[Some("1"), Some("0")]), Some(DataType::Int64));
+        assert_eq!(infer(&[Some("yes"), Some("no")]), Some(DataType::Utf8));
+        assert_eq!(infer(&[Some("20240131")]), Some(DataType::Int64));
+    }
+
+    #[test]
+    fn type_names_parse() {
+        assert_eq!(
+            parse_type_name("Decimal(12, 2)"),
+            Some(DataType::Decimal128(12, 2))
+        );
+        assert_eq!(parse_type_name("decimal(40,2)"), None);
+        assert_eq!(parse_type_name("timestamptz"), Some(timestamp_type(true)));
+        assert_eq!(parse_type_name("blob"), None);
+    }
+
+    #[test]
+    fn cast_text_marks_unparseable_cells_null() {
+        let values = StringArray::from(vec![Some("1"), Some("x"), None]);
+        let typed = cast_text(&values, &DataType::Int64).unwrap();
+        assert!(typed.is_valid(0) && typed.is_null(1) && typed.is_null(2));
+    }
+}
