@@ -100,10 +100,10 @@ impl Default for CsvOptions {
 #[serde(rename_all = "kebab-case")]
 pub enum Encoding {
     #[default]
-    #[serde(alias = "utf8")]
+    #[serde(alias = "utf-8")]
     Utf8,
     /// ISO-8859-1, read as Windows-1252 as browsers and Excel do.
-    #[serde(alias = "iso-8859-1", alias = "windows-1252")]
+    #[serde(alias = "latin-1", alias = "iso-8859-1", alias = "windows-1252")]
     Latin1,
 }
 

@@ -25,6 +25,8 @@ pub struct Watermark {
 }
 
 pub struct DeltaFilter {
+    /// `false` tracks the highest cursor without filtering (complete runs).
+    filter: bool,
     indices: Vec<usize>,
     cursor_schema: SchemaRef,
     converter: RowConverter,
@@ -34,7 +36,23 @@ pub struct DeltaFilter {
 }
 
 impl DeltaFilter {
+    /// A delta cursor: rows after `previous` pass, rows with a null cursor value are dropped.
     pub fn new(schema: &Schema, columns: &[String], previous: Option<&Watermark>) -> Result<Self> {
+        Self::build(schema, columns, previous, true)
+    }
+
+    /// Tracks the highest cursor of a complete run without leaving any row out, so the dataset can
+    /// later continue in delta mode from where the snapshot ended.
+    pub fn tracking(schema: &Schema, columns: &[String]) -> Result<Self> {
+        Self::build(schema, columns, None, false)
+    }
+
+    fn build(
+        schema: &Schema,
+        columns: &[String],
+        previous: Option<&Watermark>,
+        filter: bool,
+    ) -> Result<Self> {
         let indices = columns
             .iter()
             .map(|c| {
@@ -60,6 +78,7 @@ impl DeltaFilter {
         )
         .map_err(|e| JobError::arrow("delta cursor columns cannot be ordered", e))?;
         let mut filter = Self {
+            filter,
             indices,
             cursor_schema,
             converter,
@@ -95,7 +114,7 @@ impl DeltaFilter {
         for i in 0..batch.num_rows() {
             if self.indices.iter().any(|&c| batch.column(c).is_null(i)) {
                 self.null_cursor_rows += 1;
-                keep.push(false);
+                keep.push(!self.filter);
                 continue;
             }
             let row = rows.row(i);
@@ -114,7 +133,8 @@ impl DeltaFilter {
             .map_err(|e| JobError::arrow("delta filter", e))
     }
 
-    /// Rows left out because a cursor column was null: they cannot be placed after a watermark.
+    /// Rows with a null cursor value: left out by a delta cursor (they cannot be placed after a
+    /// watermark), only counted when tracking.
     pub fn null_cursor_rows(&self) -> u64 {
         self.null_cursor_rows
     }
@@ -245,5 +265,8 @@ mod tests {
         assert_eq!(out.num_rows(), 1);
         assert_eq!(out.column(0).null_count(), 0);
         assert_eq!(f.null_cursor_rows(), 1);
+        let mut tracking = DeltaFilter::tracking(&b.schema(), &cursor).unwrap();
+        assert_eq!(tracking.apply(&b).unwrap().num_rows(), 2);
+        assert_eq!(tracking.highest().unwrap().unwrap().values["id"], 2);
     }
 }

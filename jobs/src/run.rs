@@ -137,13 +137,17 @@ impl Engine {
             Mode::Complete => None,
         };
         // Complete runs track the cursor too (when one is declared), so a dataset can move to delta.
-        let mut cursor = match spec.timestamp_column.is_some() && !spec.key.is_empty() {
-            true => Some(DeltaFilter::new(
+        let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
+        let mut cursor = match (spec.mode, has_cursor) {
+            (Mode::Delta, _) => Some(DeltaFilter::new(
                 &plan.output,
                 &spec.cursor_columns(),
                 floor,
             )?),
-            false => None,
+            (Mode::Complete, true) => {
+                Some(DeltaFilter::tracking(&plan.output, &spec.cursor_columns())?)
+            }
+            (Mode::Complete, false) => None,
         };
 
         let ingest_date = started_at.date_naive().to_string();
@@ -192,6 +196,7 @@ impl Engine {
             }
         };
         if let Some(cursor) = &cursor
+            && spec.mode == Mode::Delta
             && cursor.null_cursor_rows() > 0
         {
             let message = format!(

@@ -10,7 +10,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::{JobError, Result};
@@ -121,8 +121,11 @@ impl SourceObject {
             let url = url::Url::parse(location)
                 .map_err(|e| JobError::bad_input(location, format!("not a valid URL: {e}")))?;
             let origin = url.origin().ascii_serialization();
+            // Plain http is accepted only when the location says so explicitly.
+            let client = ClientOptions::new().with_allow_http(url.scheme() == "http");
             let store = HttpBuilder::new()
                 .with_url(origin)
+                .with_client_options(client)
                 .build()
                 .map_err(|e| JobError::store(location, e))?;
             let path = Path::from_url_path(url.path())

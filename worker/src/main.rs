@@ -137,13 +137,17 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
         "  rows:     {} written ({} read, {} rejected, {} empty)",
         manifest.rows, report.rows_read, report.rejected_rows, report.empty_rows
     );
-    println!(
-        "  data:     {}/ ({} encrypted Parquet file(s), {} bytes, master key '{master_key_id}' in {})",
-        outcome.data_url,
-        manifest.files.len(),
-        manifest.bytes,
-        key_file.display()
-    );
+    if manifest.files.is_empty() {
+        println!("  data:     no new rows, no files written");
+    } else {
+        println!(
+            "  data:     {}/ ({} encrypted Parquet file(s), {} bytes, master key '{master_key_id}' in {})",
+            outcome.data_url,
+            manifest.files.len(),
+            manifest.bytes,
+            key_file.display()
+        );
+    }
     println!("  manifest: {}", outcome.manifest_url);
     println!("  report:   {}", outcome.report_url);
     if let Some(to) = manifest.watermark.as_ref().and_then(|w| w.to.as_ref()) {

@@ -1,0 +1,140 @@
+//! Shared test harness: a temporary bucket and key file, spec helpers, and service checks.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use carga_config::{DatasetSpec, Settings};
+use carga_jobs::manifest::{Manifest, ManifestLog};
+use carga_jobs::{Engine, read};
+
+/// Set by `.ci/run`: a test that would skip for a missing service or tool fails instead.
+pub const REQUIRE_ALL: &str = "CARGA_TEST_REQUIRE_ALL";
+
+/// Returns false (and says why) when a service this test needs is not reachable.
+pub fn service_available(name: &str, address: &str) -> bool {
+    let reachable = address
+        .parse()
+        .ok()
+        .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .is_some();
+    skip_unless(reachable, &format!("{name} is not reachable at {address}"))
+}
+
+/// Returns `condition`; when false, prints a skip notice, or panics when CI requires everything.
+pub fn skip_unless(condition: bool, why: &str) -> bool {
+    if !condition {
+        if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+            panic!("{why}, and {REQUIRE_ALL}=1 forbids skipping");
+        }
+        eprintln!("SKIPPED: {why} (set {REQUIRE_ALL}=1 to make this a failure)");
+    }
+    condition
+}
+
+/// A throwaway bucket folder and master key file.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub settings: Settings,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            bucket: dir.path().join("bucket").display().to_string(),
+            key_file: dir.path().join("keys.json"),
+            // Small batches and files, so multi-batch and multi-part paths run on small inputs.
+            batch_rows: 64,
+            rows_per_file: 500,
+            rows_per_row_group: 128,
+            ..Settings::default()
+        };
+        Self { dir, settings }
+    }
+
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// A spec from YAML whose `location` is a file name inside the lab folder.
+    pub fn spec(&self, yaml: &str) -> DatasetSpec {
+        let mut spec = DatasetSpec::from_yaml(yaml).unwrap();
+        if !spec.source.location.contains("://") && !spec.source.location.starts_with('/') {
+            spec.source.location = self
+                .dir
+                .path()
+                .join(&spec.source.location)
+                .display()
+                .to_string();
+        }
+        spec
+    }
+
+    pub fn engine(&self) -> Engine {
+        Engine::new(self.settings.clone()).unwrap()
+    }
+
+    pub async fn batches(&self, dataset: &str) -> Vec<RecordBatch> {
+        let engine = self.engine();
+        read::collect_dataset(engine.bucket(), engine.encryptor(), dataset)
+            .await
+            .unwrap()
+    }
+
+    /// The committed rows as JSON objects, in commit order.
+    pub async fn rows(&self, dataset: &str) -> Vec<serde_json::Value> {
+        rows_as_json(&self.batches(dataset).await)
+    }
+
+    pub async fn manifests(&self, dataset: &str) -> Vec<Manifest> {
+        let engine = self.engine();
+        let log = ManifestLog::new(engine.bucket(), dataset);
+        let mut out = Vec::new();
+        for sequence in log.sequences().await.unwrap() {
+            out.push(log.load(sequence).await.unwrap());
+        }
+        out
+    }
+
+    /// Every Parquet file under the bucket, committed or not.
+    pub fn parquet_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("bucket"), &mut out);
+        out
+    }
+}
+
+pub fn rows_as_json(batches: &[RecordBatch]) -> Vec<serde_json::Value> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in batches {
+        writer.write(batch).unwrap();
+    }
+    writer.finish().unwrap();
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Values of one column across rows, for compact assertions.
+pub fn column(rows: &[serde_json::Value], name: &str) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|r| r.get(name).cloned().unwrap_or(serde_json::Value::Null))
+        .collect()
+}
