@@ -58,10 +58,8 @@ pub(crate) fn read(
 
     let mut batcher = Batcher { schema, ctx, stats };
     loop {
-        if pending.len() >= batcher.ctx.batch_rows {
-            if !batcher.flush(&mut pending)? {
-                return Ok(batcher.stats);
-            }
+        if pending.len() >= batcher.ctx.batch_rows && !batcher.flush(&mut pending)? {
+            return Ok(batcher.stats);
         }
         let Some(position) = next_record(&mut splitter, &batcher.ctx)? else {
             break;
