@@ -290,3 +290,59 @@ async fn validation_report_covers_headers_empties_duplicates_and_timestamps() {
     let stored: carga_jobs::validation::ValidationReport = serde_json::from_slice(&stored).unwrap();
     assert_eq!(&stored, report);
 }
+
+#[tokio::test]
+async fn legacy_xls_and_opendocument_sheets_read_alike() {
+    let lab = Lab::new();
+    let mut seen = Vec::new();
+    for (id, file) in [("xls", "precios.xls"), ("ods", "precios.ods")] {
+        let fixture = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+        let spec = lab.spec(&format!(
+            "id: {id}\nsource: {{format: excel, location: {fixture}}}\ntrigger: callback\n"
+        ));
+        let outcome = lab.engine().run(&spec).await.unwrap();
+        let types: Vec<String> = outcome
+            .manifest
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect();
+        assert_eq!(types, ["Utf8", "Float64", "Date32"], "{file}");
+        seen.push(lab.rows(id).await);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(
+        seen[0][0],
+        json!({"sku": "A-01", "precio": 10.5, "vigente_desde": "2025-01-02"})
+    );
+    assert_eq!(seen[0][1]["precio"], json!(7.0));
+}
+
+#[tokio::test]
+async fn compression_setting_reaches_the_parquet_column_chunks() {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::basic::Compression;
+    for (setting, expected) in [
+        (carga_config::Compression::Zstd, "ZSTD"),
+        (carga_config::Compression::Snappy, "SNAPPY"),
+    ] {
+        let mut lab = Lab::new();
+        lab.settings.compression = setting;
+        lab.write("ventas.csv", ventas_csv(10));
+        let outcome = lab.engine().run(&lab.spec(VENTAS_SPEC)).await.unwrap();
+        let file = std::fs::File::open(
+            lab.dir
+                .path()
+                .join("bucket")
+                .join(&outcome.manifest.files[0].path),
+        )
+        .unwrap();
+        let options = ArrowReaderOptions::new()
+            .with_file_decryption_properties(lab.engine().encryptor().file_decryption().unwrap());
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).unwrap();
+        let codec = builder.metadata().row_group(0).column(0).compression();
+        assert!(matches!(codec, Compression::ZSTD(_) | Compression::SNAPPY));
+        assert!(format!("{codec:?}").starts_with(expected), "{codec:?}");
+    }
+}
