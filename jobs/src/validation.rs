@@ -60,6 +60,10 @@ pub struct ColumnReport {
 pub struct DuplicateKeys {
     pub key: Vec<String>,
     pub duplicate_rows: u64,
+    /// Rows whose key was checked; less than all rows when `complete` is false.
+    pub checked_rows: u64,
+    /// False when the input had more than `MAX_TRACKED_KEYS` distinct keys and checking stopped.
+    pub complete: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,7 +113,11 @@ pub struct BatchChecks {
     timestamp: Option<(usize, String, u64)>,
 }
 
-/// Duplicate detection keeps one 64-bit hash per distinct key: 8 bytes a row, never the rows.
+/// Distinct keys remembered for duplicate detection; past this the check stops (and says so),
+/// so memory stays bounded (~40 MB) however large the input is.
+pub const MAX_TRACKED_KEYS: usize = 2_000_000;
+
+/// Duplicate detection keeps one 64-bit hash per distinct key, never the rows.
 struct KeyCheck {
     names: Vec<String>,
     indices: Vec<usize>,
@@ -117,6 +125,9 @@ struct KeyCheck {
     seen: HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
     duplicates: u64,
+    checked_rows: u64,
+    complete: bool,
+    limit: usize,
 }
 
 impl BatchChecks {
@@ -152,6 +163,9 @@ impl BatchChecks {
                 seen: HashSet::new(),
                 hasher: Default::default(),
                 duplicates: 0,
+                checked_rows: 0,
+                complete: true,
+                limit: MAX_TRACKED_KEYS,
             })
         };
         let timestamp = match timestamp_column {
@@ -180,7 +194,7 @@ impl BatchChecks {
         if let Some((index, _, missing)) = &mut self.timestamp {
             *missing += batch.column(*index).null_count() as u64;
         }
-        if let Some(key) = &mut self.key {
+        if let Some(key) = self.key.as_mut().filter(|k| k.complete) {
             let columns: Vec<_> = key
                 .indices
                 .iter()
@@ -191,11 +205,17 @@ impl BatchChecks {
                 .convert_columns(&columns)
                 .map_err(|e| JobError::arrow("comparing key values", e))?;
             for row in rows.iter() {
+                if key.seen.len() >= key.limit {
+                    key.complete = false;
+                    key.seen = HashSet::new();
+                    break;
+                }
                 let mut h = key.hasher.build_hasher();
                 h.write(row.as_ref());
                 if !key.seen.insert(h.finish()) {
                     key.duplicates += 1;
                 }
+                key.checked_rows += 1;
             }
         }
         Ok(())
@@ -244,6 +264,8 @@ impl BatchChecks {
             duplicate_keys: self.key.map(|k| DuplicateKeys {
                 key: k.names,
                 duplicate_rows: k.duplicates,
+                checked_rows: k.checked_rows,
+                complete: k.complete,
             }),
             timestamp: self
                 .timestamp
@@ -322,6 +344,26 @@ mod tests {
         assert_eq!(ts.rows_without_timestamp, 2);
         assert!(!ts.every_row_has_timestamp);
         assert_eq!(report.columns[1].nulls, 2);
+    }
+
+    #[test]
+    fn duplicate_check_stops_at_its_memory_bound_and_says_so() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from((0..100).collect::<Vec<i64>>()))],
+        )
+        .unwrap();
+        let mut checks = BatchChecks::new(&schema, &["id".into()], None).unwrap();
+        checks.key.as_mut().unwrap().limit = 40;
+        checks.observe(&batch).unwrap();
+        checks.observe(&batch).unwrap();
+        let keys = checks
+            .into_report("d", "r", "s", ReadStats::default(), 200)
+            .duplicate_keys
+            .unwrap();
+        assert!(!keys.complete);
+        assert_eq!((keys.checked_rows, keys.duplicate_rows), (40, 0));
     }
 
     #[test]
