@@ -1,8 +1,6 @@
 //! One error type for the dataflow. Every variant carries enough context (dataset, file, row, column)
 //! for an operator to act on the message alone; none carries a secret.
 
-use std::sync::Arc;
-
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error(transparent)]
@@ -48,10 +46,6 @@ pub enum JobError {
 
     #[error("dataset '{dataset}': {message}")]
     Refused { dataset: String, message: String },
-
-    /// An error shared between the reader thread and the pipeline.
-    #[error(transparent)]
-    Shared(Arc<JobError>),
 }
 
 pub type Result<T, E = JobError> = std::result::Result<T, E>;

@@ -138,8 +138,11 @@ impl PartSink {
     /// Best-effort removal of the parts this run wrote: nothing references them yet.
     pub async fn abort(mut self) {
         if let Some(part) = self.current.take() {
-            // An unfinished upload never becomes visible; dropping the writer abandons it.
-            drop(part);
+            // An unfinished upload never becomes visible; aborting it also frees the uploaded parts.
+            let mut upload = part.writer.into_inner().inner;
+            if let Err(e) = upload.abort().await {
+                tracing::warn!(path = %part.path, error = %e, "could not abort an unfinished upload; it never becomes visible");
+            }
         }
         for part in &self.written {
             let path = Path::from(part.path.as_str());
