@@ -19,10 +19,10 @@ use crate::manifest::{
 };
 use crate::schema_drift::SchemaPlan;
 use crate::sink::{PartFile, PartSink};
-use crate::sources::{self, TypeHints};
+use crate::sources::{self, SourceReader, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
-use crate::validation::{BatchChecks, RunStatus, ValidationReport};
+use crate::validation::{BatchChecks, ReadStats, RunStatus, ValidationReport};
 
 /// What a committed run produced.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ impl Engine {
             explicit: explicit_types(spec)?,
             previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
         };
-        let mut reader =
+        let reader =
             sources::open(spec, &self.settings.s3, self.settings.batch_rows, hints).await?;
         let plan = SchemaPlan::new(
             &spec.id,
@@ -163,70 +163,15 @@ impl Engine {
             &self.settings,
         )?;
 
-        let streamed: Result<u64> = async {
-            let mut rows_written = 0u64;
-            while let Some(batch) = reader.next_batch().await {
-                let batch = plan.apply(&batch?)?;
-                checks.observe(&batch)?;
-                let batch = match cursor.as_mut() {
-                    Some(cursor) => cursor.apply(&batch)?,
-                    None => batch,
-                };
-                if batch.num_rows() > 0 {
-                    sink.write(&batch).await?;
-                    rows_written += batch.num_rows() as u64;
+        // Until the parts are complete, any failure removes what this run uploaded.
+        let (rows_written, stats) =
+            match fill(spec, reader, &plan, &mut checks, cursor.as_mut(), &mut sink).await {
+                Ok(filled) => filled,
+                Err(e) => {
+                    sink.abort().await;
+                    return Err(e);
                 }
-            }
-            Ok(rows_written)
-        }
-        .await;
-        let rows_written = match streamed {
-            Ok(rows) => rows,
-            Err(e) => {
-                drop(reader);
-                sink.abort().await;
-                return Err(e);
-            }
-        };
-        let mut stats = match reader.finish().await {
-            Ok(stats) => stats,
-            Err(e) => {
-                sink.abort().await;
-                return Err(e);
-            }
-        };
-        if let Some(cursor) = &cursor
-            && spec.mode == Mode::Delta
-            && cursor.null_cursor_rows() > 0
-        {
-            let message = format!(
-                "{} rows have no value in the cursor column(s) ({}) and cannot be placed after a watermark",
-                cursor.null_cursor_rows(),
-                spec.cursor_columns().join(", ")
-            );
-            if spec.on_malformed_row == MalformedRowPolicy::Fail {
-                sink.abort().await;
-                return Err(JobError::Refused {
-                    dataset: spec.id.clone(),
-                    message: format!("{message} (set on_malformed_row: skip to leave them out)"),
-                });
-            }
-            stats.rejected_rows += cursor.null_cursor_rows();
-            *stats
-                .rejected_by_reason
-                .entry("null cursor value".into())
-                .or_default() += cursor.null_cursor_rows();
-        }
-        if checks.rows() == 0 && !spec.allow_empty {
-            sink.abort().await;
-            return Err(JobError::Refused {
-                dataset: spec.id.clone(),
-                message: format!(
-                    "{} has no data rows ({} read, {} empty, {} rejected); set allow_empty: true if that is expected",
-                    spec.source.location, stats.rows_read, stats.empty_rows, stats.rejected_rows
-                ),
-            });
-        }
+            };
         let files = sink.finish().await?;
 
         let mut report =
@@ -303,6 +248,61 @@ impl Engine {
             .map_err(|e| JobError::store(format!("writing {}", self.bucket.display(path)), e))?;
         Ok(self.bucket.display(path))
     }
+}
+
+/// Streams the source through the schema plan, the checks and the cursor into the sink, then
+/// applies the run-level rules (null cursors in delta mode, empty input). Returns the rows
+/// written and the reader's statistics.
+async fn fill(
+    spec: &DatasetSpec,
+    mut reader: SourceReader,
+    plan: &SchemaPlan,
+    checks: &mut BatchChecks,
+    mut cursor: Option<&mut DeltaFilter>,
+    sink: &mut PartSink,
+) -> Result<(u64, ReadStats)> {
+    let mut rows_written = 0u64;
+    while let Some(batch) = reader.next_batch().await {
+        let batch = plan.apply(&batch?)?;
+        checks.observe(&batch)?;
+        let batch = match cursor.as_deref_mut() {
+            Some(cursor) => cursor.apply(&batch)?,
+            None => batch,
+        };
+        if batch.num_rows() > 0 {
+            sink.write(&batch).await?;
+            rows_written += batch.num_rows() as u64;
+        }
+    }
+    let mut stats = reader.finish().await?;
+    let null_cursors = cursor.map_or(0, |c| c.null_cursor_rows());
+    if spec.mode == Mode::Delta && null_cursors > 0 {
+        let message = format!(
+            "{null_cursors} rows have no value in the cursor column(s) ({}) and cannot be placed after a watermark",
+            spec.cursor_columns().join(", ")
+        );
+        if spec.on_malformed_row == MalformedRowPolicy::Fail {
+            return Err(JobError::Refused {
+                dataset: spec.id.clone(),
+                message: format!("{message} (set on_malformed_row: skip to leave them out)"),
+            });
+        }
+        stats.rejected_rows += null_cursors;
+        *stats
+            .rejected_by_reason
+            .entry("null cursor value".into())
+            .or_default() += null_cursors;
+    }
+    if checks.rows() == 0 && !spec.allow_empty {
+        return Err(JobError::Refused {
+            dataset: spec.id.clone(),
+            message: format!(
+                "{} has no data rows ({} read, {} empty, {} rejected); set allow_empty: true if that is expected",
+                spec.source.location, stats.rows_read, stats.empty_rows, stats.rejected_rows
+            ),
+        });
+    }
+    Ok((rows_written, stats))
 }
 
 fn explicit_types(spec: &DatasetSpec) -> Result<BTreeMap<String, arrow::datatypes::DataType>> {

@@ -82,7 +82,7 @@ async fn parts_checksums_match_the_bytes_on_disk() {
     lab.write("ventas.csv", ventas_csv(50));
     let outcome = lab.engine().run(&lab.spec(VENTAS_SPEC)).await.unwrap();
     for file in &outcome.manifest.files {
-        let bytes = std::fs::read(lab.dir.path().join("bucket").join(&file.path)).unwrap();
+        let bytes = std::fs::read(lab.part_path(file)).unwrap();
         assert_eq!(bytes.len() as u64, file.bytes);
         assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), file.sha256);
         assert_eq!(&bytes[..4], b"PARE", "encrypted footer magic");
@@ -331,13 +331,7 @@ async fn compression_setting_reaches_the_parquet_column_chunks() {
         lab.settings.compression = setting;
         lab.write("ventas.csv", ventas_csv(10));
         let outcome = lab.engine().run(&lab.spec(VENTAS_SPEC)).await.unwrap();
-        let file = std::fs::File::open(
-            lab.dir
-                .path()
-                .join("bucket")
-                .join(&outcome.manifest.files[0].path),
-        )
-        .unwrap();
+        let file = std::fs::File::open(lab.part_path(&outcome.manifest.files[0])).unwrap();
         let options = ArrowReaderOptions::new()
             .with_file_decryption_properties(lab.engine().encryptor().file_decryption().unwrap());
         let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).unwrap();

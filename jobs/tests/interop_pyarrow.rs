@@ -33,7 +33,7 @@ async fn pyarrow_decrypts_our_files_and_sees_the_same_rows() {
 
     let mut theirs = Vec::new();
     for file in &outcome.manifest.files {
-        let path = lab.dir.path().join("bucket").join(&file.path);
+        let path = lab.part_path(file);
         let output = Command::new("python3")
             .arg(SCRIPT)
             .arg(&lab.settings.key_file)
@@ -85,11 +85,7 @@ async fn without_the_key_the_file_is_unreadable() {
     lab.write("s.csv", "secreto\nvalor-confidencial\n");
     let spec = lab.spec("id: s\nsource: {format: csv, location: s.csv}\ntrigger: callback\n");
     let outcome = lab.engine().run(&spec).await.unwrap();
-    let path = lab
-        .dir
-        .path()
-        .join("bucket")
-        .join(&outcome.manifest.files[0].path);
+    let path = lab.part_path(&outcome.manifest.files[0]);
 
     // The plaintext is nowhere in the bytes.
     let bytes = std::fs::read(&path).unwrap();

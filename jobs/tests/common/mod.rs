@@ -101,6 +101,11 @@ impl Lab {
         out
     }
 
+    /// Where a committed part lives on disk.
+    pub fn part_path(&self, file: &carga_jobs::sink::PartFile) -> PathBuf {
+        self.dir.path().join("bucket").join(&file.path)
+    }
+
     /// Every Parquet file under the bucket, committed or not.
     pub fn parquet_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
