@@ -48,9 +48,18 @@ pub struct DatasetSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
-    pub format: FileFormat,
-    /// A local path (relative to the spec file), an `s3://bucket/key` object or an `https://` URL.
+    pub format: SourceFormat,
+    /// Files: a local path (relative to the spec file), an `s3://bucket/key` object or an `https://` URL.
+    #[serde(default)]
     pub location: String,
+    /// Databases: the table to extract, schema-qualified (`public.orders`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Databases: the columns to extract; all of them when empty.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub postgres: PostgresOptions,
     #[serde(default)]
     pub csv: CsvOptions,
     #[serde(default)]
@@ -61,10 +70,33 @@ pub struct SourceSpec {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum FileFormat {
+pub enum SourceFormat {
     Csv,
     Json,
     Excel,
+    Postgres,
+}
+
+impl SourceFormat {
+    pub fn is_database(self) -> bool {
+        matches!(self, SourceFormat::Postgres)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresOptions {
+    /// How `numeric` columns without a declared precision are written: `text` keeps every digit
+    /// exactly as a string; `decimal(p,s)` makes them decimals, and a value that does not fit fails.
+    pub unconstrained_numeric: String,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            unconstrained_numeric: "text".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,6 +215,16 @@ pub enum MalformedRowPolicy {
     Skip,
 }
 
+impl SourceSpec {
+    /// How the source is named in messages: the file location or the table.
+    pub fn describe(&self) -> String {
+        match (&self.table, self.format.is_database()) {
+            (Some(table), true) => format!("table {table}"),
+            _ => self.location.clone(),
+        }
+    }
+}
+
 impl DatasetSpec {
     /// Reads a spec and resolves a relative local `source.location` against the spec's folder.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -195,7 +237,8 @@ impl DatasetSpec {
                 path: path.to_owned(),
                 source,
             })?;
-        if is_local_relative(&spec.source.location)
+        if !spec.source.format.is_database()
+            && is_local_relative(&spec.source.location)
             && let Some(dir) = path.parent()
         {
             spec.source.location = dir.join(&spec.source.location).display().to_string();
@@ -250,7 +293,17 @@ impl DatasetSpec {
                     .into(),
             ));
         }
-        if self.source.location.is_empty() {
+        if self.source.format.is_database() {
+            if self.source.table.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid("a database source needs source.table".into()));
+            }
+            if self.connection_id.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "a database source needs connection_id (the secret holding its credentials)"
+                        .into(),
+                ));
+            }
+        } else if self.source.location.is_empty() {
             return Err(invalid("source.location is empty".into()));
         }
         let csv = &self.source.csv;

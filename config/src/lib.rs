@@ -6,8 +6,8 @@ mod error;
 mod settings;
 
 pub use dataset::{
-    CsvOptions, DatasetSpec, Encoding, ExcelOptions, FileFormat, JsonOptions, MalformedRowPolicy,
-    Mode, NewColumnPolicy, SourceSpec, Trigger,
+    CsvOptions, DatasetSpec, Encoding, ExcelOptions, JsonOptions, MalformedRowPolicy, Mode,
+    NewColumnPolicy, PostgresOptions, SourceFormat, SourceSpec, Trigger,
 };
 pub use error::ConfigError;
 pub use settings::{Compression, S3Settings, Settings};

@@ -14,6 +14,10 @@ pub struct Settings {
     pub bucket: String,
     /// JSON file mapping master key ids to base64 keys (the local key provider).
     pub key_file: PathBuf,
+    /// JSON file of connection credentials by connection id (the local secrets provider):
+    /// `{"<id>": {"url": "postgres://..."}}` or the fields of an AWS RDS secret
+    /// (`engine`, `host`, `port`, `username`, `password`, `dbname`).
+    pub secrets_file: PathBuf,
     /// Master key that wraps each file's data key.
     pub master_key_id: String,
     /// Create `key_file` with a fresh random master key when it does not exist (embedded default).
@@ -51,6 +55,7 @@ impl Default for Settings {
         Self {
             bucket: ".carga/bucket".into(),
             key_file: ".carga/master-keys.json".into(),
+            secrets_file: ".carga/secrets.json".into(),
             master_key_id: "carga-master".into(),
             create_key_if_missing: true,
             compression: Compression::Zstd,
@@ -90,6 +95,9 @@ impl Settings {
         }
         if let Some(v) = var("CARGA_KEY_FILE") {
             self.key_file = v.into();
+        }
+        if let Some(v) = var("CARGA_SECRETS_FILE") {
+            self.secrets_file = v.into();
         }
         if let Some(v) = var("CARGA_MASTER_KEY_ID") {
             self.master_key_id = v;

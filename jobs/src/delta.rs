@@ -1,17 +1,19 @@
 //! The delta cursor: rows strictly after the stored watermark, comparing (timestamp, key...) as one
 //! tuple, so rows sharing a timestamp are neither lost nor repeated across runs.
 //!
-//! The watermark is stored as JSON written by arrow-json from the source's own typed values
-//! (full precision), and read back with the same column types before comparing.
+//! The watermark is stored as text: each cursor value as Arrow displays it (full precision:
+//! every decimal digit, microseconds, the key as written), and cast back to the column's type
+//! before comparing, so storing it never rounds it.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use std::collections::BTreeMap;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{Schema, SchemaRef};
-use arrow::json::ReaderBuilder;
-use arrow::json::writer::LineDelimitedWriter;
 use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{JobError, Result};
@@ -20,8 +22,8 @@ use crate::error::{JobError, Result};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Watermark {
     pub columns: Vec<String>,
-    /// `{"<column>": <value>, ...}` as arrow-json renders the typed values.
-    pub values: serde_json::Value,
+    /// `{"<column>": "<value as text>", ...}`.
+    pub values: BTreeMap<String, String>,
 }
 
 pub struct DeltaFilter {
@@ -97,7 +99,7 @@ impl DeltaFilter {
                     ),
                 ));
             }
-            let batch = filter.decode(&watermark.values)?;
+            let batch = filter.decode(watermark)?;
             let rows = filter.convert(&batch)?;
             filter.floor = Some(rows.row(0).owned());
         }
@@ -144,15 +146,13 @@ impl DeltaFilter {
         let Some((_, batch)) = &self.highest else {
             return Ok(None);
         };
-        let mut writer = LineDelimitedWriter::new(Vec::new());
-        writer
-            .write(batch)
-            .map_err(|e| JobError::arrow("encoding the watermark", e))?;
-        writer
-            .finish()
-            .map_err(|e| JobError::arrow("encoding the watermark", e))?;
-        let values = serde_json::from_slice(&writer.into_inner())
-            .map_err(|e| JobError::bad_input("watermark", e.to_string()))?;
+        let options = FormatOptions::default();
+        let mut values = BTreeMap::new();
+        for (field, column) in self.cursor_schema.fields().iter().zip(batch.columns()) {
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &options)
+                .map_err(|e| JobError::arrow("encoding the watermark", e))?;
+            values.insert(field.name().clone(), formatter.value(0).to_string());
+        }
         Ok(Some(Watermark {
             columns: self
                 .cursor_schema
@@ -164,23 +164,38 @@ impl DeltaFilter {
         }))
     }
 
-    fn decode(&self, values: &serde_json::Value) -> Result<RecordBatch> {
-        let mut decoder = ReaderBuilder::new(self.cursor_schema.clone())
-            .build_decoder()
-            .map_err(|e| JobError::arrow("decoding the stored watermark", e))?;
-        decoder
-            .decode(values.to_string().as_bytes())
-            .map_err(|e| JobError::arrow("decoding the stored watermark", e))?;
-        match decoder
-            .flush()
-            .map_err(|e| JobError::arrow("decoding the stored watermark", e))?
-        {
-            Some(batch) if batch.num_rows() == 1 => Ok(batch),
-            _ => Err(JobError::bad_input(
-                "manifest",
-                format!("stored watermark {values} is not one row"),
-            )),
-        }
+    fn decode(&self, watermark: &Watermark) -> Result<RecordBatch> {
+        let context = "decoding the stored watermark";
+        let columns = self
+            .cursor_schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let text = watermark.values.get(field.name()).ok_or_else(|| {
+                    JobError::bad_input(
+                        "manifest",
+                        format!("stored watermark has no value for '{}'", field.name()),
+                    )
+                })?;
+                let cast = CastOptions {
+                    safe: false,
+                    ..CastOptions::default()
+                };
+                cast_with_options(
+                    &StringArray::from(vec![text.as_str()]),
+                    field.data_type(),
+                    &cast,
+                )
+                .map_err(|e| {
+                    JobError::arrow(
+                        format!("{context}: column '{}' value '{text}'", field.name()),
+                        e,
+                    )
+                })
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(self.cursor_schema.clone(), columns)
+            .map_err(|e| JobError::arrow(context, e))
     }
 
     fn convert(&self, cursor: &RecordBatch) -> Result<arrow::row::Rows> {
@@ -236,7 +251,7 @@ mod tests {
         );
         let mut run2 = DeltaFilter::new(&second.schema(), &cursor, Some(&mark)).unwrap();
         assert_eq!(ids(&run2.apply(&second).unwrap()), vec![4, 0]);
-        assert_eq!(run2.highest().unwrap().unwrap().values["id"], 0);
+        assert_eq!(run2.highest().unwrap().unwrap().values["id"], "0");
     }
 
     #[test]
@@ -267,6 +282,6 @@ mod tests {
         assert_eq!(f.null_cursor_rows(), 1);
         let mut tracking = DeltaFilter::tracking(&b.schema(), &cursor).unwrap();
         assert_eq!(tracking.apply(&b).unwrap().num_rows(), 2);
-        assert_eq!(tracking.highest().unwrap().unwrap().values["id"], 2);
+        assert_eq!(tracking.highest().unwrap().unwrap().values["id"], "2");
     }
 }

@@ -37,6 +37,14 @@ pub enum JobError {
     #[error("encryption: {0}")]
     Encryption(String),
 
+    /// A connection secret is missing or malformed. Never carries a secret value.
+    #[error("secrets: {0}")]
+    Secret(String),
+
+    /// The database refused or failed a statement. The message names the dataset's table.
+    #[error("{context}: {message}")]
+    Database { context: String, message: String },
+
     /// Another run committed between our start and our commit; our output was discarded.
     #[error("dataset '{dataset}': {message}")]
     Conflict { dataset: String, message: String },

@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod read;
 pub mod run;
 pub mod schema_drift;
+pub mod secrets;
 pub mod sink;
 pub mod sources;
 pub mod storage;

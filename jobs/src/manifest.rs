@@ -12,7 +12,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use carga_config::{FileFormat, Mode};
+use carga_config::{Mode, SourceFormat};
 
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
@@ -45,7 +45,7 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManifestSource {
-    pub format: FileFormat,
+    pub format: SourceFormat,
     pub location: String,
 }
 

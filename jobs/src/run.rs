@@ -18,8 +18,9 @@ use crate::manifest::{
     EncryptionInfo, FORMAT_VERSION, Manifest, ManifestLog, ManifestSource, WatermarkRange,
 };
 use crate::schema_drift::SchemaPlan;
+use crate::secrets::{LocalSecretsFile, SecretsProvider};
 use crate::sink::{PartFile, PartSink};
-use crate::sources::{self, SourceReader, TypeHints};
+use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
 use crate::validation::{BatchChecks, ReadStats, RunStatus, ValidationReport};
@@ -48,6 +49,7 @@ pub struct Engine {
     settings: Settings,
     bucket: Bucket,
     encryptor: Encryptor,
+    secrets: Arc<dyn SecretsProvider>,
 }
 
 impl Engine {
@@ -59,10 +61,12 @@ impl Engine {
             settings.create_key_if_missing,
         )?;
         let encryptor = Encryptor::new(keyring, &settings.master_key_id)?;
+        let secrets = Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
         Ok(Self {
             settings,
             bucket,
             encryptor,
+            secrets,
         })
     }
 
@@ -78,7 +82,7 @@ impl Engine {
         let run_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("run", dataset = %spec.id, run_id = %run_id);
         async {
-            tracing::info!(source = %spec.source.location, mode = ?spec.mode, "run started");
+            tracing::info!(source = %spec.source.describe(), mode = ?spec.mode, "run started");
             let log = ManifestLog::new(&self.bucket, &spec.id);
             let report_path = log.dir().clone().join(format!("{run_id}.validation.json"));
             match self.execute(spec, &run_id, &log, &report_path).await {
@@ -96,7 +100,7 @@ impl Engine {
                     let report = ValidationReport::failed_early(
                         &spec.id,
                         &run_id,
-                        &spec.source.location,
+                        &spec.source.describe(),
                         error.to_string(),
                     );
                     let report_url = self.write_report(&report_path, &report).await.ok();
@@ -122,8 +126,28 @@ impl Engine {
             explicit: explicit_types(spec)?,
             previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
         };
-        let reader =
-            sources::open(spec, &self.settings.s3, self.settings.batch_rows, hints).await?;
+        let floor = match spec.mode {
+            Mode::Delta => previous.as_ref().and_then(Manifest::next_watermark),
+            Mode::Complete => None,
+        };
+        let secret = match &spec.connection_id {
+            Some(id) if spec.source.format.is_database() => {
+                Some(self.secrets.connection(id).await?)
+            }
+            _ => None,
+        };
+        let access = SourceAccess {
+            secret,
+            floor: floor.cloned(),
+        };
+        let reader = sources::open(
+            spec,
+            &self.settings.s3,
+            self.settings.batch_rows,
+            hints,
+            access,
+        )
+        .await?;
         let plan = SchemaPlan::new(
             &spec.id,
             &reader.schema,
@@ -132,10 +156,6 @@ impl Engine {
         )?;
         let mut checks =
             BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
-        let floor = match spec.mode {
-            Mode::Delta => previous.as_ref().and_then(Manifest::next_watermark),
-            Mode::Complete => None,
-        };
         // Complete runs track the cursor too (when one is declared), so a dataset can move to delta.
         let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
         let mut cursor = match (spec.mode, has_cursor) {
@@ -164,18 +184,32 @@ impl Engine {
         )?;
 
         // Until the parts are complete, any failure removes what this run uploaded.
-        let (rows_written, stats) =
-            match fill(spec, reader, &plan, &mut checks, cursor.as_mut(), &mut sink).await {
-                Ok(filled) => filled,
-                Err(e) => {
-                    sink.abort().await;
-                    return Err(e);
-                }
-            };
+        let (rows_written, stats) = match fill(
+            spec,
+            reader,
+            &plan,
+            &mut checks,
+            cursor.as_mut(),
+            floor.is_some(),
+            &mut sink,
+        )
+        .await
+        {
+            Ok(filled) => filled,
+            Err(e) => {
+                sink.abort().await;
+                return Err(e);
+            }
+        };
         let files = sink.finish().await?;
 
-        let mut report =
-            checks.into_report(&spec.id, run_id, &spec.source.location, stats, rows_written);
+        let mut report = checks.into_report(
+            &spec.id,
+            run_id,
+            &spec.source.describe(),
+            stats,
+            rows_written,
+        );
         report.schema_changes = plan.changes.clone();
         let report_url = match self.write_report(report_path, &report).await {
             Ok(url) => url,
@@ -201,7 +235,7 @@ impl Engine {
             ingest_date,
             source: ManifestSource {
                 format: spec.source.format,
-                location: spec.source.location.clone(),
+                location: spec.source.describe(),
             },
             rows: rows_written,
             bytes: files.iter().map(|f| f.bytes).sum(),
@@ -259,6 +293,7 @@ async fn fill(
     plan: &SchemaPlan,
     checks: &mut BatchChecks,
     mut cursor: Option<&mut DeltaFilter>,
+    resumes_from_watermark: bool,
     sink: &mut PartSink,
 ) -> Result<(u64, ReadStats)> {
     let mut rows_written = 0u64;
@@ -293,12 +328,16 @@ async fn fill(
             .entry("null cursor value".into())
             .or_default() += null_cursors;
     }
-    if checks.rows() == 0 && !spec.allow_empty {
+    // Zero new rows after a watermark is normal; an empty first load or snapshot is suspicious.
+    if checks.rows() == 0 && !spec.allow_empty && !resumes_from_watermark {
         return Err(JobError::Refused {
             dataset: spec.id.clone(),
             message: format!(
                 "{} has no data rows ({} read, {} empty, {} rejected); set allow_empty: true if that is expected",
-                spec.source.location, stats.rows_read, stats.empty_rows, stats.rejected_rows
+                spec.source.describe(),
+                stats.rows_read,
+                stats.empty_rows,
+                stats.rejected_rows
             ),
         });
     }

@@ -7,9 +7,13 @@ use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, TimeUnit};
 
+/// The zone of instants (`timestamptz`). An offset rather than a zone name, so that no time zone
+/// database is needed to read or display it; readers see UTC either way.
+pub const UTC: &str = "+00:00";
+
 /// The type a timestamp column gets: microseconds, UTC when the text carries an offset.
 pub fn timestamp_type(with_zone: bool) -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, with_zone.then(|| Arc::from("UTC")))
+    DataType::Timestamp(TimeUnit::Microsecond, with_zone.then(|| Arc::from(UTC)))
 }
 
 /// Parses a type name as written in a dataset spec's `schema:` section.
@@ -110,7 +114,11 @@ fn has_zone_designator(text: &str) -> bool {
 pub fn describe(data_type: &DataType) -> String {
     match data_type {
         DataType::Utf8 => "string".into(),
+        DataType::Int16 => "int16".into(),
+        DataType::Int32 => "int32".into(),
         DataType::Int64 => "int64".into(),
+        DataType::Float32 => "float32".into(),
+        DataType::Binary => "binary".into(),
         DataType::Float64 => "float64".into(),
         DataType::Boolean => "bool".into(),
         DataType::Date32 => "date".into(),

@@ -340,3 +340,22 @@ async fn compression_setting_reaches_the_parquet_column_chunks() {
         assert!(format!("{codec:?}").starts_with(expected), "{codec:?}");
     }
 }
+
+#[tokio::test]
+async fn timestamps_with_offsets_become_utc_instants() {
+    let lab = Lab::new();
+    lab.write(
+        "tz.csv",
+        "id,at\n1,2026-01-01T10:00:00+02:00\n2,2026-01-01T10:00:00Z\n",
+    );
+    let spec = lab.spec("id: tz\nsource: {format: csv, location: tz.csv}\ntrigger: callback\nkey: [id]\ntimestamp_column: at\n");
+    let outcome = lab.engine().run(&spec).await.unwrap();
+    let at = outcome.manifest.schema.field_with_name("at").unwrap();
+    assert_eq!(at.data_type().to_string(), "Timestamp(µs, \"+00:00\")");
+    assert_eq!(
+        column(&lab.rows("tz").await, "at"),
+        [json!("2026-01-01T08:00:00Z"), json!("2026-01-01T10:00:00Z")]
+    );
+    let to = outcome.manifest.watermark.unwrap().to.unwrap();
+    assert_eq!(to.values["at"], "2026-01-01T10:00:00Z");
+}

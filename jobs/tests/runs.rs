@@ -46,7 +46,11 @@ async fn delta_across_three_runs_neither_loses_nor_repeats_rows_sharing_a_timest
             .as_ref()
             .unwrap()
             .values,
-        json!({"ts": "2026-03-01T11:00:00", "id": 3})
+        [
+            ("id".to_string(), "3".to_string()),
+            ("ts".to_string(), "2026-03-01T11:00:00".to_string())
+        ]
+        .into()
     );
 
     // Run 2: the export grew: a row at the same timestamp as the watermark with a higher key,
@@ -72,7 +76,7 @@ async fn delta_across_three_runs_neither_loses_nor_repeats_rows_sharing_a_timest
             .as_ref()
             .unwrap()
             .values["id"],
-        3
+        "3"
     );
 
     // Run 3: nothing new, then one more row: exactly it is added.

@@ -151,7 +151,12 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     println!("  manifest: {}", outcome.manifest_url);
     println!("  report:   {}", outcome.report_url);
     if let Some(to) = manifest.watermark.as_ref().and_then(|w| w.to.as_ref()) {
-        println!("  watermark: {}", to.values);
+        let shown: Vec<String> = to
+            .columns
+            .iter()
+            .map(|c| format!("{c}={}", to.values.get(c).map_or("", String::as_str)))
+            .collect();
+        println!("  watermark: {}", shown.join(", "));
     }
     for change in &report.schema_changes {
         println!("  schema:   {change}");

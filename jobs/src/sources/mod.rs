@@ -5,17 +5,20 @@ mod csv;
 mod excel;
 mod json;
 mod json_records;
+pub mod postgres;
 mod table;
 
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use carga_config::{DatasetSpec, FileFormat, MalformedRowPolicy, S3Settings};
+use carga_config::{DatasetSpec, MalformedRowPolicy, S3Settings, SourceFormat, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::delta::Watermark;
 use crate::error::{JobError, Result};
+use crate::secrets::ConnectionSecret;
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
 
@@ -60,9 +63,15 @@ impl ReadContext {
         }
     }
 
-    /// Sends a batch; `false` means the pipeline has stopped listening (it failed) and reading can end.
+    /// Sends a batch from a blocking reader thread; `false` means the pipeline has stopped
+    /// listening (it failed) and reading can end.
     pub fn send(&self, batch: RecordBatch) -> bool {
         self.batch_tx.blocking_send(Ok(batch)).is_ok()
+    }
+
+    /// `send` for readers that run as async tasks (databases).
+    pub async fn send_async(&self, batch: RecordBatch) -> bool {
+        self.batch_tx.send(Ok(batch)).await.is_ok()
     }
 
     /// Applies the malformed-row policy to a row that cannot be used: fail the run, or count it.
@@ -108,6 +117,16 @@ impl SourceReader {
     }
 }
 
+/// File formats parse on a blocking thread.
+fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Result<ReadStats> {
+    match source.format {
+        SourceFormat::Csv => csv::read(object, &source.csv, ctx),
+        SourceFormat::Json => json::read(object, &source.json, ctx),
+        SourceFormat::Excel => excel::read(object, &source.excel, ctx),
+        SourceFormat::Postgres => Err(ctx.bad_input("a database is not a file")),
+    }
+}
+
 async fn join(task: JoinHandle<Result<ReadStats>>) -> Result<ReadStats> {
     match task.await {
         Ok(result) => result,
@@ -118,18 +137,26 @@ async fn join(task: JoinHandle<Result<ReadStats>>) -> Result<ReadStats> {
     }
 }
 
+/// What a source needs besides the spec: credentials for databases, and the watermark a delta
+/// run starts from (databases filter on the server; files are filtered by the pipeline).
+#[derive(Default)]
+pub struct SourceAccess {
+    pub secret: Option<ConnectionSecret>,
+    pub floor: Option<Watermark>,
+}
+
 /// Opens the dataset's source and starts reading it. Returns once the schema is known.
 pub async fn open(
     spec: &DatasetSpec,
     s3: &S3Settings,
     batch_rows: usize,
     hints: TypeHints,
+    access: SourceAccess,
 ) -> Result<SourceReader> {
-    let object = SourceObject::resolve(&spec.source.location, s3)?;
     let (schema_tx, schema_rx) = oneshot::channel();
     let (batch_tx, batches) = mpsc::channel(CHANNEL_BATCHES);
-    let ctx = ReadContext {
-        location: object.display.clone(),
+    let mut ctx = ReadContext {
+        location: String::new(),
         batch_rows,
         policy: spec.on_malformed_row,
         hints,
@@ -137,12 +164,23 @@ pub async fn open(
         batch_tx,
         runtime: tokio::runtime::Handle::current(),
     };
-    let source = spec.source.clone();
-    let task = tokio::task::spawn_blocking(move || match source.format {
-        FileFormat::Csv => csv::read(&object, &source.csv, ctx),
-        FileFormat::Json => json::read(&object, &source.json, ctx),
-        FileFormat::Excel => excel::read(&object, &source.excel, ctx),
-    });
+    let task = if spec.source.format.is_database() {
+        let connection = spec.connection_id.clone().unwrap_or_default();
+        ctx.location = format!(
+            "table {} (connection '{connection}')",
+            spec.source.table.as_deref().unwrap_or_default()
+        );
+        let secret = access.secret.ok_or_else(|| {
+            JobError::Secret(format!("no credentials for connection '{connection}'"))
+        })?;
+        let spec = spec.clone();
+        tokio::spawn(postgres::read(spec, secret, access.floor, ctx))
+    } else {
+        let object = SourceObject::resolve(&spec.source.location, s3)?;
+        ctx.location = object.display.clone();
+        let source = spec.source.clone();
+        tokio::task::spawn_blocking(move || read_file(&object, &source, ctx))
+    };
     match schema_rx.await {
         Ok(schema) => Ok(SourceReader {
             schema,

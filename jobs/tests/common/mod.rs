@@ -64,7 +64,9 @@ impl Lab {
     /// A spec from YAML whose `location` is a file name inside the lab folder.
     pub fn spec(&self, yaml: &str) -> DatasetSpec {
         let mut spec = DatasetSpec::from_yaml(yaml).unwrap();
-        if !spec.source.location.contains("://") && !spec.source.location.starts_with('/') {
+        let relative =
+            !spec.source.location.contains("://") && !spec.source.location.starts_with('/');
+        if !spec.source.format.is_database() && relative {
             spec.source.location = self
                 .dir
                 .path()

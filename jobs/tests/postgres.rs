@@ -1,0 +1,305 @@
+//! PostgreSQL source against the real server on loopback: type mapping, delta across runs,
+//! complete snapshots, failures that leave the previous state, schema drift.
+
+mod common;
+
+use common::{Lab, column, service_available};
+use serde_json::json;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+
+fn url() -> String {
+    std::env::var("CARGA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A lab whose secrets file knows connection `pg`, and a fresh schema for this test's tables.
+async fn setup(schema: &str) -> Option<(Lab, PgConnection)> {
+    if !service_available("PostgreSQL", "127.0.0.1:5432") {
+        return None;
+    }
+    let mut lab = Lab::new();
+    let secrets = lab.write("secrets.json", json!({"pg": {"url": url()}}).to_string());
+    lab.settings.secrets_file = secrets;
+    let mut conn = PgConnection::connect(&url()).await.unwrap();
+    let reset = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
+    conn.execute(AssertSqlSafe(reset)).await.unwrap();
+    Some((lab, conn))
+}
+
+fn spec(lab: &Lab, id: &str, table: &str, extra: &str) -> carga_config::DatasetSpec {
+    lab.spec(&format!(
+        "id: {id}\nsource: {{format: postgres, table: {table}}}\nconnection_id: pg\ntrigger: callback\n{extra}"
+    ))
+}
+
+#[tokio::test]
+async fn every_mapped_type_round_trips() {
+    let Some((lab, mut conn)) = setup("carga_types").await else {
+        return;
+    };
+    conn.execute(
+        "CREATE TYPE carga_types.mood AS ENUM ('ok', 'meh');
+         CREATE TABLE carga_types.t (
+            id int8 PRIMARY KEY, b bool, i2 int2, i4 int4, f4 real, f8 float8,
+            price numeric(12,2), big numeric, t text, vc varchar(10), ch char(5),
+            d date, ts timestamp, tstz timestamptz, tm time, iv interval,
+            u uuid, j json, jb jsonb, raw bytea, arr int4[], m carga_types.mood);
+         INSERT INTO carga_types.t VALUES
+           (1, true, -32768, 2147483647, 1.5, -2.25, 12345.67, 123456789012345678901234567890.123456789,
+            'ñandú', 'abc', 'ab', '2026-02-28', '2026-02-28 13:14:15.123456', '2026-02-28 13:14:15.5+02',
+            '23:59:59.999999', '1 mon 2 days 00:00:03', '12345678-9abc-def0-1234-56789abcdef0',
+            '{\"a\": [1, 2]}', '{\"b\": {\"c\": null}}', '\\x00ff10', '{1,NULL,3}', 'meh'),
+           (2, NULL, NULL, NULL, 'NaN', 'Infinity', -0.01, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, NULL);",
+    )
+    .await
+    .unwrap();
+    let outcome = lab
+        .engine()
+        .run(&spec(&lab, "types", "carga_types.t", ""))
+        .await
+        .unwrap();
+    let types: Vec<String> = outcome
+        .manifest
+        .schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "id:Int64",
+            "b:Boolean",
+            "i2:Int16",
+            "i4:Int32",
+            "f4:Float32",
+            "f8:Float64",
+            "price:Decimal128(12, 2)",
+            "big:Utf8",
+            "t:Utf8",
+            "vc:Utf8",
+            "ch:Utf8",
+            "d:Date32",
+            "ts:Timestamp(µs)",
+            "tstz:Timestamp(µs, \"+00:00\")",
+            "tm:Time64(µs)",
+            "iv:Utf8",
+            "u:Utf8",
+            "j:Utf8",
+            "jb:Utf8",
+            "raw:Binary",
+            "arr:Utf8",
+            "m:Utf8"
+        ]
+    );
+    let rows = lab.rows("types").await;
+    let first = &rows[0];
+    assert_eq!(first["b"], json!(true));
+    assert_eq!(first["i2"], json!(-32768));
+    assert_eq!(first["i4"], json!(2147483647));
+    assert_eq!(first["f4"], json!(1.5));
+    assert_eq!(first["price"], json!(12345.67));
+    assert_eq!(
+        first["big"],
+        json!("123456789012345678901234567890.123456789")
+    );
+    assert_eq!(first["t"], json!("ñandú"));
+    assert_eq!(first["ch"], json!("ab   "), "char(n) keeps its padding");
+    assert_eq!(first["d"], json!("2026-02-28"));
+    assert_eq!(first["ts"], json!("2026-02-28T13:14:15.123456"));
+    assert_eq!(first["tstz"], json!("2026-02-28T11:14:15.500Z"));
+    assert_eq!(first["tm"], json!("23:59:59.999999"));
+    assert_eq!(first["u"], json!("12345678-9abc-def0-1234-56789abcdef0"));
+    assert_eq!(first["j"], json!("{\"a\": [1, 2]}"));
+    assert_eq!(first["jb"], json!("{\"b\": {\"c\": null}}"));
+    assert_eq!(first["raw"], json!("00ff10"));
+    assert_eq!(first["arr"], json!("[1,null,3]"));
+    assert_eq!(first["m"], json!("meh"));
+    assert_eq!(rows[1]["price"], json!(-0.01));
+    assert!(
+        rows[1]["f4"].is_null() || rows[1]["f4"] == json!("NaN") || rows[1].get("f4").is_none()
+    );
+    // Exact decimal digits survive in the Parquet file, not only in JSON rendering.
+    let batches = lab.batches("types").await;
+    let price = batches[0]
+        .column(6)
+        .as_any()
+        .downcast_ref::<arrow::array::Decimal128Array>()
+        .unwrap();
+    assert_eq!(price.value(0), 1_234_567);
+    assert_eq!(first["iv"], json!("P1M2DT3S"));
+}
+
+#[tokio::test]
+async fn delta_across_runs_with_inserts_updates_and_equal_timestamps() {
+    let Some((lab, mut conn)) = setup("carga_delta").await else {
+        return;
+    };
+    conn.execute(
+        "CREATE TABLE carga_delta.orders (id int8 PRIMARY KEY, updated_at timestamp NOT NULL, state text);
+         INSERT INTO carga_delta.orders VALUES
+           (1, '2026-03-01 10:00:00', 'new'), (2, '2026-03-01 11:00:00', 'new'), (3, '2026-03-01 11:00:00', 'new');",
+    )
+    .await
+    .unwrap();
+    let delta = spec(
+        &lab,
+        "orders",
+        "carga_delta.orders",
+        "mode: delta\ntimestamp_column: updated_at\nkey: [id]\n",
+    );
+    assert_eq!(lab.engine().run(&delta).await.unwrap().manifest.rows, 3);
+
+    // A row at the watermark's timestamp with a higher key, an update (new timestamp), a later insert.
+    conn.execute(
+        "INSERT INTO carga_delta.orders VALUES (4, '2026-03-01 11:00:00', 'new'), (5, '2026-03-01 12:00:00', 'new');
+         UPDATE carga_delta.orders SET state = 'paid', updated_at = '2026-03-01 12:30:00' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let second = lab.engine().run(&delta).await.unwrap();
+    assert_eq!(second.manifest.rows, 3);
+    let third = lab.engine().run(&delta).await.unwrap();
+    assert_eq!(third.manifest.rows, 0, "nothing new");
+
+    let rows = lab.rows("orders").await;
+    let seen: Vec<(i64, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap(),
+                r["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "new".into()),
+            (2, "new".into()),
+            (3, "new".into()),
+            (4, "new".into()),
+            (5, "new".into()),
+            (1, "paid".into())
+        ],
+        "every change once: the update arrives as a new version of id 1"
+    );
+}
+
+#[tokio::test]
+async fn complete_snapshot_replaces_the_previous_one() {
+    let Some((lab, mut conn)) = setup("carga_complete").await else {
+        return;
+    };
+    conn.execute("CREATE TABLE carga_complete.cat (id int4, name text); INSERT INTO carga_complete.cat VALUES (1, 'a'), (2, 'b');")
+        .await
+        .unwrap();
+    let complete = spec(&lab, "cat", "carga_complete.cat", "");
+    lab.engine().run(&complete).await.unwrap();
+    conn.execute("DELETE FROM carga_complete.cat WHERE id = 1; INSERT INTO carga_complete.cat VALUES (3, 'c');").await.unwrap();
+    lab.engine().run(&complete).await.unwrap();
+    let mut ids: Vec<i64> = column(&lab.rows("cat").await, "id")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [2, 3]);
+}
+
+#[tokio::test]
+async fn a_failing_extraction_leaves_the_previous_state() {
+    let Some((mut lab, mut conn)) = setup("carga_fail").await else {
+        return;
+    };
+    lab.settings.batch_rows = 100;
+    lab.settings.rows_per_file = 200;
+    conn.execute(
+        "CREATE TABLE carga_fail.ev (id int8, at timestamp);
+         INSERT INTO carga_fail.ev SELECT g, '2026-01-01'::timestamp + g * interval '1 second' FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let delta = spec(
+        &lab,
+        "ev",
+        "carga_fail.ev",
+        "mode: delta\ntimestamp_column: at\nkey: [id]\n",
+    );
+    lab.engine().run(&delta).await.unwrap();
+    let before = lab.manifests("ev").await;
+
+    // 1,000 good rows, then one Arrow cannot hold: parts get written, then the run fails.
+    conn.execute(
+        "INSERT INTO carga_fail.ev SELECT g, '2026-02-01'::timestamp + g * interval '1 second' FROM generate_series(1001, 2000) g;
+         INSERT INTO carga_fail.ev VALUES (2001, 'infinity');",
+    )
+    .await
+    .unwrap();
+    let err = lab.engine().run(&delta).await.unwrap_err().to_string();
+    assert!(
+        err.contains("carga_fail.ev") && err.contains("'at'") && err.contains("infinity"),
+        "{err}"
+    );
+    assert_eq!(
+        lab.manifests("ev").await,
+        before,
+        "watermark and data unchanged"
+    );
+    let referenced: usize = before.iter().map(|m| m.files.len()).sum();
+    assert_eq!(
+        lab.parquet_files().len(),
+        referenced,
+        "the failed run's parts are gone"
+    );
+
+    conn.execute("DELETE FROM carga_fail.ev WHERE id = 2001")
+        .await
+        .unwrap();
+    assert_eq!(lab.engine().run(&delta).await.unwrap().manifest.rows, 1000);
+    assert_eq!(lab.rows("ev").await.len(), 2000);
+}
+
+#[tokio::test]
+async fn schema_drift_both_ways_and_clear_configuration_errors() {
+    let Some((lab, mut conn)) = setup("carga_drift").await else {
+        return;
+    };
+    conn.execute("CREATE TABLE carga_drift.p (id int4, name text); INSERT INTO carga_drift.p VALUES (1, 'a');").await.unwrap();
+    let ignore = spec(&lab, "p", "carga_drift.p", "new_columns: ignore\n");
+    lab.engine().run(&ignore).await.unwrap();
+    conn.execute(
+        "ALTER TABLE carga_drift.p ADD COLUMN extra text; UPDATE carga_drift.p SET extra = 'x';",
+    )
+    .await
+    .unwrap();
+    let outcome = lab.engine().run(&ignore).await.unwrap();
+    assert!(outcome.manifest.schema.field_with_name("extra").is_err());
+    let add = spec(&lab, "p", "carga_drift.p", "new_columns: add\n");
+    let outcome = lab.engine().run(&add).await.unwrap();
+    assert!(outcome.manifest.schema.field_with_name("extra").is_ok());
+
+    conn.execute("ALTER TABLE carga_drift.p ALTER COLUMN id TYPE text")
+        .await
+        .unwrap();
+    let err = lab.engine().run(&add).await.unwrap_err().to_string();
+    assert!(
+        err.contains("'id'") && err.contains("int32") && err.contains("string"),
+        "{err}"
+    );
+
+    let missing = spec(&lab, "x", "carga_drift.nope", "");
+    let err = lab.engine().run(&missing).await.unwrap_err().to_string();
+    assert!(
+        err.contains("carga_drift.nope") && err.contains("does not exist"),
+        "{err}"
+    );
+    let unknown = lab.spec("id: y\nsource: {format: postgres, table: carga_drift.p}\nconnection_id: other\ntrigger: callback\n");
+    let err = lab.engine().run(&unknown).await.unwrap_err().to_string();
+    assert!(err.contains("'other'") && err.contains("secrets"), "{err}");
+    let no_cursor = "id: z\nsource: {format: postgres, table: carga_drift.p}\nconnection_id: pg\ntrigger: callback\nmode: delta\n";
+    let err = carga_config::DatasetSpec::from_yaml(no_cursor)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("timestamp_column"), "{err}");
+}
