@@ -35,6 +35,10 @@ pub struct DatasetSpec {
     /// Column holding the row's change time; the delta cursor's first component.
     #[serde(default)]
     pub timestamp_column: Option<String>,
+    /// Delta runs re-read this far behind the watermark (`90s`, `15m`, `2h`, `1d`) to catch rows
+    /// committed late; rows already delivered are recognised and not repeated.
+    #[serde(default)]
+    pub lookback: Option<String>,
     /// Explicit column types that win over inference, e.g. `amount: decimal(12,2)`.
     #[serde(default)]
     pub schema: BTreeMap<String, String>,
@@ -287,6 +291,16 @@ impl DatasetSpec {
                 ));
             }
         }
+        if let Some(text) = &self.lookback {
+            if parse_duration_seconds(text).is_none() {
+                return Err(invalid(format!(
+                    "lookback '{text}' is not a duration like 90s, 15m, 2h or 1d"
+                )));
+            }
+            if self.timestamp_column.is_none() {
+                return Err(invalid("lookback needs `timestamp_column`".into()));
+            }
+        }
         if self.trigger == Trigger::TimedPull && self.cron.as_deref().is_none_or(str::is_empty) {
             return Err(invalid(
                 "trigger 'timed_pull' needs `cron`; use trigger 'callback' for on-demand datasets"
@@ -320,6 +334,11 @@ impl DatasetSpec {
         Ok(())
     }
 
+    /// The lookback window in seconds, if one is set (validated in `validate`).
+    pub fn lookback_seconds(&self) -> Option<u64> {
+        self.lookback.as_deref().and_then(parse_duration_seconds)
+    }
+
     /// Columns that form the delta cursor, timestamp first, in comparison order.
     pub fn cursor_columns(&self) -> Vec<String> {
         self.timestamp_column
@@ -328,6 +347,22 @@ impl DatasetSpec {
             .cloned()
             .collect()
     }
+}
+
+/// `90s`, `15m`, `2h`, `1d` as seconds.
+fn parse_duration_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit_seconds = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(unit_seconds).filter(|&s| s > 0)
 }
 
 fn is_local_relative(location: &str) -> bool {
@@ -366,6 +401,16 @@ mod tests {
             "{MINIMAL}mode: delta\ntimestamp_column: ts\nkey: [id]\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn lookback_is_a_duration_and_needs_a_timestamp() {
+        let base = format!("{MINIMAL}mode: delta\ntimestamp_column: ts\nkey: [id]\n");
+        let spec = DatasetSpec::from_yaml(&format!("{base}lookback: 15m\n")).unwrap();
+        assert_eq!(spec.lookback_seconds(), Some(900));
+        assert!(DatasetSpec::from_yaml(&format!("{base}lookback: soon\n")).is_err());
+        assert!(DatasetSpec::from_yaml(&format!("{base}lookback: 0s\n")).is_err());
+        assert_eq!(parse_duration_seconds("2d"), Some(172_800));
     }
 
     #[test]

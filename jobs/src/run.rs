@@ -11,7 +11,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use tracing::Instrument;
 
-use crate::delta::DeltaFilter;
+use crate::delta::{DeltaFilter, effective_lookback};
 use crate::encryption::{Encryptor, MasterKeyring};
 use crate::error::{JobError, Result};
 use crate::manifest::{
@@ -139,6 +139,7 @@ impl Engine {
         let access = SourceAccess {
             secret,
             floor: floor.cloned(),
+            lookback: effective_lookback(floor, spec.lookback_seconds()),
         };
         let reader = sources::open(
             spec,
@@ -158,15 +159,19 @@ impl Engine {
             BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
         // Complete runs track the cursor too (when one is declared), so a dataset can move to delta.
         let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
+        let lookback = spec.lookback_seconds();
         let mut cursor = match (spec.mode, has_cursor) {
             (Mode::Delta, _) => Some(DeltaFilter::new(
                 &plan.output,
                 &spec.cursor_columns(),
                 floor,
+                lookback,
             )?),
-            (Mode::Complete, true) => {
-                Some(DeltaFilter::tracking(&plan.output, &spec.cursor_columns())?)
-            }
+            (Mode::Complete, true) => Some(DeltaFilter::tracking(
+                &plan.output,
+                &spec.cursor_columns(),
+                lookback,
+            )?),
             (Mode::Complete, false) => None,
         };
 
@@ -219,7 +224,7 @@ impl Engine {
             }
         };
         let highest = match &cursor {
-            Some(cursor) => cursor.highest()?,
+            Some(cursor) => cursor.highest(floor)?,
             None => None,
         };
         let manifest = Manifest {
@@ -243,7 +248,7 @@ impl Engine {
             schema: plan.output.as_ref().clone(),
             watermark: cursor.as_ref().map(|_| WatermarkRange {
                 from: floor.cloned(),
-                to: highest.or_else(|| floor.cloned()),
+                to: highest,
             }),
             validation_report: report_path.to_string(),
             encryption: EncryptionInfo {

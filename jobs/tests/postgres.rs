@@ -303,3 +303,52 @@ async fn schema_drift_both_ways_and_clear_configuration_errors() {
         .to_string();
     assert!(err.contains("timestamp_column"), "{err}");
 }
+
+#[tokio::test]
+async fn a_late_committed_row_is_caught_by_the_lookback_window_exactly_once() {
+    let Some((lab, mut conn)) = setup("carga_late").await else {
+        return;
+    };
+    conn.execute("CREATE TABLE carga_late.tx (id int8 PRIMARY KEY, at timestamp NOT NULL)")
+        .await
+        .unwrap();
+    let delta = spec(
+        &lab,
+        "tx",
+        "carga_late.tx",
+        "mode: delta\ntimestamp_column: at\nkey: [id]\nlookback: 10m\n",
+    );
+
+    // Transaction A takes its timestamp first but commits last.
+    let mut slow = PgConnection::connect(&url()).await.unwrap();
+    slow.execute("BEGIN; INSERT INTO carga_late.tx VALUES (1, '2026-05-01 10:00:05')")
+        .await
+        .unwrap();
+    conn.execute("INSERT INTO carga_late.tx VALUES (2, '2026-05-01 10:00:10')")
+        .await
+        .unwrap();
+    let first = lab.engine().run(&delta).await.unwrap();
+    assert_eq!(first.manifest.rows, 1, "only the committed row is visible");
+
+    slow.execute("COMMIT").await.unwrap();
+    conn.execute("INSERT INTO carga_late.tx VALUES (3, '2026-05-01 10:00:20')")
+        .await
+        .unwrap();
+    let second = lab.engine().run(&delta).await.unwrap();
+    assert_eq!(
+        second.manifest.rows, 2,
+        "the late row and the new one, not row 2 again"
+    );
+    let third = lab.engine().run(&delta).await.unwrap();
+    assert_eq!(third.manifest.rows, 0);
+
+    let mut ids: Vec<i64> = column(&lab.rows("tx").await, "id")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3]);
+    let to = third.manifest.watermark.unwrap().to.unwrap();
+    assert_eq!(to.values["id"], "3");
+    assert_eq!(to.recent.len(), 3);
+}

@@ -143,6 +143,8 @@ async fn join(task: JoinHandle<Result<ReadStats>>) -> Result<ReadStats> {
 pub struct SourceAccess {
     pub secret: Option<ConnectionSecret>,
     pub floor: Option<Watermark>,
+    /// Seconds to re-read behind the watermark (see `delta::effective_lookback`).
+    pub lookback: Option<u64>,
 }
 
 /// Opens the dataset's source and starts reading it. Returns once the schema is known.
@@ -174,7 +176,13 @@ pub async fn open(
             JobError::Secret(format!("no credentials for connection '{connection}'"))
         })?;
         let spec = spec.clone();
-        tokio::spawn(postgres::read(spec, secret, access.floor, ctx))
+        tokio::spawn(postgres::read(
+            spec,
+            secret,
+            access.floor,
+            access.lookback,
+            ctx,
+        ))
     } else {
         let object = SourceObject::resolve(&spec.source.location, s3)?;
         ctx.location = object.display.clone();

@@ -35,6 +35,7 @@ pub(crate) async fn read(
     spec: DatasetSpec,
     secret: ConnectionSecret,
     floor: Option<Watermark>,
+    lookback: Option<u64>,
     mut ctx: ReadContext,
 ) -> Result<ReadStats> {
     let table = spec.source.table.clone().unwrap_or_default();
@@ -90,7 +91,9 @@ pub(crate) async fn read(
             .collect::<Vec<_>>(),
     ));
     let predicate = match &floor {
-        Some(watermark) => cursor_predicate(watermark, &columns).map_err(|m| ctx.bad_input(m))?,
+        Some(watermark) => {
+            cursor_predicate(watermark, lookback, &columns).map_err(|m| ctx.bad_input(m))?
+        }
         None => String::new(),
     };
     let select_list = plans
@@ -163,8 +166,13 @@ fn select_columns<'a>(
 }
 
 /// ` WHERE (ts, key) > ('…'::type, '…'::type)` from the stored watermark, with values as literals
-/// of the columns' declared types (COPY takes no bind parameters).
-fn cursor_predicate(watermark: &Watermark, columns: &[PgColumn]) -> Result<String, String> {
+/// of the columns' declared types (COPY takes no bind parameters). With a lookback window, the
+/// timestamp alone, moved back by the window: the pipeline then drops the rows already delivered.
+fn cursor_predicate(
+    watermark: &Watermark,
+    lookback: Option<u64>,
+    columns: &[PgColumn],
+) -> Result<String, String> {
     let mut names = Vec::new();
     let mut values = Vec::new();
     for column_name in &watermark.columns {
@@ -178,6 +186,12 @@ fn cursor_predicate(watermark: &Watermark, columns: &[PgColumn]) -> Result<Strin
             .ok_or_else(|| format!("stored watermark has no value for '{column_name}'"))?;
         names.push(quote_ident(column_name));
         values.push(format!("{}::{}", quote_literal(value)?, column.declared));
+        if let Some(seconds) = lookback {
+            return Ok(format!(
+                " WHERE {} > {} - interval '{seconds} seconds'",
+                names[0], values[0]
+            ));
+        }
     }
     Ok(format!(
         " WHERE ({}) > ({})",
@@ -217,6 +231,8 @@ mod tests {
         ];
         let watermark = Watermark {
             columns: vec!["ts".into(), "id".into()],
+            lookback_seconds: None,
+            recent: Vec::new(),
             values: [
                 ("ts".to_string(), "2026-01-01T10:00:00.000001".to_string()),
                 ("id".to_string(), "7".to_string()),
@@ -224,8 +240,12 @@ mod tests {
             .into(),
         };
         assert_eq!(
-            cursor_predicate(&watermark, &columns).unwrap(),
+            cursor_predicate(&watermark, None, &columns).unwrap(),
             " WHERE (\"ts\", \"id\") > ('2026-01-01T10:00:00.000001'::timestamp without time zone, '7'::bigint)"
+        );
+        assert_eq!(
+            cursor_predicate(&watermark, Some(600), &columns).unwrap(),
+            " WHERE \"ts\" > '2026-01-01T10:00:00.000001'::timestamp without time zone - interval '600 seconds'"
         );
         assert_eq!(quote_literal("o'clock").unwrap(), "'o''clock'");
     }
