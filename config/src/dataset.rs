@@ -79,11 +79,14 @@ pub enum SourceFormat {
     Json,
     Excel,
     Postgres,
+    /// MySQL and MariaDB.
+    #[serde(alias = "mariadb")]
+    Mysql,
 }
 
 impl SourceFormat {
     pub fn is_database(self) -> bool {
-        matches!(self, SourceFormat::Postgres)
+        matches!(self, SourceFormat::Postgres | SourceFormat::Mysql)
     }
 }
 

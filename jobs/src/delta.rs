@@ -168,6 +168,8 @@ impl DeltaFilter {
         }
         let batch = delta.decode(&[columns_in_order(watermark)?])?;
         let floor = delta.convert(&batch)?.row(0).owned();
+        // The watermark never moves back, even when a run delivers only late rows.
+        delta.highest = Some((floor.clone(), batch.clone()));
         let floor_micros = micros(batch.column(0))?.first().copied().flatten();
         match (
             delta.lookback.as_mut(),
@@ -548,7 +550,22 @@ mod tests {
         assert_eq!(mark2.values["id"], "4");
         assert_eq!(mark2.recent.len(), 5);
 
-        // Run 3: nothing new, nothing repeated; the watermark stays.
+        // Run 3: only a late row arrives; the watermark must not move back to it.
+        let late = batch(&[Some(125 * second)], &[7]);
+        let mut run3 = DeltaFilter::new(&late.schema(), &cursor(), Some(&mark2), lookback).unwrap();
+        assert_eq!(ids(&run3.apply(&late).unwrap()), [7]);
+        let mark3 = run3.highest(Some(&mark2)).unwrap().unwrap();
+        assert_eq!(mark3.values, mark2.values);
+        let mut again_after =
+            DeltaFilter::new(&again.schema(), &cursor(), Some(&mark3), lookback).unwrap();
+        assert_eq!(
+            again_after.apply(&again).unwrap().num_rows(),
+            0,
+            "nothing repeated after a late-only run"
+        );
+        let mark2 = mark3;
+
+        // Run 4: nothing new, nothing repeated; the watermark stays.
         let mut run3 =
             DeltaFilter::new(&again.schema(), &cursor(), Some(&mark2), lookback).unwrap();
         assert_eq!(run3.apply(&again).unwrap().num_rows(), 0);

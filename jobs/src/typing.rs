@@ -56,6 +56,26 @@ pub fn cast_text(values: &StringArray, target: &DataType) -> arrow::error::Resul
     cast_with_options(values, target, &SAFE)
 }
 
+/// Casts text to `target`, or names the first present cell that does not parse: `Err(index)`.
+pub fn cast_exact(values: &StringArray, target: &DataType) -> Result<ArrayRef, CastFailure> {
+    let typed = cast_text(values, target).map_err(|e| CastFailure::Unsupported(e.to_string()))?;
+    if typed.null_count() != values.null_count() {
+        let bad = (0..values.len())
+            .find(|&i| values.is_valid(i) && typed.is_null(i))
+            .expect("a cell turned null");
+        return Err(CastFailure::Value(bad));
+    }
+    Ok(typed)
+}
+
+#[derive(Debug)]
+pub enum CastFailure {
+    /// The cell at this index does not parse as the target type.
+    Value(usize),
+    /// No cast from text to the target type exists.
+    Unsupported(String),
+}
+
 /// Infers a column type from sample values (nulls already removed by the caller's null rules).
 /// Returns `None` when the sample holds no value at all, so a hint or `Utf8` can decide.
 pub fn infer_type(values: &StringArray) -> Option<DataType> {

@@ -5,6 +5,7 @@ mod csv;
 mod excel;
 mod json;
 mod json_records;
+pub mod mysql;
 pub mod postgres;
 mod table;
 
@@ -123,7 +124,9 @@ fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Re
         SourceFormat::Csv => csv::read(object, &source.csv, ctx),
         SourceFormat::Json => json::read(object, &source.json, ctx),
         SourceFormat::Excel => excel::read(object, &source.excel, ctx),
-        SourceFormat::Postgres => Err(ctx.bad_input("a database is not a file")),
+        SourceFormat::Postgres | SourceFormat::Mysql => {
+            Err(ctx.bad_input("a database is not a file"))
+        }
     }
 }
 
@@ -176,13 +179,22 @@ pub async fn open(
             JobError::Secret(format!("no credentials for connection '{connection}'"))
         })?;
         let spec = spec.clone();
-        tokio::spawn(postgres::read(
-            spec,
-            secret,
-            access.floor,
-            access.lookback,
-            ctx,
-        ))
+        match spec.source.format {
+            SourceFormat::Mysql => tokio::spawn(mysql::read(
+                spec,
+                secret,
+                access.floor,
+                access.lookback,
+                ctx,
+            )),
+            _ => tokio::spawn(postgres::read(
+                spec,
+                secret,
+                access.floor,
+                access.lookback,
+                ctx,
+            )),
+        }
     } else {
         let object = SourceObject::resolve(&spec.source.location, s3)?;
         ctx.location = object.display.clone();
