@@ -2,6 +2,7 @@
 //! Parquet in the raw zone, committed by a manifest.
 
 pub mod delta;
+pub mod discovery;
 pub mod encryption;
 pub mod error;
 pub mod manifest;

@@ -223,3 +223,23 @@ async fn complete_snapshots_and_failures_keep_the_committed_state() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn discovery_lists_tables_columns_types_and_primary_keys() {
+    let ddl = "CREATE TABLE test.carga_disc (id BIGINT UNSIGNED, line INT, note TEXT, PRIMARY KEY (line, id))";
+    let Some((_lab, _conn)) = setup("test.carga_disc", ddl).await else {
+        return;
+    };
+    let secret = carga_jobs::secrets::ConnectionSecret::new(
+        "my",
+        [("url".to_string(), json!(url()))].into(),
+    );
+    let tables =
+        carga_jobs::discovery::discover(carga_config::SourceFormat::Mysql, &secret, Some("test"))
+            .await
+            .unwrap();
+    let table = tables.iter().find(|t| t.name == "carga_disc").unwrap();
+    assert_eq!(table.primary_key, ["line", "id"]);
+    let id = table.columns.iter().find(|c| c.name == "id").unwrap();
+    assert_eq!(id.arrow, "UInt64");
+}

@@ -352,3 +352,39 @@ async fn a_late_committed_row_is_caught_by_the_lookback_window_exactly_once() {
     assert_eq!(to.values["id"], "3");
     assert_eq!(to.recent.len(), 3);
 }
+
+#[tokio::test]
+async fn discovery_lists_tables_columns_types_and_primary_keys() {
+    let Some((_lab, mut conn)) = setup("carga_disc").await else {
+        return;
+    };
+    conn.execute(
+        "CREATE TABLE carga_disc.orders (id int8, line int4, amount numeric(10,2), PRIMARY KEY (line, id));
+         CREATE VIEW carga_disc.big_orders AS SELECT * FROM carga_disc.orders WHERE amount > 100;",
+    )
+    .await
+    .unwrap();
+    let secret = carga_jobs::secrets::ConnectionSecret::new(
+        "pg",
+        [("url".to_string(), json!(url()))].into(),
+    );
+    let tables = carga_jobs::discovery::discover(
+        carga_config::SourceFormat::Postgres,
+        &secret,
+        Some("carga_disc"),
+    )
+    .await
+    .unwrap();
+    let names: Vec<(&str, &str)> = tables
+        .iter()
+        .map(|t| (t.name.as_str(), t.kind.as_str()))
+        .collect();
+    assert_eq!(names, [("big_orders", "view"), ("orders", "table")]);
+    let orders = &tables[1];
+    assert_eq!(orders.primary_key, ["line", "id"]);
+    let amount = orders.columns.iter().find(|c| c.name == "amount").unwrap();
+    assert_eq!(
+        (amount.declared.as_str(), amount.arrow.as_str()),
+        ("numeric(10,2)", "Decimal128(10, 2)")
+    );
+}

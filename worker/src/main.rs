@@ -1,14 +1,16 @@
 //! `carga`: runs extraction jobs. Today: one-shot runs on this machine (`carga run`), reading committed
 //! data back (`carga read`), and master key creation (`carga keygen`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use arrow::util::pretty::pretty_format_batches;
-use carga_config::{DatasetSpec, Settings};
+use carga_config::{DatasetSpec, Settings, SourceFormat};
 use carga_jobs::encryption::MasterKeyring;
-use carga_jobs::{Engine, read};
+use carga_jobs::secrets::{LocalSecretsFile, SecretsProvider};
+use carga_jobs::{Engine, discovery, read};
 use clap::{Parser, Subcommand};
 use futures::TryStreamExt;
 
@@ -49,6 +51,21 @@ enum Command {
         #[arg(long)]
         dataset: PathBuf,
     },
+    /// List the tables of a database connection: columns, the type Carga writes, primary keys.
+    Discover {
+        /// Connection id in the secrets provider.
+        #[arg(long)]
+        connection: String,
+        /// postgres, mysql or mariadb.
+        #[arg(long)]
+        format: String,
+        /// Only this schema (PostgreSQL) or database (MySQL).
+        #[arg(long)]
+        schema: Option<String>,
+        /// Print JSON instead of a listing.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a master key file with one new random 256-bit key.
     Keygen {
         #[arg(long)]
@@ -63,11 +80,19 @@ async fn main() -> ExitCode {
     init_logging();
     match dispatch(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A reader that stopped reading (`carga read | head`) is not an error.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Logs go to stderr; `CARGA_LOG_FORMAT=json` gives one JSON object per line (with the run id).
@@ -100,6 +125,21 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 spec.trigger
             );
             Ok(())
+        }
+        Command::Discover {
+            connection,
+            format,
+            schema,
+            json,
+        } => {
+            discover(
+                cli.settings.as_deref(),
+                &connection,
+                &format,
+                schema.as_deref(),
+                json,
+            )
+            .await
         }
         Command::Keygen { key_file, key_id } => {
             anyhow::ensure!(
@@ -191,7 +231,57 @@ async fn read_back(settings_path: Option<&Path>, dataset: &str, limit: usize) ->
         println!("dataset '{id}' has no committed rows");
         return Ok(());
     }
-    println!("{}", pretty_format_batches(&batches)?);
-    println!("({rows} row(s) shown; at most --limit {limit})");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", pretty_format_batches(&batches)?)?;
+    writeln!(out, "({rows} row(s) shown; at most --limit {limit})")?;
+    Ok(())
+}
+
+async fn discover(
+    settings_path: Option<&Path>,
+    connection: &str,
+    format: &str,
+    schema: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let settings = Settings::load(settings_path)?;
+    let format: SourceFormat = serde_json::from_value(serde_json::Value::String(format.to_owned()))
+        .map_err(|_| {
+            anyhow::anyhow!("--format '{format}' is not one of postgres, mysql, mariadb")
+        })?;
+    let secret = LocalSecretsFile::new(settings.secrets_file)
+        .connection(connection)
+        .await?;
+    let tables = discovery::discover(format, &secret, schema).await?;
+    // Written with `writeln!` so that a closed pipe (`| head`) ends the listing quietly.
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&tables)?)?;
+        return Ok(());
+    }
+    for table in &tables {
+        let rows = table
+            .estimated_rows
+            .map(|r| format!(", ~{r} rows"))
+            .unwrap_or_default();
+        let key = if table.primary_key.is_empty() {
+            "none".to_owned()
+        } else {
+            table.primary_key.join(", ")
+        };
+        writeln!(
+            out,
+            "{}.{} ({}{rows}; primary key: {key})",
+            table.schema, table.name, table.kind
+        )?;
+        for column in &table.columns {
+            writeln!(
+                out,
+                "  {:<30} {:<32} -> {}",
+                column.name, column.declared, column.arrow
+            )?;
+        }
+    }
+    writeln!(out, "{} table(s)", tables.len())?;
     Ok(())
 }

@@ -65,27 +65,9 @@ pub(crate) async fn read(
             (current.unwrap_or_default(), table.clone())
         }
     };
-    let columns: Vec<MyColumn> = sqlx::query(COLUMNS_SQL)
-        .bind(&schema_name)
-        .bind(&table_name)
-        .fetch_all(&mut conn)
+    let columns = table_columns(&mut conn, &schema_name, &table_name)
         .await
-        .map_err(|e| db_error("reading the table's columns", e))?
-        .into_iter()
-        .map(|row| MyColumn {
-            name: text(&row, "name"),
-            data_type: text(&row, "data_type"),
-            column_type: text(&row, "column_type"),
-            precision: row
-                .try_get::<Option<u64>, _>("numeric_precision")
-                .ok()
-                .flatten(),
-            scale: row
-                .try_get::<Option<u64>, _>("numeric_scale")
-                .ok()
-                .flatten(),
-        })
-        .collect();
+        .map_err(|e| db_error("reading the table's columns", e))?;
     if columns.is_empty() {
         return Err(ctx.bad_input(format!(
             "table {schema_name}.{table_name} does not exist or has no columns"
@@ -178,7 +160,35 @@ pub(crate) async fn read(
     Ok(stats)
 }
 
-fn text(row: &sqlx::mysql::MySqlRow, column: &str) -> String {
+/// The columns of `schema.table`, in table order.
+pub(crate) async fn table_columns(
+    conn: &mut MySqlConnection,
+    schema: &str,
+    table: &str,
+) -> sqlx::Result<Vec<MyColumn>> {
+    Ok(sqlx::query(COLUMNS_SQL)
+        .bind(schema)
+        .bind(table)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|row| MyColumn {
+            name: text(&row, "name"),
+            data_type: text(&row, "data_type"),
+            column_type: text(&row, "column_type"),
+            precision: row
+                .try_get::<Option<u64>, _>("numeric_precision")
+                .ok()
+                .flatten(),
+            scale: row
+                .try_get::<Option<u64>, _>("numeric_scale")
+                .ok()
+                .flatten(),
+        })
+        .collect())
+}
+
+pub(crate) fn text(row: &sqlx::mysql::MySqlRow, column: &str) -> String {
     // information_schema columns may come back as binary strings on some servers.
     row.try_get::<String, _>(column)
         .or_else(|_| {

@@ -59,20 +59,9 @@ pub(crate) async fn read(
         .fetch_one(&mut conn)
         .await
         .map_err(|e| db_error("finding the table", e))?;
-    let columns = sqlx::query(COLUMNS_SQL)
-        .bind(&table)
-        .fetch_all(&mut conn)
+    let columns = table_columns(&mut conn, &table)
         .await
-        .map_err(|e| db_error("reading the table's columns", e))?
-        .into_iter()
-        .map(|row| PgColumn {
-            name: row.get("name"),
-            declared: row.get("declared"),
-            base: row.get("base"),
-            category: row.get("category"),
-            typmod: row.get("typmod"),
-        })
-        .collect::<Vec<_>>();
+        .map_err(|e| db_error("reading the table's columns", e))?;
     let plans = select_columns(&spec, &columns)
         .map_err(|m| ctx.bad_input(m))?
         .iter()
@@ -137,6 +126,26 @@ pub(crate) async fn read(
         .await
         .map_err(|e| db_error("ending the snapshot", e))?;
     Ok(stats)
+}
+
+/// The columns of a table (any name `regclass` accepts), in table order.
+pub(crate) async fn table_columns(
+    conn: &mut PgConnection,
+    table: &str,
+) -> sqlx::Result<Vec<PgColumn>> {
+    Ok(sqlx::query(COLUMNS_SQL)
+        .bind(table)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|row| PgColumn {
+            name: row.get("name"),
+            declared: row.get("declared"),
+            base: row.get("base"),
+            category: row.get("category"),
+            typmod: row.get("typmod"),
+        })
+        .collect())
 }
 
 /// The spec's columns (all when it lists none), in table order; unknown names are an error.
