@@ -4,7 +4,8 @@ TPC-H-lineitem-shaped table in the local MariaDB.
 
     python3 benches/mariadb_extract.py --rows 1000000
 
-Tools: Carga (encrypted Parquet), pyspark JDBC (numPartitions=2, local[2]), connectorx + pyarrow,
+Tools: Carga (encrypted Parquet), pyspark JDBC (numPartitions=2, local[2]; a `jdbc:mysql:` URL so that
+Spark quotes identifiers the MySQL way), connectorx + pyarrow,
 rivet-cli, and `mariadb --quick -e 'SELECT ...' > /dev/null` as the floor (the server's text
 protocol, no decoding). Peak RSS is summed over the process tree.
 """
@@ -43,7 +44,7 @@ SELECT g DIV 4 + 1, (g * 7919) % 200000 + 1, (g * 104729) % 10000 + 1, g % 4 + 1
        ELT(g % 4 + 1, 'DELIVER IN PERSON', 'COLLECT COD', 'NONE', 'TAKE BACK RETURN'),
        ELT(g % 7 + 1, 'AIR', 'FOB', 'MAIL', 'RAIL', 'REG AIR', 'SHIP', 'TRUCK'),
        SUBSTR(MD5(g), 1, 10 + g % 30)
-FROM seq_0_to_{last} AS s(g);
+FROM (SELECT seq AS g FROM seq_0_to_{last}) AS s;
 ANALYZE TABLE test.lineitem_{rows};
 """
 
@@ -70,7 +71,7 @@ pq.write_table(t, out, compression="zstd")
 
 
 def mariadb(sql):
-    subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root"], input=sql, text=True, check=True)
+    subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-D", "test"], input=sql, text=True, check=True)
 
 
 def main():
@@ -98,7 +99,7 @@ def main():
                        CARGA_SECRETS_FILE=secrets, CARGA_ROWS_PER_FILE=str(10**9))
             tools = [
                 ("carga (encrypted)", [CARGA, "run", "--dataset", spec], env, "zstd, Parquet modular encryption"),
-                ("pyspark JDBC", [sys.executable, "-c", SPARK, "jdbc:mariadb://127.0.0.1:3306/test", table,
+                ("pyspark JDBC", [sys.executable, "-c", SPARK, "jdbc:mysql://127.0.0.1:3306/test?permitMysqlScheme", table,
                                   os.path.join(work, "spark"), JDBC_JAR, str(rows)], None, "numPartitions=2, local[2], not encrypted"),
                 ("connectorx + pyarrow", [sys.executable, "-c", CONNECTORX, URL, table, os.path.join(work, "cx.parquet")], None,
                  "partition_num=2, whole table in memory, not encrypted"),
