@@ -10,4 +10,4 @@ pub use dataset::{
     NewColumnPolicy, PostgresOptions, SourceFormat, SourceSpec, Trigger,
 };
 pub use error::ConfigError;
-pub use settings::{Compression, S3Settings, Settings};
+pub use settings::{Compression, S3Settings, SecretsProvider, Settings};

@@ -14,6 +14,11 @@ pub struct Settings {
     pub bucket: String,
     /// JSON file mapping master key ids to base64 keys (the local key provider).
     pub key_file: PathBuf,
+    /// Where connection credentials come from: `local` (the `secrets_file`) or
+    /// `aws-secrets-manager`.
+    pub secrets_provider: SecretsProvider,
+    /// Endpoint override for AWS Secrets Manager (a local test server).
+    pub secrets_endpoint: Option<String>,
     /// JSON file of connection credentials by connection id (the local secrets provider):
     /// `{"<id>": {"url": "postgres://..."}}` or the fields of an AWS RDS secret
     /// (`engine`, `host`, `port`, `username`, `password`, `dbname`).
@@ -43,6 +48,14 @@ pub struct S3Settings {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretsProvider {
+    #[default]
+    Local,
+    AwsSecretsManager,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
@@ -55,6 +68,8 @@ impl Default for Settings {
         Self {
             bucket: ".carga/bucket".into(),
             key_file: ".carga/master-keys.json".into(),
+            secrets_provider: SecretsProvider::Local,
+            secrets_endpoint: None,
             secrets_file: ".carga/secrets.json".into(),
             master_key_id: "carga-master".into(),
             create_key_if_missing: true,
@@ -95,6 +110,21 @@ impl Settings {
         }
         if let Some(v) = var("CARGA_KEY_FILE") {
             self.key_file = v.into();
+        }
+        if let Some(v) = var("CARGA_SECRETS_PROVIDER") {
+            self.secrets_provider = match v.as_str() {
+                "local" => SecretsProvider::Local,
+                "aws-secrets-manager" => SecretsProvider::AwsSecretsManager,
+                other => {
+                    return Err(ConfigError::InvalidSetting {
+                        name: "CARGA_SECRETS_PROVIDER".into(),
+                        message: format!("'{other}' is not one of local, aws-secrets-manager"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = var("CARGA_SECRETS_ENDPOINT") {
+            self.secrets_endpoint = Some(v);
         }
         if let Some(v) = var("CARGA_SECRETS_FILE") {
             self.secrets_file = v.into();

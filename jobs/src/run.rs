@@ -61,13 +61,30 @@ impl Engine {
             settings.create_key_if_missing,
         )?;
         let encryptor = Encryptor::new(keyring, &settings.master_key_id)?;
-        let secrets = Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
+        let secrets: Arc<dyn SecretsProvider> =
+            Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
         Ok(Self {
             settings,
             bucket,
             encryptor,
             secrets,
         })
+    }
+
+    /// An engine whose credentials come from the provider the settings name (AWS needs async setup).
+    pub async fn from_settings(settings: Settings) -> Result<Self> {
+        let secrets = crate::secrets::provider(&settings).await;
+        Ok(Self::new(settings)?.with_secrets(secrets))
+    }
+
+    /// Replaces where connection credentials come from.
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretsProvider>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    pub fn secrets(&self) -> &Arc<dyn SecretsProvider> {
+        &self.secrets
     }
 
     pub fn bucket(&self) -> &Bucket {

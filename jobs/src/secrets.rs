@@ -102,6 +102,22 @@ pub trait SecretsProvider: Send + Sync {
     async fn connection(&self, connection_id: &str) -> Result<ConnectionSecret>;
 }
 
+/// The provider the settings name.
+pub async fn provider(settings: &carga_config::Settings) -> std::sync::Arc<dyn SecretsProvider> {
+    match settings.secrets_provider {
+        carga_config::SecretsProvider::Local => {
+            std::sync::Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()))
+        }
+        carga_config::SecretsProvider::AwsSecretsManager => std::sync::Arc::new(
+            AwsSecretsManager::new(
+                settings.secrets_endpoint.as_deref(),
+                settings.s3.region.as_deref(),
+            )
+            .await,
+        ),
+    }
+}
+
 /// `{"<connection id>": {...fields...}}` in a local file: the embedded default.
 pub struct LocalSecretsFile {
     path: PathBuf,
@@ -133,6 +149,60 @@ impl SecretsProvider for LocalSecretsFile {
             JobError::Secret(format!(
                 "connection '{connection_id}' is not in the secrets file {}",
                 self.path.display()
+            ))
+        })?;
+        Ok(ConnectionSecret::new(connection_id, fields))
+    }
+}
+
+/// AWS Secrets Manager: each `connection_id` is a secret whose string is a JSON object (the shape
+/// RDS writes: `engine`, `host`, `port`, `username`, `password`, `dbname`; or a `url`). Credentials
+/// for Secrets Manager itself come from the standard AWS chain (environment, profile, role).
+pub struct AwsSecretsManager {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+impl AwsSecretsManager {
+    /// `endpoint` overrides AWS's (a local test server); `region` overrides the environment's.
+    pub async fn new(endpoint: Option<&str>, region: Option<&str>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region.to_owned()));
+        }
+        Self {
+            client: aws_sdk_secretsmanager::Client::new(&loader.load().await),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretsProvider for AwsSecretsManager {
+    async fn connection(&self, connection_id: &str) -> Result<ConnectionSecret> {
+        let response = self
+            .client
+            .get_secret_value()
+            .secret_id(connection_id)
+            .send()
+            .await
+            .map_err(|e| {
+                // The service's error code and message name the secret, never its value.
+                let detail = e
+                    .as_service_error()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                JobError::Secret(format!(
+                    "connection '{connection_id}' from AWS Secrets Manager: {detail}"
+                ))
+            })?;
+        let text = response.secret_string().ok_or_else(|| {
+            JobError::Secret(format!("connection '{connection_id}' has no secret string (binary secrets are not supported)"))
+        })?;
+        let fields: BTreeMap<String, Value> = serde_json::from_str(text).map_err(|_| {
+            JobError::Secret(format!(
+                "connection '{connection_id}' is not a JSON object of connection fields"
             ))
         })?;
         Ok(ConnectionSecret::new(connection_id, fields))

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use arrow::util::pretty::pretty_format_batches;
 use carga_config::{DatasetSpec, Settings, SourceFormat};
 use carga_jobs::encryption::MasterKeyring;
-use carga_jobs::secrets::{LocalSecretsFile, SecretsProvider};
+use carga_jobs::secrets;
 use carga_jobs::{Engine, discovery, read};
 use clap::{Parser, Subcommand};
 use futures::TryStreamExt;
@@ -162,7 +162,7 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     let spec = DatasetSpec::from_file(spec_path)?;
     let key_file = settings.key_file.clone();
     let master_key_id = settings.master_key_id.clone();
-    let engine = Engine::new(settings)?;
+    let engine = Engine::from_settings(settings).await?;
     let outcome = engine
         .run(&spec)
         .await
@@ -249,7 +249,8 @@ async fn discover(
         .map_err(|_| {
             anyhow::anyhow!("--format '{format}' is not one of postgres, mysql, mariadb")
         })?;
-    let secret = LocalSecretsFile::new(settings.secrets_file)
+    let secret = secrets::provider(&settings)
+        .await
         .connection(connection)
         .await?;
     let tables = discovery::discover(format, &secret, schema).await?;
