@@ -18,7 +18,9 @@ fn endpoint() -> String {
 #[test]
 fn connections_come_from_aws_secrets_manager() {
     let address = endpoint().trim_start_matches("http://").to_owned();
-    if !service_available("moto server (Secrets Manager)", &address) || !service_available("PostgreSQL", "127.0.0.1:5432") {
+    if !service_available("moto server (Secrets Manager)", &address)
+        || !service_available("PostgreSQL", "127.0.0.1:5432")
+    {
         return;
     }
     // SAFETY: this binary's only test sets these before it starts any other thread.
@@ -27,7 +29,11 @@ fn connections_come_from_aws_secrets_manager() {
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
         std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(scenario());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(scenario());
 }
 
 async fn scenario() {
@@ -40,7 +46,13 @@ async fn scenario() {
     let admin = aws_sdk_secretsmanager::Client::new(&config);
     let rds_shape = json!({"engine": "postgres", "host": "127.0.0.1", "port": 5432, "username": "postgres",
                            "password": "not-checked-by-trust-auth", "dbname": "test"});
-    admin.create_secret().name(&id).secret_string(rds_shape.to_string()).send().await.unwrap();
+    admin
+        .create_secret()
+        .name(&id)
+        .secret_string(rds_shape.to_string())
+        .send()
+        .await
+        .unwrap();
 
     let provider = AwsSecretsManager::new(Some(&endpoint()), Some("us-east-1")).await;
     let secret = provider.connection(&id).await.unwrap();
@@ -49,11 +61,20 @@ async fn scenario() {
         "postgres://postgres:not-checked-by-trust-auth@127.0.0.1:5432/test"
     );
     assert!(!format!("{secret:?}").contains("not-checked"));
-    let err = provider.connection("rds/nope").await.unwrap_err().to_string();
-    assert!(err.contains("'rds/nope'") && err.contains("Secrets Manager"), "{err}");
+    let err = provider
+        .connection("rds/nope")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'rds/nope'") && err.contains("Secrets Manager"),
+        "{err}"
+    );
 
     // A whole run with the provider chosen by settings.
-    let mut conn = PgConnection::connect("postgres://postgres@127.0.0.1:5432/test").await.unwrap();
+    let mut conn = PgConnection::connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .unwrap();
     conn.execute("DROP SCHEMA IF EXISTS carga_sm CASCADE; CREATE SCHEMA carga_sm; CREATE TABLE carga_sm.t (id int4); INSERT INTO carga_sm.t VALUES (1), (2);")
         .await
         .unwrap();
@@ -62,6 +83,8 @@ async fn scenario() {
     lab.settings.secrets_endpoint = Some(endpoint());
     lab.settings.s3.region = Some("us-east-1".into());
     let spec = lab.spec(&format!("id: sm\nsource: {{format: postgres, table: carga_sm.t}}\nconnection_id: '{id}'\ntrigger: callback\n"));
-    let engine = carga_jobs::Engine::from_settings(lab.settings.clone()).await.unwrap();
+    let engine = carga_jobs::Engine::from_settings(lab.settings.clone())
+        .await
+        .unwrap();
     assert_eq!(engine.run(&spec).await.unwrap().manifest.rows, 2);
 }

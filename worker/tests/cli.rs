@@ -168,3 +168,82 @@ fn json_logs_carry_the_run_id_and_never_the_key() {
     let key = keys["carga-master"].as_str().unwrap();
     assert!(!stderr.contains(key) && !text(&out.stdout).contains(key));
 }
+
+#[test]
+fn a_run_killed_mid_write_commits_nothing_and_the_next_run_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,payload\n");
+    for i in 0..400_000 {
+        csv.push_str(&format!("{i},row-{i}-{}\n", "x".repeat(40)));
+    }
+    std::fs::write(dir.path().join("big.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("big.yaml"),
+        "id: big\nsource: {format: csv, location: big.csv}\ntrigger: callback\n",
+    )
+    .unwrap();
+    let manifests = dir.path().join(".carga/bucket/raw/big/_manifests");
+    let count_manifests = || {
+        std::fs::read_dir(&manifests)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_carga"))
+        .current_dir(dir.path())
+        .args(["run", "--dataset", "big.yaml"])
+        .env("CARGA_ROWS_PER_FILE", "20000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the run has written at least one part, then kill it without warning.
+    let run_dir = dir.path().join(".carga/bucket/raw/big");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wrote_a_part = || {
+        walk(&run_dir)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "parquet"))
+    };
+    while !wrote_a_part()
+        && std::time::Instant::now() < deadline
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let finished_first = child.try_wait().unwrap().is_some();
+    child.kill().ok();
+    child.wait().unwrap();
+    if !finished_first {
+        assert_eq!(count_manifests(), 0, "a killed run must not commit");
+    }
+
+    let out = carga(dir.path(), &["run", "--dataset", "big.yaml"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = carga(
+        dir.path(),
+        &["read", "--dataset", "big", "--limit", "1000000"],
+        &[],
+    );
+    assert!(
+        text(&read.stdout).contains("(400000 row(s) shown"),
+        "every row once, none from the killed run"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
