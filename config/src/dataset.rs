@@ -56,14 +56,17 @@ pub struct SourceSpec {
     /// Files: a local path (relative to the spec file), an `s3://bucket/key` object or an `https://` URL.
     #[serde(default)]
     pub location: String,
-    /// Databases: the table to extract, schema-qualified (`public.orders`).
-    #[serde(default)]
+    /// Databases: the table to extract, schema-qualified (`public.orders`); MongoDB: the
+    /// collection, optionally `database.collection`.
+    #[serde(default, alias = "collection")]
     pub table: Option<String>,
     /// Databases: the columns to extract; all of them when empty.
     #[serde(default)]
     pub columns: Vec<String>,
     #[serde(default)]
     pub postgres: PostgresOptions,
+    #[serde(default)]
+    pub mongodb: MongoOptions,
     #[serde(default)]
     pub csv: CsvOptions,
     #[serde(default)]
@@ -82,11 +85,23 @@ pub enum SourceFormat {
     /// MySQL and MariaDB.
     #[serde(alias = "mariadb")]
     Mysql,
+    /// SQL Server.
+    #[serde(alias = "sqlserver")]
+    Mssql,
+    /// MongoDB: `source.table` (or `collection`) names the collection.
+    #[serde(alias = "mongo")]
+    Mongodb,
 }
 
 impl SourceFormat {
     pub fn is_database(self) -> bool {
-        matches!(self, SourceFormat::Postgres | SourceFormat::Mysql)
+        matches!(
+            self,
+            SourceFormat::Postgres
+                | SourceFormat::Mysql
+                | SourceFormat::Mssql
+                | SourceFormat::Mongodb
+        )
     }
 }
 
@@ -104,6 +119,53 @@ impl Default for PostgresOptions {
             unconstrained_numeric: "text".into(),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoOptions {
+    /// Documents sampled (in natural order) to infer the collection's schema.
+    pub sample_size: usize,
+    /// A field seen with incompatible BSON types in the sample (say string and number).
+    pub mixed_types: MixedTypesPolicy,
+    /// How embedded documents and arrays are written.
+    pub nested: NestedPolicy,
+    /// Extended-JSON filter applied on the server before the delta cursor, e.g. `{"status": "active"}`.
+    pub filter: Option<String>,
+    /// Documents the server returns per round trip.
+    pub batch_size: u32,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        Self {
+            sample_size: 1000,
+            mixed_types: MixedTypesPolicy::String,
+            nested: NestedPolicy::Struct,
+            filter: None,
+            batch_size: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MixedTypesPolicy {
+    /// Write the field as text: strings as they are, other values as relaxed extended JSON.
+    #[default]
+    String,
+    /// Refuse the run, naming the field and the types seen.
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NestedPolicy {
+    /// Embedded documents become Arrow structs and arrays become lists, with inferred types.
+    #[default]
+    Struct,
+    /// Embedded documents and arrays are written as JSON text.
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -6,8 +6,9 @@ mod error;
 mod settings;
 
 pub use dataset::{
-    CsvOptions, DatasetSpec, Encoding, ExcelOptions, JsonOptions, MalformedRowPolicy, Mode,
-    NewColumnPolicy, PostgresOptions, SourceFormat, SourceSpec, Trigger,
+    CsvOptions, DatasetSpec, Encoding, ExcelOptions, JsonOptions, MalformedRowPolicy,
+    MixedTypesPolicy, Mode, MongoOptions, NestedPolicy, NewColumnPolicy, PostgresOptions,
+    SourceFormat, SourceSpec, Trigger,
 };
 pub use error::ConfigError;
 pub use settings::{Compression, S3Settings, SecretsProvider, Settings};

@@ -54,6 +54,8 @@ pub async fn discover(
                 .map_err(failed)?;
             discover_mysql(&mut conn, schema).await.map_err(failed)
         }
+        SourceFormat::Mssql => crate::sources::mssql::discover(secret, schema).await,
+        SourceFormat::Mongodb => crate::sources::mongodb::discover(secret, schema).await,
         other => Err(JobError::bad_input(
             "discover",
             format!("{other:?} is not a database format"),

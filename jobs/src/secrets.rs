@@ -32,7 +32,8 @@ impl ConnectionSecret {
         }
     }
 
-    fn text(&self, name: &str) -> Option<String> {
+    /// One field as text (strings as they are, numbers printed).
+    pub fn field(&self, name: &str) -> Option<String> {
         match self.fields.get(name)? {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
@@ -60,7 +61,7 @@ impl ConnectionSecret {
     /// A connection URL: the secret's `url`, or one built from the fields of an AWS RDS secret
     /// (`host`, `port`, `username`, `password`, `dbname`), with user and password percent-encoded.
     pub fn database_url(&self, scheme: &str, default_port: u16) -> Result<String> {
-        if let Some(url) = self.text("url") {
+        if let Some(url) = self.field("url") {
             return Ok(url);
         }
         let missing = |field: &str| {
@@ -69,13 +70,13 @@ impl ConnectionSecret {
                 self.id
             ))
         };
-        let host = self.text("host").ok_or_else(|| missing("host"))?;
+        let host = self.field("host").ok_or_else(|| missing("host"))?;
         let port = self
-            .text("port")
+            .field("port")
             .unwrap_or_else(|| default_port.to_string());
         let database = self
-            .text("dbname")
-            .or_else(|| self.text("database"))
+            .field("dbname")
+            .or_else(|| self.field("database"))
             .ok_or_else(|| missing("dbname"))?;
         let mut url =
             url::Url::parse(&format!("{scheme}://{host}:{port}/{database}")).map_err(|_| {
@@ -84,11 +85,11 @@ impl ConnectionSecret {
                     self.id
                 ))
             })?;
-        if let Some(user) = self.text("username") {
+        if let Some(user) = self.field("username") {
             url.set_username(&user)
                 .map_err(|_| JobError::Secret(format!("connection '{}': bad username", self.id)))?;
         }
-        if let Some(password) = self.text("password") {
+        if let Some(password) = self.field("password") {
             url.set_password(Some(&password))
                 .map_err(|_| JobError::Secret(format!("connection '{}': bad password", self.id)))?;
         }

@@ -247,7 +247,9 @@ async fn discover(
     let settings = Settings::load(settings_path)?;
     let format: SourceFormat = serde_json::from_value(serde_json::Value::String(format.to_owned()))
         .map_err(|_| {
-            anyhow::anyhow!("--format '{format}' is not one of postgres, mysql, mariadb")
+            anyhow::anyhow!(
+                "--format '{format}' is not one of postgres, mysql, mariadb, mssql, mongodb"
+            )
         })?;
     let secret = secrets::provider(&settings)
         .await

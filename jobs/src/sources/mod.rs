@@ -5,6 +5,8 @@ mod csv;
 mod excel;
 mod json;
 mod json_records;
+pub mod mongodb;
+pub mod mssql;
 pub mod mysql;
 pub mod postgres;
 mod table;
@@ -124,9 +126,10 @@ fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Re
         SourceFormat::Csv => csv::read(object, &source.csv, ctx),
         SourceFormat::Json => json::read(object, &source.json, ctx),
         SourceFormat::Excel => excel::read(object, &source.excel, ctx),
-        SourceFormat::Postgres | SourceFormat::Mysql => {
-            Err(ctx.bad_input("a database is not a file"))
-        }
+        SourceFormat::Postgres
+        | SourceFormat::Mysql
+        | SourceFormat::Mssql
+        | SourceFormat::Mongodb => Err(ctx.bad_input("a database is not a file")),
     }
 }
 
@@ -181,6 +184,20 @@ pub async fn open(
         let spec = spec.clone();
         match spec.source.format {
             SourceFormat::Mysql => tokio::spawn(mysql::read(
+                spec,
+                secret,
+                access.floor,
+                access.lookback,
+                ctx,
+            )),
+            SourceFormat::Mssql => tokio::spawn(mssql::read(
+                spec,
+                secret,
+                access.floor,
+                access.lookback,
+                ctx,
+            )),
+            SourceFormat::Mongodb => tokio::spawn(mongodb::read(
                 spec,
                 secret,
                 access.floor,
