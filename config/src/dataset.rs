@@ -65,6 +65,9 @@ pub struct SourceSpec {
     pub columns: Vec<String>,
     #[serde(default)]
     pub postgres: PostgresOptions,
+    /// Split a large table into key ranges read in parallel (PostgreSQL).
+    #[serde(default)]
+    pub partitions: Option<PartitionSpec>,
     #[serde(default)]
     pub mongodb: MongoOptions,
     #[serde(default)]
@@ -119,6 +122,27 @@ impl Default for PostgresOptions {
             unconstrained_numeric: "text".into(),
         }
     }
+}
+
+/// Partitioned extraction, like Spark JDBC's `partitionColumn`/`numPartitions`, but with the
+/// range bounds taken from the data (quantiles of a sample), so skewed keys still split evenly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// A column with an ordering (integer, numeric, date, timestamp, text); ideally indexed.
+    pub column: String,
+    /// How many key ranges (chunks) to cut the table into.
+    pub count: u32,
+    /// Chunks read at the same time; all of them when absent.
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// Attempts per chunk before the run fails (a failed attempt's parts are removed first).
+    #[serde(default = "default_chunk_attempts")]
+    pub attempts: u32,
+}
+
+fn default_chunk_attempts() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -353,6 +377,23 @@ impl DatasetSpec {
                 return Err(invalid(
                     "mode 'delta' needs `key` (the incremental key that orders rows sharing a timestamp)"
                         .into(),
+                ));
+            }
+        }
+        if let Some(partitions) = &self.source.partitions {
+            if self.source.format != SourceFormat::Postgres {
+                return Err(invalid(
+                    "source.partitions is available for postgres sources (one exported snapshot keeps the chunks consistent)".into(),
+                ));
+            }
+            if partitions.count < 2 || partitions.count > 1024 {
+                return Err(invalid(
+                    "source.partitions.count must be between 2 and 1024".into(),
+                ));
+            }
+            if partitions.attempts == 0 || partitions.parallel == Some(0) {
+                return Err(invalid(
+                    "source.partitions.attempts and parallel must be at least 1".into(),
                 ));
             }
         }

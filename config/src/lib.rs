@@ -7,8 +7,8 @@ mod settings;
 
 pub use dataset::{
     CsvOptions, DatasetSpec, Encoding, ExcelOptions, JsonOptions, MalformedRowPolicy,
-    MixedTypesPolicy, Mode, MongoOptions, NestedPolicy, NewColumnPolicy, PostgresOptions,
-    SourceFormat, SourceSpec, Trigger,
+    MixedTypesPolicy, Mode, MongoOptions, NestedPolicy, NewColumnPolicy, PartitionSpec,
+    PostgresOptions, SourceFormat, SourceSpec, Trigger,
 };
 pub use error::ConfigError;
 pub use settings::{Compression, S3Settings, SecretsProvider, Settings};

@@ -271,6 +271,26 @@ impl DeltaFilter {
             .map_err(|e| JobError::arrow("delta filter", e))
     }
 
+    /// Folds in a filter that saw other rows of the same run (a chunk of a partitioned read),
+    /// built with the same columns and previous watermark.
+    pub fn absorb(&mut self, other: DeltaFilter) -> Result<()> {
+        self.null_cursor_rows += other.null_cursor_rows;
+        if let Some((row, batch)) = other.highest
+            && self
+                .highest
+                .as_ref()
+                .is_none_or(|(high, _)| row.row() > high.row())
+        {
+            self.highest = Some((row, batch));
+        }
+        if let (Some(mine), Some(theirs)) = (self.lookback.as_mut(), other.lookback) {
+            for recent in theirs.window {
+                mine.remember(recent)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rows with a null cursor value: left out by a delta cursor (they cannot be placed after a
     /// watermark), only counted when tracking.
     pub fn null_cursor_rows(&self) -> u64 {

@@ -1,6 +1,7 @@
 //! Carga's dataflow library: file sources -> Arrow record batches -> delta/complete -> encrypted
 //! Parquet in the raw zone, committed by a manifest.
 
+mod chunks;
 pub mod delta;
 pub mod discovery;
 pub mod encryption;

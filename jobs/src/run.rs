@@ -50,6 +50,21 @@ pub struct Engine {
     bucket: Bucket,
     encryptor: Encryptor,
     secrets: Arc<dyn SecretsProvider>,
+    chunk_faults: ChunkFaults,
+}
+
+/// Failures to inject into chunks of partitioned reads (chunk index -> attempts that fail after
+/// writing their first batch), for tests and recovery drills.
+pub type ChunkFaults = Arc<std::sync::Mutex<BTreeMap<usize, u32>>>;
+
+/// What the extraction produced before the report and the commit.
+pub(crate) struct Extracted {
+    pub plan: Arc<SchemaPlan>,
+    pub checks: BatchChecks,
+    pub cursor: Option<DeltaFilter>,
+    pub rows: u64,
+    pub stats: ReadStats,
+    pub files: Vec<PartFile>,
 }
 
 impl Engine {
@@ -68,7 +83,25 @@ impl Engine {
             bucket,
             encryptor,
             secrets,
+            chunk_faults: ChunkFaults::default(),
         })
+    }
+
+    /// Makes chunk `index` of partitioned reads fail `attempts` times after its first batch.
+    pub fn inject_chunk_faults(self, index: usize, attempts: u32) -> Self {
+        self.chunk_faults
+            .lock()
+            .expect("fault table")
+            .insert(index, attempts);
+        self
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub(crate) fn chunk_faults(&self) -> &ChunkFaults {
+        &self.chunk_faults
     }
 
     /// An engine whose credentials come from the provider the settings name (AWS needs async setup).
@@ -157,73 +190,30 @@ impl Engine {
             secret,
             floor: floor.cloned(),
             lookback: effective_lookback(floor, spec.lookback_seconds()),
+            chunk: None,
         };
-        let reader = sources::open(
-            spec,
-            &self.settings.s3,
-            self.settings.batch_rows,
-            hints,
-            access,
-        )
-        .await?;
-        let plan = SchemaPlan::new(
-            &spec.id,
-            &reader.schema,
-            previous.as_ref().map(|m| &m.schema),
-            spec.new_columns,
-        )?;
-        let mut checks =
-            BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
-        // Complete runs track the cursor too (when one is declared), so a dataset can move to delta.
-        let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
-        let lookback = spec.lookback_seconds();
-        let mut cursor = match (spec.mode, has_cursor) {
-            (Mode::Delta, _) => Some(DeltaFilter::new(
-                &plan.output,
-                &spec.cursor_columns(),
-                floor,
-                lookback,
-            )?),
-            (Mode::Complete, true) => Some(DeltaFilter::tracking(
-                &plan.output,
-                &spec.cursor_columns(),
-                lookback,
-            )?),
-            (Mode::Complete, false) => None,
-        };
-
         let ingest_date = started_at.date_naive().to_string();
         let dir = self.bucket.path(&format!(
             "raw/{}/ingest_date={ingest_date}/{run_id}",
             spec.id
         ));
-        let mut sink = PartSink::new(
-            self.bucket.clone(),
-            dir.clone(),
-            plan.output.clone(),
-            self.encryptor.clone(),
-            &self.settings,
-        )?;
-
-        // Until the parts are complete, any failure removes what this run uploaded.
-        let (rows_written, stats) = match fill(
-            spec,
-            reader,
-            &plan,
-            &mut checks,
-            cursor.as_mut(),
-            floor.is_some(),
-            &mut sink,
-        )
-        .await
-        {
-            Ok(filled) => filled,
-            Err(e) => {
-                sink.abort().await;
-                return Err(e);
+        let previous_schema = previous.as_ref().map(|m| &m.schema);
+        let Extracted {
+            plan,
+            checks,
+            cursor,
+            rows: rows_written,
+            stats,
+            files,
+        } = match &spec.source.partitions {
+            Some(_) => {
+                crate::chunks::extract(self, spec, hints, access, previous_schema, &dir).await?
+            }
+            None => {
+                self.extract_single(spec, hints, access, previous_schema, &dir)
+                    .await?
             }
         };
-        let files = sink.finish().await?;
 
         let mut report = checks.into_report(
             &spec.id,
@@ -290,6 +280,68 @@ impl Engine {
         })
     }
 
+    /// One reader, one sink: the whole source streamed in one pass.
+    async fn extract_single(
+        &self,
+        spec: &DatasetSpec,
+        hints: TypeHints,
+        access: SourceAccess,
+        previous_schema: Option<&arrow::datatypes::Schema>,
+        dir: &Path,
+    ) -> Result<Extracted> {
+        let floor = access.floor.clone();
+        let reader = sources::open(
+            spec,
+            &self.settings.s3,
+            self.settings.batch_rows,
+            hints,
+            access,
+        )
+        .await?;
+        let plan = Arc::new(SchemaPlan::new(
+            &spec.id,
+            &reader.schema,
+            previous_schema,
+            spec.new_columns,
+        )?);
+        let mut checks =
+            BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
+        let mut cursor = new_cursor(spec, &plan, floor.as_ref())?;
+        let mut sink = PartSink::new(
+            self.bucket.clone(),
+            dir.clone(),
+            plan.output.clone(),
+            self.encryptor.clone(),
+            &self.settings,
+        )?;
+        // Until the parts are complete, any failure removes what this run uploaded.
+        let streamed =
+            match stream(reader, &plan, &mut checks, cursor.as_mut(), &mut sink, None).await {
+                Ok(streamed) => streamed,
+                Err(e) => {
+                    sink.abort().await;
+                    return Err(e);
+                }
+            };
+        let files = sink.finish().await?;
+        let (rows, stats) = streamed;
+        let stats = match run_rules(spec, &checks, cursor.as_ref(), floor.is_some(), stats) {
+            Ok(stats) => stats,
+            Err(e) => {
+                delete_parts(&self.bucket, &files).await;
+                return Err(e);
+            }
+        };
+        Ok(Extracted {
+            plan,
+            checks,
+            cursor,
+            rows,
+            stats,
+            files,
+        })
+    }
+
     async fn write_report(&self, path: &Path, report: &ValidationReport) -> Result<String> {
         let mut report = report.clone();
         if report.error.is_some() {
@@ -306,17 +358,41 @@ impl Engine {
     }
 }
 
-/// Streams the source through the schema plan, the checks and the cursor into the sink, then
-/// applies the run-level rules (null cursors in delta mode, empty input). Returns the rows
-/// written and the reader's statistics.
-async fn fill(
+/// The delta cursor of a run: filtering in delta mode; in complete mode only tracking (when a
+/// cursor is declared), so a dataset can move to delta from where its snapshot ended.
+pub(crate) fn new_cursor(
     spec: &DatasetSpec,
+    plan: &SchemaPlan,
+    floor: Option<&crate::delta::Watermark>,
+) -> Result<Option<DeltaFilter>> {
+    let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
+    let lookback = spec.lookback_seconds();
+    Ok(match (spec.mode, has_cursor) {
+        (Mode::Delta, _) => Some(DeltaFilter::new(
+            &plan.output,
+            &spec.cursor_columns(),
+            floor,
+            lookback,
+        )?),
+        (Mode::Complete, true) => Some(DeltaFilter::tracking(
+            &plan.output,
+            &spec.cursor_columns(),
+            lookback,
+        )?),
+        (Mode::Complete, false) => None,
+    })
+}
+
+/// Streams a reader through the schema plan, the checks and the cursor into the sink. Returns
+/// the rows written and the reader's statistics. `fault` (drills only) fails after the first
+/// batch is written.
+pub(crate) async fn stream(
     mut reader: SourceReader,
     plan: &SchemaPlan,
     checks: &mut BatchChecks,
     mut cursor: Option<&mut DeltaFilter>,
-    resumes_from_watermark: bool,
     sink: &mut PartSink,
+    mut fault: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
 ) -> Result<(u64, ReadStats)> {
     let mut rows_written = 0u64;
     while let Some(batch) = reader.next_batch().await {
@@ -329,9 +405,23 @@ async fn fill(
         if batch.num_rows() > 0 {
             sink.write(&batch).await?;
             rows_written += batch.num_rows() as u64;
+            if let Some(fault) = fault.as_deref_mut() {
+                fault()?;
+            }
         }
     }
-    let mut stats = reader.finish().await?;
+    let stats = reader.finish().await?;
+    Ok((rows_written, stats))
+}
+
+/// The run-level rules once every row is read: null cursors in delta mode, empty input.
+pub(crate) fn run_rules(
+    spec: &DatasetSpec,
+    checks: &BatchChecks,
+    cursor: Option<&DeltaFilter>,
+    resumes_from_watermark: bool,
+    mut stats: ReadStats,
+) -> Result<ReadStats> {
     let null_cursors = cursor.map_or(0, |c| c.null_cursor_rows());
     if spec.mode == Mode::Delta && null_cursors > 0 {
         let message = format!(
@@ -363,7 +453,7 @@ async fn fill(
             ),
         });
     }
-    Ok((rows_written, stats))
+    Ok(stats)
 }
 
 fn explicit_types(spec: &DatasetSpec) -> Result<BTreeMap<String, arrow::datatypes::DataType>> {
@@ -380,7 +470,7 @@ fn explicit_types(spec: &DatasetSpec) -> Result<BTreeMap<String, arrow::datatype
         .collect()
 }
 
-async fn delete_parts(bucket: &Bucket, files: &[PartFile]) {
+pub(crate) async fn delete_parts(bucket: &Bucket, files: &[PartFile]) {
     for file in files {
         if let Err(e) = bucket.store.delete(&Path::from(file.path.as_str())).await {
             tracing::warn!(path = %file.path, error = %e, "could not delete an uncommitted part; it is unreferenced and safe to remove");

@@ -77,6 +77,7 @@ pub struct PartSink {
     rows_per_row_group: usize,
     current: Option<OpenPart>,
     written: Vec<PartFile>,
+    name_prefix: String,
 }
 
 impl PartSink {
@@ -104,7 +105,14 @@ impl PartSink {
             rows_per_row_group: settings.rows_per_row_group,
             current: None,
             written: Vec::new(),
+            name_prefix: "part-".into(),
         })
+    }
+
+    /// Names parts `<prefix>NNNNN.parquet` (chunks of one run write side by side in its folder).
+    pub fn with_name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.name_prefix = prefix.into();
+        self
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -153,10 +161,11 @@ impl PartSink {
     }
 
     fn open_part(&self) -> Result<OpenPart> {
-        let path = self
-            .dir
-            .clone()
-            .join(format!("part-{:05}.parquet", self.written.len()));
+        let path = self.dir.clone().join(format!(
+            "{}{:05}.parquet",
+            self.name_prefix,
+            self.written.len()
+        ));
         let properties = WriterProperties::builder()
             .set_compression(self.compression)
             .set_max_row_group_row_count(Some(self.rows_per_row_group))

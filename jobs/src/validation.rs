@@ -38,6 +38,23 @@ pub struct RejectedRow {
 }
 
 impl ReadStats {
+    /// Adds another reader's counts (a chunk of a partitioned read).
+    pub fn absorb(&mut self, other: ReadStats) {
+        self.header_problems.extend(other.header_problems);
+        self.rows_read += other.rows_read;
+        self.empty_rows += other.empty_rows;
+        self.rejected_rows += other.rejected_rows;
+        for (reason, n) in other.rejected_by_reason {
+            *self.rejected_by_reason.entry(reason).or_default() += n;
+        }
+        let room = MAX_LISTED_REJECTS.saturating_sub(self.rejected_samples.len());
+        self.rejected_samples
+            .extend(other.rejected_samples.into_iter().take(room));
+        for (column, n) in other.type_mismatches {
+            *self.type_mismatches.entry(column).or_default() += n;
+        }
+    }
+
     /// Records a rejected row. `kind` groups reasons in the report (e.g. "ragged row").
     pub fn reject(&mut self, row: u64, kind: &str, reason: String) {
         self.rejected_rows += 1;
@@ -121,6 +138,7 @@ pub const MAX_TRACKED_KEYS: usize = 2_000_000;
 struct KeyCheck {
     names: Vec<String>,
     indices: Vec<usize>,
+    sort_fields: Vec<SortField>,
     converter: RowConverter,
     seen: HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
@@ -154,11 +172,13 @@ impl BatchChecks {
                 .iter()
                 .map(|&i| SortField::new(schema.field(i).data_type().clone()))
                 .collect();
-            let converter = RowConverter::new(fields)
+            let sort_fields: Vec<SortField> = fields;
+            let converter = RowConverter::new(sort_fields.clone())
                 .map_err(|e| JobError::arrow("key columns cannot be compared", e))?;
             Some(KeyCheck {
                 names: key.to_vec(),
                 indices,
+                sort_fields,
                 converter,
                 seen: HashSet::new(),
                 hasher: Default::default(),
@@ -223,6 +243,67 @@ impl BatchChecks {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Empty checks of the same shape whose key hashes can be merged back with `absorb`
+    /// (one per chunk of a partitioned read, so a retried chunk's attempts never double count).
+    pub fn sibling(&self) -> Result<Self> {
+        let key = match &self.key {
+            Some(key) => Some(KeyCheck {
+                names: key.names.clone(),
+                indices: key.indices.clone(),
+                sort_fields: key.sort_fields.clone(),
+                converter: RowConverter::new(key.sort_fields.clone())
+                    .map_err(|e| JobError::arrow("key columns cannot be compared", e))?,
+                seen: HashSet::new(),
+                hasher: key.hasher.clone(),
+                duplicates: 0,
+                checked_rows: 0,
+                complete: true,
+                limit: key.limit,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            column_names: self.column_names.clone(),
+            column_types: self.column_types.clone(),
+            nulls: vec![0; self.nulls.len()],
+            rows: 0,
+            key,
+            timestamp: self
+                .timestamp
+                .as_ref()
+                .map(|(index, name, _)| (*index, name.clone(), 0)),
+        })
+    }
+
+    /// Adds a sibling's counts; a key seen by both counts as a duplicate.
+    pub fn absorb(&mut self, other: BatchChecks) {
+        self.rows += other.rows;
+        for (mine, theirs) in self.nulls.iter_mut().zip(other.nulls) {
+            *mine += theirs;
+        }
+        if let (Some((_, _, mine)), Some((_, _, theirs))) = (&mut self.timestamp, other.timestamp) {
+            *mine += theirs;
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.key, other.key) {
+            mine.duplicates += theirs.duplicates;
+            mine.checked_rows += theirs.checked_rows;
+            if !(mine.complete && theirs.complete) {
+                mine.complete = false;
+                mine.seen = HashSet::new();
+                return;
+            }
+            for hash in theirs.seen {
+                if !mine.seen.insert(hash) {
+                    mine.duplicates += 1;
+                }
+            }
+            if mine.seen.len() > mine.limit {
+                mine.complete = false;
+                mine.seen = HashSet::new();
+            }
+        }
     }
 
     /// Builds the report from these checks and the reader's statistics.

@@ -151,6 +151,8 @@ pub struct SourceAccess {
     pub floor: Option<Watermark>,
     /// Seconds to re-read behind the watermark (see `delta::effective_lookback`).
     pub lookback: Option<u64>,
+    /// One key range of a partitioned read (PostgreSQL).
+    pub chunk: Option<postgres::partition::Chunk>,
 }
 
 /// Opens the dataset's source and starts reading it. Returns once the schema is known.
@@ -178,6 +180,9 @@ pub async fn open(
             "table {} (connection '{connection}')",
             spec.source.table.as_deref().unwrap_or_default()
         );
+        if let Some(chunk) = &access.chunk {
+            ctx.location = format!("{}, chunk {}", ctx.location, chunk.index);
+        }
         let secret = access.secret.ok_or_else(|| {
             JobError::Secret(format!("no credentials for connection '{connection}'"))
         })?;
@@ -209,6 +214,7 @@ pub async fn open(
                 secret,
                 access.floor,
                 access.lookback,
+                access.chunk,
                 ctx,
             )),
         }

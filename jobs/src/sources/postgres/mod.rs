@@ -4,6 +4,7 @@
 //! `(ts, key) > (watermark)`, so only new rows leave the server.
 
 mod copy_binary;
+pub mod partition;
 pub mod types;
 
 use arrow::datatypes::{Field, Schema};
@@ -36,6 +37,7 @@ pub(crate) async fn read(
     secret: ConnectionSecret,
     floor: Option<Watermark>,
     lookback: Option<u64>,
+    chunk: Option<partition::Chunk>,
     mut ctx: ReadContext,
 ) -> Result<ReadStats> {
     let table = spec.source.table.clone().unwrap_or_default();
@@ -49,9 +51,17 @@ pub(crate) async fn read(
         .await
         .map_err(|e| db_error("connecting", e))?;
     // One snapshot for the catalog read and the COPY; intervals print as ISO 8601 durations.
-    conn.execute(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL intervalstyle = 'iso_8601'",
-    )
+    // A chunk of a partitioned read imports the coordinator's snapshot (first thing in its transaction).
+    let import = match &chunk {
+        Some(chunk) => format!(
+            " SET TRANSACTION SNAPSHOT {};",
+            quote_literal(&chunk.snapshot).map_err(|m| ctx.bad_input(m))?
+        ),
+        None => String::new(),
+    };
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;{import} SET LOCAL intervalstyle = 'iso_8601'"
+    )))
     .await
     .map_err(|e| db_error("starting a snapshot", e))?;
     let qualified: String = sqlx::query_scalar("SELECT $1::regclass::text")
@@ -84,6 +94,18 @@ pub(crate) async fn read(
             cursor_predicate(watermark, lookback, &columns).map_err(|m| ctx.bad_input(m))?
         }
         None => String::new(),
+    };
+    let predicate = match &chunk {
+        Some(chunk) => {
+            let range =
+                partition::chunk_predicate(chunk, &columns).map_err(|m| ctx.bad_input(m))?;
+            if predicate.is_empty() {
+                format!(" WHERE {range}")
+            } else {
+                format!("{predicate} AND {range}")
+            }
+        }
+        None => predicate,
     };
     let select_list = plans
         .iter()

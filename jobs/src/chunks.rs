@@ -1,0 +1,365 @@
+//! Partitioned extraction. The table is cut into key ranges inside one exported snapshot (see
+//! `sources::postgres::partition`); each chunk streams its range into its own parts
+//! (`part-cNNNN-MMMMM.parquet`) with its own checks and cursor, so a failed chunk is retried
+//! alone: its parts are removed and its counts dropped before the next attempt. The run goes on
+//! to the report and the commit only when every chunk has written all its rows; if one gives up,
+//! the others stop and every part of the run is removed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arrow::datatypes::Schema;
+use carga_config::{DatasetSpec, Settings};
+use object_store::path::Path;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::delta::Watermark;
+use crate::encryption::Encryptor;
+use crate::error::{JobError, Result};
+use crate::run::{ChunkFaults, Engine, Extracted, delete_parts, new_cursor, run_rules, stream};
+use crate::schema_drift::SchemaPlan;
+use crate::secrets::ConnectionSecret;
+use crate::sink::{PartFile, PartSink};
+use crate::sources::postgres::partition::{Chunk, plan_chunks};
+use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
+use crate::storage::Bucket;
+use crate::validation::{BatchChecks, ReadStats};
+
+/// Pause before a chunk's second attempt; doubles for each further one.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+pub(crate) async fn extract(
+    engine: &Engine,
+    spec: &DatasetSpec,
+    hints: TypeHints,
+    access: SourceAccess,
+    previous_schema: Option<&Schema>,
+    dir: &Path,
+) -> Result<Extracted> {
+    let secret = access.secret.clone().ok_or_else(|| {
+        JobError::Secret(format!(
+            "no credentials for connection '{}'",
+            spec.connection_id.as_deref().unwrap_or_default()
+        ))
+    })?;
+    // The coordinator's transaction must stay open while chunks import its snapshot.
+    let (holder, chunks) = plan_chunks(spec, &secret).await?;
+    let result = extract_chunks(
+        engine,
+        spec,
+        hints,
+        access,
+        secret,
+        previous_schema,
+        dir,
+        chunks,
+    )
+    .await;
+    holder.release().await;
+    result
+}
+
+/// What every chunk task shares.
+struct Shared {
+    spec: DatasetSpec,
+    hints: TypeHints,
+    secret: ConnectionSecret,
+    floor: Option<Watermark>,
+    lookback: Option<u64>,
+    plan: Arc<SchemaPlan>,
+    checks_template: BatchChecks,
+    bucket: Bucket,
+    encryptor: Encryptor,
+    settings: Settings,
+    dir: Path,
+    attempts: u32,
+    faults: ChunkFaults,
+    /// Set when a chunk gives up: the others stop at their next batch.
+    cancelled: AtomicBool,
+}
+
+struct ChunkOutput {
+    index: usize,
+    checks: BatchChecks,
+    cursor: Option<crate::delta::DeltaFilter>,
+    rows: u64,
+    stats: ReadStats,
+    files: Vec<PartFile>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn extract_chunks(
+    engine: &Engine,
+    spec: &DatasetSpec,
+    hints: TypeHints,
+    access: SourceAccess,
+    secret: ConnectionSecret,
+    previous_schema: Option<&Schema>,
+    dir: &Path,
+    chunks: Vec<Chunk>,
+) -> Result<Extracted> {
+    let partitions = spec
+        .source
+        .partitions
+        .clone()
+        .expect("extract is called for partitioned specs");
+    let settings = engine.settings().clone();
+    // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
+    let first_reader = sources::open(
+        spec,
+        &settings.s3,
+        settings.batch_rows,
+        hints.clone(),
+        chunk_access(&secret, &access, &chunks[0]),
+    )
+    .await?;
+    let plan = Arc::new(SchemaPlan::new(
+        &spec.id,
+        &first_reader.schema,
+        previous_schema,
+        spec.new_columns,
+    )?);
+    let shared = Arc::new(Shared {
+        spec: spec.clone(),
+        hints,
+        secret,
+        floor: access.floor.clone(),
+        lookback: access.lookback,
+        checks_template: BatchChecks::new(
+            &plan.output,
+            &spec.key,
+            spec.timestamp_column.as_deref(),
+        )?,
+        plan: plan.clone(),
+        bucket: engine.bucket().clone(),
+        encryptor: engine.encryptor().clone(),
+        settings,
+        dir: dir.clone(),
+        attempts: partitions.attempts,
+        faults: engine.chunk_faults().clone(),
+        cancelled: AtomicBool::new(false),
+    });
+    let parallel = partitions
+        .parallel
+        .map_or(chunks.len(), |p| p as usize)
+        .max(1);
+    let permits = Arc::new(Semaphore::new(parallel));
+    let mut tasks = JoinSet::new();
+    let mut first_reader = Some(first_reader);
+    for chunk in chunks {
+        let reader = if chunk.index == 0 {
+            first_reader.take()
+        } else {
+            None
+        };
+        tasks.spawn(run_chunk(shared.clone(), permits.clone(), chunk, reader));
+    }
+
+    let mut outputs = Vec::new();
+    let mut failure: Option<JobError> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(JobError::bad_input(
+                format!("table {}", spec.source.table.as_deref().unwrap_or_default()),
+                format!("a chunk task stopped unexpectedly: {e}"),
+            ))
+        });
+        match result {
+            Ok(output) => outputs.push(output),
+            Err(e) => {
+                shared.cancelled.store(true, Ordering::SeqCst);
+                // The first real failure explains the run; siblings only report being stopped.
+                let replace = match &failure {
+                    None => true,
+                    Some(current) => is_cancellation(current) && !is_cancellation(&e),
+                };
+                if replace {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(error) = failure {
+        for output in &outputs {
+            delete_parts(&shared.bucket, &output.files).await;
+        }
+        return Err(error);
+    }
+
+    outputs.sort_by_key(|o| o.index);
+    let mut checks = shared.checks_template.sibling()?;
+    let mut cursor = new_cursor(spec, &plan, shared.floor.as_ref())?;
+    let mut stats = ReadStats::default();
+    let mut rows = 0;
+    let mut files = Vec::new();
+    for output in outputs {
+        checks.absorb(output.checks);
+        if let (Some(cursor), Some(theirs)) = (cursor.as_mut(), output.cursor) {
+            cursor.absorb(theirs)?;
+        }
+        stats.absorb(output.stats);
+        rows += output.rows;
+        files.extend(output.files);
+    }
+    let stats = match run_rules(
+        spec,
+        &checks,
+        cursor.as_ref(),
+        shared.floor.is_some(),
+        stats,
+    ) {
+        Ok(stats) => stats,
+        Err(e) => {
+            delete_parts(&shared.bucket, &files).await;
+            return Err(e);
+        }
+    };
+    Ok(Extracted {
+        plan,
+        checks,
+        cursor,
+        rows,
+        stats,
+        files,
+    })
+}
+
+fn chunk_access(secret: &ConnectionSecret, access: &SourceAccess, chunk: &Chunk) -> SourceAccess {
+    SourceAccess {
+        secret: Some(secret.clone()),
+        floor: access.floor.clone(),
+        lookback: access.lookback,
+        chunk: Some(chunk.clone()),
+    }
+}
+
+/// Runs one chunk to completion, retrying transient failures with a growing pause.
+async fn run_chunk(
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    chunk: Chunk,
+    mut reader: Option<SourceReader>,
+) -> Result<ChunkOutput> {
+    let _permit = permits
+        .acquire_owned()
+        .await
+        .map_err(|_| cancelled(&chunk))?;
+    let mut delay = FIRST_RETRY_DELAY;
+    for attempt in 1..=shared.attempts {
+        if shared.cancelled.load(Ordering::SeqCst) {
+            return Err(cancelled(&chunk));
+        }
+        match attempt_chunk(&shared, &chunk, reader.take()).await {
+            Ok(output) => return Ok(output),
+            Err(e) if attempt < shared.attempts && is_transient(&e) => {
+                tracing::warn!(chunk = chunk.index, attempt, error = %e, "chunk failed; its parts were removed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(cancelled(&chunk))
+}
+
+async fn attempt_chunk(
+    shared: &Shared,
+    chunk: &Chunk,
+    reader: Option<SourceReader>,
+) -> Result<ChunkOutput> {
+    let reader = match reader {
+        Some(reader) => reader,
+        None => {
+            let access = SourceAccess {
+                secret: Some(shared.secret.clone()),
+                floor: shared.floor.clone(),
+                lookback: shared.lookback,
+                chunk: Some(chunk.clone()),
+            };
+            sources::open(
+                &shared.spec,
+                &shared.settings.s3,
+                shared.settings.batch_rows,
+                shared.hints.clone(),
+                access,
+            )
+            .await?
+        }
+    };
+    let mut checks = shared.checks_template.sibling()?;
+    let mut cursor = new_cursor(&shared.spec, &shared.plan, shared.floor.as_ref())?;
+    let mut sink = PartSink::new(
+        shared.bucket.clone(),
+        shared.dir.clone(),
+        shared.plan.output.clone(),
+        shared.encryptor.clone(),
+        &shared.settings,
+    )?
+    .with_name_prefix(format!("part-c{:04}-", chunk.index));
+    let mut after_batch = || -> Result<()> {
+        if shared.cancelled.load(Ordering::SeqCst) {
+            return Err(cancelled(chunk));
+        }
+        let mut faults = shared.faults.lock().expect("fault table");
+        if let Some(left) = faults.get_mut(&chunk.index).filter(|n| **n > 0) {
+            *left -= 1;
+            return Err(JobError::Database {
+                context: format!("chunk {}", chunk.index),
+                message: "injected fault".into(),
+            });
+        }
+        Ok(())
+    };
+    let streamed = stream(
+        reader,
+        &shared.plan,
+        &mut checks,
+        cursor.as_mut(),
+        &mut sink,
+        Some(&mut after_batch),
+    )
+    .await;
+    match streamed {
+        Ok((rows, stats)) => {
+            let files = sink.finish().await?;
+            Ok(ChunkOutput {
+                index: chunk.index,
+                checks,
+                cursor,
+                rows,
+                stats,
+                files,
+            })
+        }
+        Err(e) => {
+            sink.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Failures worth another attempt: the connection, the store, the disk. Bad data fails again.
+fn is_transient(error: &JobError) -> bool {
+    matches!(
+        error,
+        JobError::Database { .. }
+            | JobError::Store { .. }
+            | JobError::Io { .. }
+            | JobError::Parquet { .. }
+    ) && !is_cancellation(error)
+}
+
+const CANCELLED: &str = "stopped because another chunk failed";
+
+fn cancelled(chunk: &Chunk) -> JobError {
+    JobError::Refused {
+        dataset: format!("chunk {}", chunk.index),
+        message: CANCELLED.into(),
+    }
+}
+
+fn is_cancellation(error: &JobError) -> bool {
+    matches!(error, JobError::Refused { message, .. } if message == CANCELLED)
+}
