@@ -107,11 +107,18 @@ def main():
             with open(spec, "w") as f:
                 f.write(f"id: lineitem\nsource: {{format: postgres, table: {table}}}\nconnection_id: bench\n"
                         "mode: complete\ntrigger: callback\n")
+            chunked = os.path.join(work, f"spec_{rows}_chunked.yaml")
+            with open(chunked, "w") as f:
+                f.write(f"id: lineitem_chunked\nsource:\n  format: postgres\n  table: {table}\n"
+                        "  partitions: {column: l_orderkey, count: 4, parallel: 2}\n"
+                        "connection_id: bench\nmode: complete\ntrigger: callback\n")
             env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
                        CARGA_SECRETS_FILE=secrets, CARGA_ROWS_PER_FILE=str(10**9))
             jdbc_url = "jdbc:" + URL.replace("postgresql://postgres@", "postgresql://")
             tools = [
                 ("carga (encrypted)", [CARGA, "run", "--dataset", spec], env, "zstd, Parquet modular encryption"),
+                ("carga (4 chunks)", [CARGA, "run", "--dataset", chunked], env,
+                 "partitions on l_orderkey, 2 in parallel, one exported snapshot"),
                 ("pyspark JDBC", [sys.executable, "-c", SPARK, jdbc_url, table, os.path.join(work, "spark"), JDBC_JAR, str(rows)], None,
                  "numPartitions=2, local[2], zstd, not encrypted"),
                 ("connectorx + pyarrow", [sys.executable, "-c", CONNECTORX, URL, table, os.path.join(work, "cx.parquet"), str(rows)], None,
@@ -129,7 +136,7 @@ def main():
                             f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
                             "    compression: zstd\n"
                             f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
-                tools.insert(4, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), "not encrypted"))
+                tools.insert(5, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), "not encrypted"))
             if args.only:
                 wanted = args.only.split(",")
                 tools = [t for t in tools if any(t[0].startswith(w) for w in wanted)]

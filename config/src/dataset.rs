@@ -60,6 +60,10 @@ pub struct SourceSpec {
     /// collection, optionally `database.collection`.
     #[serde(default, alias = "collection")]
     pub table: Option<String>,
+    /// Databases: several tables (MongoDB: collections) pulled with the same settings. Each runs
+    /// as its own dataset `<id>/<table>`, with its own manifests and watermark (`per_table`).
+    #[serde(default, alias = "collections")]
+    pub tables: Vec<String>,
     /// Databases: the columns to extract; all of them when empty.
     #[serde(default)]
     pub columns: Vec<String>,
@@ -340,6 +344,36 @@ impl DatasetSpec {
         Ok(spec)
     }
 
+    /// One spec per table of a multi-table dataset (itself when it names one table): id
+    /// `<id>/<table>` with the table name's other characters as `_` (`public.pedidos` →
+    /// `ventas/public_pedidos`), so each table keeps its own manifests under `raw/<id>/<table>/`.
+    pub fn per_table(&self) -> Vec<DatasetSpec> {
+        if self.source.tables.is_empty() {
+            return vec![self.clone()];
+        }
+        self.source
+            .tables
+            .iter()
+            .map(|table| {
+                let mut spec = self.clone();
+                spec.source.tables.clear();
+                spec.source.table = Some(table.clone());
+                let folder: String = table
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                spec.id = format!("{}/{folder}", self.id);
+                spec
+            })
+            .collect()
+    }
+
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let spec: DatasetSpec =
             serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
@@ -356,12 +390,14 @@ impl DatasetSpec {
             dataset: self.id.clone(),
             message,
         };
-        if self.id.is_empty()
-            || !self
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        // `<id>/<table>` is what `per_table` makes of a multi-table dataset.
+        let valid_segment = |segment: &str| {
+            !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !self.id.split('/').all(valid_segment) || self.id.split('/').count() > 2 {
             return Err(invalid(
                 "id must be non-empty and use only letters, digits, '-' and '_'".into(),
             ));
@@ -414,8 +450,22 @@ impl DatasetSpec {
             ));
         }
         if self.source.format.is_database() {
-            if self.source.table.as_deref().is_none_or(str::is_empty) {
-                return Err(invalid("a database source needs source.table".into()));
+            let has_table = self.source.table.as_deref().is_some_and(|t| !t.is_empty());
+            match (has_table, self.source.tables.is_empty()) {
+                (false, true) => {
+                    return Err(invalid(
+                        "a database source needs source.table (or source.tables)".into(),
+                    ));
+                }
+                (true, false) => {
+                    return Err(invalid(
+                        "give source.table or source.tables, not both".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if self.source.tables.iter().any(|t| t.trim().is_empty()) {
+                return Err(invalid("source.tables has an empty name".into()));
             }
             if self.connection_id.as_deref().is_none_or(str::is_empty) {
                 return Err(invalid(
@@ -541,5 +591,27 @@ mod tests {
         .unwrap();
         assert_eq!(spec.connection_id.as_deref(), Some("secret-1"));
         assert_eq!(spec.new_columns, NewColumnPolicy::Add);
+    }
+
+    #[test]
+    fn several_tables_become_one_dataset_each() {
+        let spec = DatasetSpec::from_yaml(
+            "id: ventas\nsource: {format: postgres, tables: [public.pedidos, \"Clientes\"]}\nconnection_id: pg\ntrigger: callback\n",
+        )
+        .unwrap();
+        let ids: Vec<String> = spec.per_table().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["ventas/public_pedidos", "ventas/Clientes"]);
+        let each = &spec.per_table()[0];
+        assert_eq!(each.source.table.as_deref(), Some("public.pedidos"));
+        each.validate().unwrap();
+        let both = DatasetSpec::from_yaml(
+            "id: v\nsource: {format: postgres, table: a, tables: [b]}\nconnection_id: pg\ntrigger: callback\n",
+        )
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let bad_id = DatasetSpec::from_yaml(
+            "id: a/b/c\nsource: {format: csv, location: x.csv}\ntrigger: callback\n",
+        );
+        assert!(bad_id.is_err());
     }
 }

@@ -170,6 +170,13 @@ impl Engine {
         report_path: &Path,
     ) -> Result<RunOutcome> {
         spec.validate()?;
+        if !spec.source.tables.is_empty() {
+            return Err(JobError::Refused {
+                dataset: spec.id.clone(),
+                message: "the spec lists several tables: run each of `DatasetSpec::per_table()`"
+                    .into(),
+            });
+        }
         let started_at = Utc::now();
         let previous = log.latest().await?;
         let hints = TypeHints {

@@ -388,3 +388,57 @@ async fn discovery_lists_tables_columns_types_and_primary_keys() {
         ("numeric(10,2)", "Decimal128(10, 2)")
     );
 }
+
+#[tokio::test]
+async fn a_dataset_of_several_tables_commits_each_on_its_own() {
+    let Some((lab, mut conn)) = setup("carga_multi").await else {
+        return;
+    };
+    conn.execute(
+        "CREATE TABLE carga_multi.pedidos (id int, at timestamptz);
+         CREATE TABLE carga_multi.clientes (id int, at timestamptz);
+         INSERT INTO carga_multi.pedidos VALUES (1, '2026-01-01'), (2, '2026-01-02');
+         INSERT INTO carga_multi.clientes VALUES (7, '2026-01-01');",
+    )
+    .await
+    .unwrap();
+    let spec = lab.spec(
+        "id: ventas\nsource: {format: postgres, tables: [carga_multi.pedidos, carga_multi.clientes, carga_multi.nope]}\nconnection_id: pg\ntrigger: callback\nmode: delta\ntimestamp_column: at\nkey: [id]\n",
+    );
+    let engine = lab.engine();
+    assert!(
+        engine.run(&spec).await.is_err(),
+        "a multi-table spec runs per table"
+    );
+    let mut outcomes = Vec::new();
+    for table in spec.per_table() {
+        outcomes.push((table.id.clone(), engine.run(&table).await));
+    }
+    assert_eq!(outcomes[0].0, "ventas/carga_multi_pedidos");
+    assert_eq!(outcomes[0].1.as_ref().unwrap().manifest.rows, 2);
+    assert_eq!(outcomes[1].1.as_ref().unwrap().manifest.rows, 1);
+    let err = outcomes[2].1.as_ref().unwrap_err().to_string();
+    assert!(err.contains("carga_multi.nope"), "{err}");
+    assert!(
+        lab.dir
+            .path()
+            .join("bucket/raw/ventas/carga_multi_clientes/_manifests")
+            .is_dir()
+    );
+    // Each table keeps its own watermark.
+    conn.execute("INSERT INTO carga_multi.clientes VALUES (8, '2026-02-01')")
+        .await
+        .unwrap();
+    let again: Vec<u64> = {
+        let mut rows = Vec::new();
+        for table in spec.per_table().iter().take(2) {
+            rows.push(engine.run(table).await.unwrap().manifest.rows);
+        }
+        rows
+    };
+    assert_eq!(again, [0, 1]);
+    assert_eq!(
+        column(&lab.rows("ventas/carga_multi_clientes").await, "id"),
+        [json!(7), json!(8)]
+    );
+}

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use arrow::util::pretty::pretty_format_batches;
 use carga_config::{DatasetSpec, Settings, SourceFormat};
 use carga_jobs::encryption::MasterKeyring;
@@ -159,14 +159,37 @@ async fn dispatch(cli: Cli) -> Result<()> {
 
 async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     let settings = Settings::load(settings_path)?;
-    let spec = DatasetSpec::from_file(spec_path)?;
     let key_file = settings.key_file.clone();
     let master_key_id = settings.master_key_id.clone();
     let engine = Engine::from_settings(settings).await?;
-    let outcome = engine
-        .run(&spec)
-        .await
-        .with_context(|| format!("dataset '{}' was not committed", spec.id))?;
+    // A multi-table dataset runs table by table; one table's failure does not stop the others.
+    let mut failed = Vec::new();
+    for spec in DatasetSpec::from_file(spec_path)?.per_table() {
+        match engine.run(&spec).await {
+            Ok(outcome) => print_outcome(&outcome, spec_path, &spec, &key_file, &master_key_id),
+            Err(e) => {
+                eprintln!("error: dataset '{}' was not committed: {e}", spec.id);
+                failed.push(spec.id);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} dataset(s) not committed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn print_outcome(
+    outcome: &carga_jobs::RunOutcome,
+    spec_path: &Path,
+    spec: &DatasetSpec,
+    key_file: &Path,
+    master_key_id: &str,
+) {
     let manifest = &outcome.manifest;
     let report = &outcome.report;
     println!(
@@ -201,14 +224,26 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     for change in &report.schema_changes {
         println!("  schema:   {change}");
     }
-    println!("read it back: carga read --dataset {}", spec_path.display());
-    Ok(())
+    if spec.id.contains('/') {
+        println!("read it back: carga read --dataset {}", spec.id);
+    } else {
+        println!("read it back: carga read --dataset {}", spec_path.display());
+    }
 }
 
 async fn read_back(settings_path: Option<&Path>, dataset: &str, limit: usize) -> Result<()> {
     let settings = Settings::load(settings_path)?;
     let id = if dataset.ends_with(".yaml") || dataset.ends_with(".yml") {
-        DatasetSpec::from_file(Path::new(dataset))?.id
+        let spec = DatasetSpec::from_file(Path::new(dataset))?;
+        if !spec.source.tables.is_empty() {
+            let ids: Vec<String> = spec.per_table().into_iter().map(|s| s.id).collect();
+            anyhow::bail!(
+                "{dataset} pulls {} tables; read one of them by id: {}",
+                ids.len(),
+                ids.join(", ")
+            );
+        }
+        spec.id
     } else {
         dataset.to_owned()
     };
