@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::delta::Watermark;
 use crate::encryption::Encryptor;
 use crate::error::{JobError, Result};
-use crate::run::{ChunkFaults, Engine, Extracted, delete_parts, new_cursor, run_rules, stream};
+use crate::run::{ChunkFaults, Engine, Extracted, delete_parts, new_cursor, stream};
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::ConnectionSecret;
 use crate::sink::{PartFile, PartSink};
@@ -112,7 +112,7 @@ async fn extract_chunks(
         &settings.s3,
         settings.batch_rows,
         hints.clone(),
-        chunk_access(&secret, &access, &chunks[0]),
+        chunk_access(&secret, access.floor.as_ref(), access.lookback, &chunks[0]),
     )
     .await?;
     let plan = Arc::new(SchemaPlan::new(
@@ -203,34 +203,29 @@ async fn extract_chunks(
         rows += output.rows;
         files.extend(output.files);
     }
-    let stats = match run_rules(
-        spec,
-        &checks,
-        cursor.as_ref(),
-        shared.floor.is_some(),
-        stats,
-    ) {
-        Ok(stats) => stats,
-        Err(e) => {
-            delete_parts(&shared.bucket, &files).await;
-            return Err(e);
-        }
-    };
-    Ok(Extracted {
+    Extracted {
         plan,
         checks,
         cursor,
         rows,
         stats,
         files,
-    })
+    }
+    .checked(spec, &shared.bucket, shared.floor.is_some())
+    .await
 }
 
-fn chunk_access(secret: &ConnectionSecret, access: &SourceAccess, chunk: &Chunk) -> SourceAccess {
+/// How a chunk's reader reaches the table: the run's credentials and watermark, and its range.
+fn chunk_access(
+    secret: &ConnectionSecret,
+    floor: Option<&Watermark>,
+    lookback: Option<u64>,
+    chunk: &Chunk,
+) -> SourceAccess {
     SourceAccess {
         secret: Some(secret.clone()),
-        floor: access.floor.clone(),
-        lookback: access.lookback,
+        floor: floor.cloned(),
+        lookback,
         chunk: Some(chunk.clone()),
     }
 }
@@ -272,12 +267,12 @@ async fn attempt_chunk(
     let reader = match reader {
         Some(reader) => reader,
         None => {
-            let access = SourceAccess {
-                secret: Some(shared.secret.clone()),
-                floor: shared.floor.clone(),
-                lookback: shared.lookback,
-                chunk: Some(chunk.clone()),
-            };
+            let access = chunk_access(
+                &shared.secret,
+                shared.floor.as_ref(),
+                shared.lookback,
+                chunk,
+            );
             sources::open(
                 &shared.spec,
                 &shared.settings.s3,

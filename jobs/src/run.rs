@@ -67,6 +67,34 @@ pub(crate) struct Extracted {
     pub files: Vec<PartFile>,
 }
 
+impl Extracted {
+    /// Applies the run-level rules (`run_rules`); a refused run removes the parts it wrote.
+    pub(crate) async fn checked(
+        mut self,
+        spec: &DatasetSpec,
+        bucket: &Bucket,
+        resumes_from_watermark: bool,
+    ) -> Result<Self> {
+        let stats = std::mem::take(&mut self.stats);
+        match run_rules(
+            spec,
+            &self.checks,
+            self.cursor.as_ref(),
+            resumes_from_watermark,
+            stats,
+        ) {
+            Ok(stats) => {
+                self.stats = stats;
+                Ok(self)
+            }
+            Err(e) => {
+                delete_parts(bucket, &self.files).await;
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Engine {
     pub fn new(settings: Settings) -> Result<Self> {
         let bucket = Bucket::open(&settings)?;
@@ -332,21 +360,16 @@ impl Engine {
             };
         let files = sink.finish().await?;
         let (rows, stats) = streamed;
-        let stats = match run_rules(spec, &checks, cursor.as_ref(), floor.is_some(), stats) {
-            Ok(stats) => stats,
-            Err(e) => {
-                delete_parts(&self.bucket, &files).await;
-                return Err(e);
-            }
-        };
-        Ok(Extracted {
+        Extracted {
             plan,
             checks,
             cursor,
             rows,
             stats,
             files,
-        })
+        }
+        .checked(spec, &self.bucket, floor.is_some())
+        .await
     }
 
     async fn write_report(&self, path: &Path, report: &ValidationReport) -> Result<String> {
