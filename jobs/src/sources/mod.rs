@@ -143,6 +143,29 @@ async fn join(task: JoinHandle<Result<ReadStats>>) -> Result<ReadStats> {
     }
 }
 
+/// The spec's columns (all when it lists none), in table order; a name the table lacks is an error
+/// that lists the table's columns.
+pub(crate) fn select_columns<'a, C>(
+    wanted: &[String],
+    columns: &'a [C],
+    name: impl Fn(&C) -> &str,
+) -> Result<Vec<&'a C>, String> {
+    if let Some(missing) = wanted
+        .iter()
+        .find(|w| !columns.iter().any(|c| name(c) == *w))
+    {
+        let names: Vec<&str> = columns.iter().map(&name).collect();
+        return Err(format!(
+            "column '{missing}' is not in the table (columns: {})",
+            names.join(", ")
+        ));
+    }
+    Ok(columns
+        .iter()
+        .filter(|c| wanted.is_empty() || wanted.iter().any(|w| w == name(c)))
+        .collect())
+}
+
 /// What a source needs besides the spec: credentials for databases, and the watermark a delta
 /// run starts from (databases filter on the server; files are filtered by the pipeline).
 #[derive(Default)]

@@ -229,19 +229,12 @@ pub(crate) async fn read(
             "table {schema_name}.{table_name} does not exist or has no columns"
         )));
     }
-    let plans: Vec<ColumnPlan> = columns
-        .iter()
-        .filter(|c| spec.source.columns.is_empty() || spec.source.columns.contains(&c.name))
-        .map(plan_column)
-        .collect();
-    if let Some(missing) = spec
-        .source
-        .columns
-        .iter()
-        .find(|w| !columns.iter().any(|c| &&c.name == w))
-    {
-        return Err(ctx.bad_input(format!("column '{missing}' is not in the table")));
-    }
+    let plans: Vec<ColumnPlan> =
+        super::select_columns(&spec.source.columns, &columns, |c| c.name.as_str())
+            .map_err(|m| ctx.bad_input(m))?
+            .into_iter()
+            .map(plan_column)
+            .collect();
     let schema: SchemaRef = Arc::new(Schema::new(
         plans
             .iter()

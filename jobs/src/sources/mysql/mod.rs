@@ -202,22 +202,7 @@ fn select_columns<'a>(
     spec: &DatasetSpec,
     columns: &'a [MyColumn],
 ) -> Result<Vec<&'a MyColumn>, String> {
-    if spec.source.columns.is_empty() {
-        return Ok(columns.iter().collect());
-    }
-    for wanted in &spec.source.columns {
-        if !columns.iter().any(|c| &c.name == wanted) {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(format!(
-                "column '{wanted}' is not in the table (columns: {})",
-                names.join(", ")
-            ));
-        }
-    }
-    Ok(columns
-        .iter()
-        .filter(|c| spec.source.columns.contains(&c.name))
-        .collect())
+    super::select_columns(&spec.source.columns, columns, |c| c.name.as_str())
 }
 
 enum Builder {

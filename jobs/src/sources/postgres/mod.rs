@@ -178,22 +178,7 @@ fn select_columns<'a>(
     if columns.is_empty() {
         return Err("table has no columns".into());
     }
-    if spec.source.columns.is_empty() {
-        return Ok(columns.iter().collect());
-    }
-    for wanted in &spec.source.columns {
-        if !columns.iter().any(|c| &c.name == wanted) {
-            let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(format!(
-                "column '{wanted}' is not in the table (columns: {})",
-                names.join(", ")
-            ));
-        }
-    }
-    Ok(columns
-        .iter()
-        .filter(|c| spec.source.columns.contains(&c.name))
-        .collect())
+    super::select_columns(&spec.source.columns, columns, |c| c.name.as_str())
 }
 
 /// ` WHERE (ts, key) > ('…'::type, '…'::type)` from the stored watermark, with values as literals
