@@ -23,6 +23,9 @@ pub struct DatasetSpec {
     /// Cron expression for `timed_pull` datasets (used by the scheduler).
     #[serde(default)]
     pub cron: Option<String>,
+    /// IANA time zone the cron is read in (`America/Bogota`); UTC when absent.
+    #[serde(default, alias = "timeZone")]
+    pub time_zone: Option<String>,
     /// Secret id of the connection credentials (database and API sources).
     #[serde(default, rename = "connection_id", alias = "connectionId")]
     pub connection_id: Option<String>,

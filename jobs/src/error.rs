@@ -59,6 +59,19 @@ pub enum JobError {
 pub type Result<T, E = JobError> = std::result::Result<T, E>;
 
 impl JobError {
+    /// The input or the configuration is wrong (bad rows, refused schema change, invalid spec):
+    /// running again will not help until someone changes something. Everything else (database,
+    /// store, network, a concurrent commit) may pass on a later attempt.
+    pub fn is_validation(&self) -> bool {
+        matches!(
+            self,
+            JobError::Config(_)
+                | JobError::BadInput { .. }
+                | JobError::SchemaDrift { .. }
+                | JobError::Refused { .. }
+        )
+    }
+
     pub fn bad_input(location: impl Into<String>, message: impl Into<String>) -> Self {
         JobError::BadInput {
             location: location.into(),

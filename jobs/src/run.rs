@@ -157,7 +157,17 @@ impl Engine {
     }
 
     pub async fn run(&self, spec: &DatasetSpec) -> std::result::Result<RunOutcome, RunFailure> {
-        let run_id = uuid::Uuid::now_v7().to_string();
+        self.run_as(spec, &uuid::Uuid::now_v7().to_string()).await
+    }
+
+    /// Runs with a given run id: the queue's job id, so the run can be followed from the API to
+    /// the bucket. A retried attempt reuses it.
+    pub async fn run_as(
+        &self,
+        spec: &DatasetSpec,
+        run_id: &str,
+    ) -> std::result::Result<RunOutcome, RunFailure> {
+        let run_id = run_id.to_owned();
         let span = tracing::info_span!("run", dataset = %spec.id, run_id = %run_id);
         async {
             tracing::info!(source = %spec.source.describe(), mode = ?spec.mode, "run started");

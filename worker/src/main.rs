@@ -5,6 +5,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod lock;
+mod notify;
+mod queue_worker;
+
 use anyhow::Result;
 use arrow::util::pretty::pretty_format_batches;
 use carga_config::{DatasetSpec, Settings, SourceFormat};
@@ -66,6 +70,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take extraction jobs from the Redis queue until SIGTERM (then finish the running ones).
+    Worker(WorkerArgs),
     /// Create a master key file with one new random 256-bit key.
     Keygen {
         #[arg(long)]
@@ -73,6 +79,52 @@ enum Command {
         #[arg(long, default_value = "carga-master")]
         key_id: String,
     },
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// This worker's name in the queue (unique per process).
+    #[arg(long, env = "CARGA_WORKER_NAME")]
+    name: Option<String>,
+    #[arg(
+        long,
+        env = "CARGA_CATALOG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    catalog_url: String,
+    #[arg(
+        long,
+        env = "CARGA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    #[arg(long, env = "CARGA_QUEUE", default_value = "carga:extractions")]
+    queue: String,
+    /// RabbitMQ for the transformation message and notifications; none sent when absent.
+    #[arg(long, env = "CARGA_AMQP_URL")]
+    amqp_url: Option<String>,
+    /// Jobs run at once by this process.
+    #[arg(long, env = "CARGA_WORKER_CONCURRENCY", default_value_t = 2)]
+    concurrency: usize,
+    /// Attempts per job before it goes to the dead set.
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+    /// Wait before the second attempt; doubles for each later one.
+    #[arg(long, default_value_t = 30.0)]
+    backoff_seconds: f64,
+    #[arg(long, default_value_t = 1800.0)]
+    max_backoff_seconds: f64,
+    #[arg(long, default_value_t = 10.0)]
+    heartbeat_seconds: f64,
+    /// Missed heartbeats after which a worker's jobs are handed to others.
+    #[arg(long, default_value_t = 3)]
+    missed_heartbeats: usize,
+    /// TTL of the per-dataset lock (renewed at a third of it while a run lasts).
+    #[arg(long, default_value_t = 60.0)]
+    lock_ttl_seconds: f64,
+    /// How long a job waits for another run of its dataset before going back to the queue.
+    #[arg(long, default_value_t = 30.0)]
+    lock_wait_seconds: f64,
 }
 
 #[tokio::main]
@@ -141,6 +193,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Worker(args) => worker(cli.settings.as_deref(), args).await,
         Command::Keygen { key_file, key_id } => {
             anyhow::ensure!(
                 !key_file.exists(),
@@ -322,4 +375,59 @@ async fn discover(
     }
     writeln!(out, "{} table(s)", tables.len())?;
     Ok(())
+}
+
+async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
+    use carga_scheduler::{Catalog, JobQueue, QueueSettings};
+    use queue_worker::{RetryPolicy, Shared, WorkerSettings};
+    use std::time::Duration;
+
+    let settings = Settings::load(settings_path)?;
+    let engine = Engine::from_settings(settings).await?;
+    let catalog = Catalog::connect(&args.catalog_url).await?;
+    catalog.migrate().await?;
+    let queue = JobQueue::connect(&QueueSettings {
+        redis_url: args.redis_url.clone(),
+        name: args.queue.clone(),
+        heartbeat: Duration::from_secs_f64(args.heartbeat_seconds),
+        missed_heartbeats: args.missed_heartbeats,
+        ..QueueSettings::default()
+    })
+    .await?;
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let shared = std::sync::Arc::new(Shared {
+        engine,
+        metrics: carga_scheduler::metrics::Metrics::new(queue.connection()),
+        catalog,
+        queue,
+        notifier: args.amqp_url.as_deref().map(notify::Notifier::new),
+        settings: WorkerSettings {
+            name: name.clone(),
+            concurrency: args.concurrency.max(1),
+            retry: RetryPolicy {
+                max_attempts: args.max_attempts.max(1),
+                first_backoff: Duration::from_secs_f64(args.backoff_seconds),
+                max_backoff: Duration::from_secs_f64(args.max_backoff_seconds),
+            },
+            lock_ttl: Duration::from_secs_f64(args.lock_ttl_seconds),
+            lock_wait: Duration::from_secs_f64(args.lock_wait_seconds),
+        },
+    });
+    eprintln!("worker '{name}' taking jobs from '{}'", args.queue);
+    queue_worker::run(shared, shutdown_signal()).await?;
+    eprintln!("worker '{name}' stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,0 +1,597 @@
+//! The HTTP API: dataset configuration, the on-demand trigger, run history, health and metrics.
+//! Every request but the probes and `/metrics` carries a bearer token whose role is checked, and
+//! every change (and every refused attempt) is written to the audit log.
+
+pub mod auth;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use carga_config::{DatasetSpec, Trigger};
+use carga_jobs::secrets::SecretsProvider;
+use carga_jobs::storage::Bucket;
+use object_store::ObjectStoreExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::catalog::{AuditEntry, Catalog};
+use crate::job::{ExtractionJob, RunReason};
+use crate::metrics::{Counter, Metrics};
+use crate::queue::JobQueue;
+use crate::schedule::CronSchedule;
+use auth::{Action, Role};
+
+/// What the handlers share.
+pub struct ApiState {
+    pub catalog: Catalog,
+    pub queue: JobQueue,
+    pub metrics: Metrics,
+    pub secrets: Arc<dyn SecretsProvider>,
+    pub bucket: Bucket,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/datasets", get(list_datasets))
+        .route(
+            "/datasets/{id}",
+            get(get_dataset).put(put_dataset).delete(delete_dataset),
+        )
+        .route("/datasets/{id}/approve", post(approve_dataset))
+        .route("/datasets/{id}/enable", post(enable_dataset))
+        .route("/datasets/{id}/disable", post(disable_dataset))
+        .route("/datasets/{id}/runs", post(trigger_run).get(dataset_runs))
+        .route("/runs", get(list_runs))
+        .route("/runs/{run_id}", get(get_run))
+        .route("/queue", get(queue_stats))
+        .route("/audit", get(audit_log))
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<ApiState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// An error answer: a status and a message for a person.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "API request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The authenticated caller.
+struct Caller {
+    subject: String,
+    role: Role,
+    source_ip: String,
+}
+
+impl Caller {
+    fn audit(&self, action: &str, dataset: Option<&str>, result: &'static str) -> AuditEntry {
+        AuditEntry {
+            subject: self.subject.clone(),
+            role: Some(self.role.as_str().into()),
+            action: action.into(),
+            dataset_id: dataset.map(str::to_owned),
+            source_ip: Some(self.source_ip.clone()),
+            result,
+            detail: None,
+        }
+    }
+}
+
+fn source_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| peer.ip().to_string())
+}
+
+/// Checks the bearer token and the role; refusals of anything but reads are audited.
+async fn authorize(
+    state: &ApiState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    action: Action,
+    dataset: Option<&str>,
+) -> ApiResult<Caller> {
+    let ip = source_ip(headers, peer);
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <token>)",
+        ));
+    };
+    let found = state
+        .catalog
+        .token(token)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some((subject, role)) = found else {
+        let entry = AuditEntry {
+            subject: "unknown".into(),
+            role: None,
+            action: action.as_str().into(),
+            dataset_id: dataset.map(str::to_owned),
+            source_ip: Some(ip),
+            result: "denied",
+            detail: Some("unknown or revoked token".into()),
+        };
+        state
+            .catalog
+            .audit(&entry)
+            .await
+            .map_err(ApiError::internal)?;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown or revoked token",
+        ));
+    };
+    let role = Role::parse(&role).ok_or_else(|| ApiError::internal("token with unknown role"))?;
+    let caller = Caller {
+        subject,
+        role,
+        source_ip: ip,
+    };
+    if !action.allows(role) {
+        let mut entry = caller.audit(action.as_str(), dataset, "denied");
+        entry.detail = Some(format!(
+            "role '{}' may not {}",
+            role.as_str(),
+            action.as_str()
+        ));
+        state
+            .catalog
+            .audit(&entry)
+            .await
+            .map_err(ApiError::internal)?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role '{}' may not {}", role.as_str(), action.as_str()),
+        ));
+    }
+    Ok(caller)
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    let catalog = state.catalog.ping().await.map_err(|e| e.to_string());
+    let queue = state.queue.ping().await.map_err(|e| e.to_string());
+    let store = state
+        .bucket
+        .store
+        .head(&state.bucket.path("_carga_readyz"))
+        .await;
+    let store = match store {
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let describe = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let body = json!({
+        "catalog": describe(&catalog),
+        "queue": describe(&queue),
+        "object_store": describe(&store),
+    });
+    let status = if catalog.is_ok() && queue.is_ok() && store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<Response> {
+    let stats = state.queue.stats().await.map_err(ApiError::internal)?;
+    let text = state
+        .metrics
+        .render(&stats)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn list_datasets(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let datasets = state.catalog.datasets().await.map_err(ApiError::internal)?;
+    Ok(Json(datasets).into_response())
+}
+
+async fn get_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::Read, Some(&id)).await?;
+    let dataset = state
+        .catalog
+        .dataset(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    let dataset = dataset.ok_or_else(|| not_found(&id))?;
+    let next_fire = (dataset.spec.trigger == Trigger::TimedPull && dataset.is_runnable())
+        .then(|| {
+            CronSchedule::parse(
+                dataset.spec.cron.as_deref().unwrap_or_default(),
+                dataset.spec.time_zone.as_deref(),
+            )
+            .ok()
+            .and_then(|s| s.next_after(chrono::Utc::now()))
+        })
+        .flatten();
+    let mut body = serde_json::to_value(&dataset).map_err(ApiError::internal)?;
+    body["next_fire"] = json!(next_fire);
+    Ok(Json(body).into_response())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no dataset '{id}'"))
+}
+
+/// Creates or replaces a dataset's configuration after validating it; an editor's change waits
+/// for an approver, an admin's is approved at once.
+async fn put_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let caller = authorize(&state, &headers, peer, Action::WriteConfig, Some(&id)).await?;
+    let spec = match validate_spec(&state, &id, &body).await {
+        Ok(spec) => spec,
+        Err(message) => {
+            let mut entry = caller.audit("write_config", Some(&id), "rejected");
+            entry.detail = Some(message.clone());
+            state
+                .catalog
+                .audit(&entry)
+                .await
+                .map_err(ApiError::internal)?;
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
+        }
+    };
+    let record = state
+        .catalog
+        .upsert_dataset(&spec, &caller.subject, caller.role == Role::Admin)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut entry = caller.audit("write_config", Some(&id), "ok");
+    entry.detail = Some(format!("version {}", record.version));
+    state
+        .catalog
+        .audit(&entry)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::OK, Json(record)).into_response())
+}
+
+/// The checks a configuration must pass: it parses (JSON or YAML), names the dataset in the
+/// path, passes the spec's own rules (delta needs timestamp and key, ...), has a valid cron and
+/// time zone, and names a connection the secrets provider knows.
+async fn validate_spec(state: &ApiState, id: &str, body: &[u8]) -> Result<DatasetSpec, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_owned())?;
+    let spec: DatasetSpec = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| format!("dataset spec: {e}"))?
+    } else {
+        DatasetSpec::from_yaml(text).map_err(|e| e.to_string())?
+    };
+    if spec.id != id {
+        return Err(format!(
+            "the spec's id '{}' differs from the dataset in the path '{id}'",
+            spec.id
+        ));
+    }
+    if spec.id.contains('/') {
+        return Err("a configured dataset id may not contain '/'".into());
+    }
+    spec.validate().map_err(|e| e.to_string())?;
+    if spec.trigger == Trigger::TimedPull {
+        let cron = spec.cron.as_deref().unwrap_or_default();
+        CronSchedule::parse(cron, spec.time_zone.as_deref())
+            .map_err(|e| format!("dataset '{id}': {e}"))?;
+    } else if let Some(zone) = &spec.time_zone {
+        CronSchedule::parse("0 0 * * *", Some(zone)).map_err(|e| format!("dataset '{id}': {e}"))?;
+    }
+    if let Some(connection) = &spec.connection_id
+        && let Err(e) = state.secrets.connection(connection).await
+    {
+        // The provider's message may say why (missing, access denied); it never holds a value.
+        return Err(format!(
+            "dataset '{id}': unknown connection id '{connection}' ({e})"
+        ));
+    }
+    if spec.source.format.is_database() && spec.connection_id.is_none() {
+        return Err(format!(
+            "dataset '{id}': a database source needs `connection_id`"
+        ));
+    }
+    Ok(spec)
+}
+
+async fn change(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    id: &str,
+    action: Action,
+    name: &str,
+) -> ApiResult<Response> {
+    let caller = authorize(state, headers, peer, action, Some(id)).await?;
+    let record = match name {
+        "approve" => state.catalog.approve(id, &caller.subject).await,
+        "enable" => state.catalog.set_enabled(id, true, &caller.subject).await,
+        _ => state.catalog.set_enabled(id, false, &caller.subject).await,
+    }
+    .map_err(ApiError::internal)?;
+    let Some(record) = record else {
+        state
+            .catalog
+            .audit(&caller.audit(name, Some(id), "rejected"))
+            .await
+            .map_err(ApiError::internal)?;
+        return Err(not_found(id));
+    };
+    state
+        .catalog
+        .audit(&caller.audit(name, Some(id), "ok"))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(record).into_response())
+}
+
+async fn approve_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    change(&state, peer, &headers, &id, Action::Approve, "approve").await
+}
+
+async fn enable_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    change(&state, peer, &headers, &id, Action::WriteConfig, "enable").await
+}
+
+async fn disable_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    change(&state, peer, &headers, &id, Action::WriteConfig, "disable").await
+}
+
+async fn delete_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let caller = authorize(&state, &headers, peer, Action::Delete, Some(&id)).await?;
+    let deleted = state
+        .catalog
+        .delete_dataset(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    let result = if deleted { "ok" } else { "rejected" };
+    state
+        .catalog
+        .audit(&caller.audit("delete", Some(&id), result))
+        .await
+        .map_err(ApiError::internal)?;
+    if !deleted {
+        return Err(not_found(&id));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The on-demand ("callback") trigger: enqueues a run now and returns its id.
+async fn trigger_run(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let caller = authorize(&state, &headers, peer, Action::Trigger, Some(&id)).await?;
+    let dataset = state
+        .catalog
+        .dataset(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    let refusal = match &dataset {
+        None => Some((StatusCode::NOT_FOUND, format!("no dataset '{id}'"))),
+        Some(d) if !d.enabled => {
+            Some((StatusCode::CONFLICT, format!("dataset '{id}' is disabled")))
+        }
+        Some(d) if !d.approved => Some((
+            StatusCode::CONFLICT,
+            format!("dataset '{id}' has changes waiting for approval"),
+        )),
+        Some(_) => None,
+    };
+    if let Some((status, message)) = refusal {
+        let mut entry = caller.audit("trigger", Some(&id), "rejected");
+        entry.detail = Some(message.clone());
+        state
+            .catalog
+            .audit(&entry)
+            .await
+            .map_err(ApiError::internal)?;
+        return Err(ApiError::new(status, message));
+    }
+    let mut job = ExtractionJob::new(&id, RunReason::Trigger);
+    job.requested_by = Some(caller.subject.clone());
+    // The run row first: a worker that takes the job at once finds it.
+    state
+        .catalog
+        .insert_queued_runs(std::slice::from_ref(&job))
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .queue
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .map_err(ApiError::internal)?;
+    state.metrics.add(Counter::JobsEnqueued, 1).await;
+    let mut entry = caller.audit("trigger", Some(&id), "ok");
+    entry.detail = Some(format!("run {}", job.run_id));
+    state
+        .catalog
+        .audit(&entry)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "run_id": job.run_id, "dataset_id": id, "state": "queued" })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct RunFilter {
+    dataset: Option<String>,
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn dataset_runs(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(filter): Query<RunFilter>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::Read, Some(&id)).await?;
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let runs = state
+        .catalog
+        .runs(Some(&id), filter.state.as_deref(), limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(runs).into_response())
+}
+
+async fn list_runs(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(filter): Query<RunFilter>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let runs = state
+        .catalog
+        .runs(filter.dataset.as_deref(), filter.state.as_deref(), limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(runs).into_response())
+}
+
+async fn get_run(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let run = state
+        .catalog
+        .run(&run_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let run =
+        run.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run '{run_id}'")))?;
+    Ok(Json(run).into_response())
+}
+
+async fn queue_stats(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let stats = state.queue.stats().await.map_err(ApiError::internal)?;
+    Ok(Json(stats).into_response())
+}
+
+async fn audit_log(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(filter): Query<RunFilter>,
+) -> ApiResult<Response> {
+    authorize(&state, &headers, peer, Action::ReadAudit, None).await?;
+    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .catalog
+        .audit_log(filter.dataset.as_deref(), limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(entries).into_response())
+}

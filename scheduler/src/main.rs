@@ -1,0 +1,182 @@
+//! `carga-scheduler`: the scheduler daemon and the HTTP API (one process or either alone), the
+//! catalog migrations, and API token creation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use carga_config::Settings;
+use carga_jobs::storage::Bucket;
+use carga_scheduler::api::{self, ApiState, auth::Role};
+use carga_scheduler::metrics::Metrics;
+use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "carga-scheduler",
+    version,
+    about = "Carga's scheduler daemon and HTTP API"
+)]
+struct Cli {
+    /// Settings file (YAML) for the bucket and secrets provider; CARGA_* variables override it.
+    #[arg(long, global = true, env = "CARGA_SETTINGS")]
+    settings: Option<PathBuf>,
+    /// PostgreSQL catalog.
+    #[arg(
+        long,
+        global = true,
+        env = "CARGA_CATALOG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    catalog_url: String,
+    #[arg(
+        long,
+        global = true,
+        env = "CARGA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Queue name (the prefix of its Redis keys).
+    #[arg(
+        long,
+        global = true,
+        env = "CARGA_QUEUE",
+        default_value = "carga:extractions"
+    )]
+    queue: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scheduler and the API until SIGTERM or Ctrl-C.
+    Serve {
+        #[arg(long, env = "CARGA_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Serve the API only (another replica schedules).
+        #[arg(long)]
+        no_scheduler: bool,
+        /// Schedule only.
+        #[arg(long)]
+        no_api: bool,
+        /// Seconds between catalog re-reads.
+        #[arg(long, default_value_t = 10)]
+        refresh_seconds: u64,
+    },
+    /// Apply the catalog migrations and exit.
+    Migrate,
+    /// Create an API token and print it (only its hash is stored).
+    Token {
+        #[arg(long)]
+        subject: String,
+        /// viewer, editor, approver or admin.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("CARGA_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+    let cli = Cli::parse();
+    let catalog = Catalog::connect(&cli.catalog_url)
+        .await
+        .context("connecting to the catalog")?;
+    catalog.migrate().await.context("migrating the catalog")?;
+    match cli.command {
+        Command::Migrate => {
+            println!("catalog migrated");
+            Ok(())
+        }
+        Command::Token { subject, role } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("unknown role '{role}' (viewer, editor, approver, admin)")
+            })?;
+            let token = catalog.create_token(&subject, role.as_str()).await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve {
+            listen,
+            no_scheduler,
+            no_api,
+            refresh_seconds,
+        } => {
+            let queue = JobQueue::connect(&QueueSettings {
+                redis_url: cli.redis_url.clone(),
+                name: cli.queue.clone(),
+                ..QueueSettings::default()
+            })
+            .await
+            .context("connecting to Redis")?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = move || {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+            };
+            let mut tasks = tokio::task::JoinSet::new();
+            if !no_scheduler {
+                let scheduler = Scheduler::new(
+                    catalog.clone(),
+                    queue.clone(),
+                    SchedulerSettings {
+                        refresh: Duration::from_secs(refresh_seconds),
+                        ..SchedulerSettings::default()
+                    },
+                );
+                tasks.spawn(scheduler.run(stopped()));
+            }
+            if !no_api {
+                let settings = Settings::load(cli.settings.as_deref())?;
+                let state = Arc::new(ApiState {
+                    catalog: catalog.clone(),
+                    metrics: Metrics::new(queue.connection()),
+                    queue: queue.clone(),
+                    secrets: carga_jobs::secrets::provider(&settings).await,
+                    bucket: Bucket::open(&settings)?,
+                });
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                tracing::info!(%listen, "API listening");
+                let shutdown = stopped();
+                tasks.spawn(async move {
+                    if let Err(e) = api::serve(state, listener, shutdown).await {
+                        tracing::error!(error = %e, "API stopped");
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

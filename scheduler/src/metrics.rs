@@ -1,0 +1,152 @@
+//! Cluster-wide counters kept in Redis, so schedulers and every worker replica add to the same
+//! numbers and any API replica can serve `/metrics` (Prometheus text format).
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::queue::QueueStats;
+
+const COUNTERS: &str = "carga:metrics:counters";
+const DURATION: &str = "carga:metrics:run_duration";
+/// Upper bounds (seconds) of the run-duration histogram buckets.
+pub const DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// The counters, by name; each is exported as `carga_<name>_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    JobsEnqueued,
+    JobsStarted,
+    JobsSucceeded,
+    JobsFailed,
+    JobsRetried,
+    JobsDead,
+    RowsWritten,
+    BytesWritten,
+}
+
+impl Counter {
+    const ALL: [Counter; 8] = [
+        Counter::JobsEnqueued,
+        Counter::JobsStarted,
+        Counter::JobsSucceeded,
+        Counter::JobsFailed,
+        Counter::JobsRetried,
+        Counter::JobsDead,
+        Counter::RowsWritten,
+        Counter::BytesWritten,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Counter::JobsEnqueued => "jobs_enqueued",
+            Counter::JobsStarted => "jobs_started",
+            Counter::JobsSucceeded => "jobs_succeeded",
+            Counter::JobsFailed => "jobs_failed",
+            Counter::JobsRetried => "jobs_retried",
+            Counter::JobsDead => "jobs_dead",
+            Counter::RowsWritten => "rows_written",
+            Counter::BytesWritten => "bytes_written",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Counter::JobsEnqueued => "Extraction jobs put on the queue (scheduled and on demand).",
+            Counter::JobsStarted => "Extraction attempts started by workers.",
+            Counter::JobsSucceeded => "Runs committed.",
+            Counter::JobsFailed => "Runs that ended without a commit.",
+            Counter::JobsRetried => "Attempts that failed and were retried.",
+            Counter::JobsDead => "Jobs moved to the dead set.",
+            Counter::RowsWritten => "Rows committed to the raw zone.",
+            Counter::BytesWritten => "Parquet bytes committed to the raw zone.",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    conn: ConnectionManager,
+}
+
+impl Metrics {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self { conn }
+    }
+
+    /// Adds to a counter; a metrics write that fails is logged, never fails a run.
+    pub async fn add(&self, counter: Counter, by: u64) {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = conn.hincr(COUNTERS, counter.name(), by).await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, counter = counter.name(), "metrics update failed");
+        }
+    }
+
+    pub async fn observe_run_duration(&self, seconds: f64) {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for bound in DURATION_BUCKETS {
+            if seconds <= bound {
+                pipe.hincr(DURATION, format!("{bound}"), 1).ignore();
+            }
+        }
+        pipe.hincr(DURATION, "+Inf", 1)
+            .ignore()
+            .hincr(DURATION, "count", 1)
+            .ignore()
+            .cmd("HINCRBYFLOAT")
+            .arg(DURATION)
+            .arg("sum")
+            .arg(seconds)
+            .ignore();
+        let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "metrics update failed");
+        }
+    }
+
+    /// The Prometheus exposition of the counters, the run-duration histogram and the queue.
+    pub async fn render(&self, queue: &QueueStats) -> redis::RedisResult<String> {
+        let mut conn = self.conn.clone();
+        let counters: std::collections::HashMap<String, String> = conn.hgetall(COUNTERS).await?;
+        let durations: std::collections::HashMap<String, String> = conn.hgetall(DURATION).await?;
+        let mut out = String::new();
+        for counter in Counter::ALL {
+            let name = format!("carga_{}_total", counter.name());
+            let value = counters.get(counter.name()).map_or("0", String::as_str);
+            out.push_str(&format!(
+                "# HELP {name} {}\n# TYPE {name} counter\n{name} {value}\n",
+                counter.help()
+            ));
+        }
+        out.push_str("# HELP carga_run_duration_seconds Duration of extraction runs.\n");
+        out.push_str("# TYPE carga_run_duration_seconds histogram\n");
+        for bound in DURATION_BUCKETS {
+            let value = durations
+                .get(&format!("{bound}"))
+                .map_or("0", String::as_str);
+            out.push_str(&format!(
+                "carga_run_duration_seconds_bucket{{le=\"{bound}\"}} {value}\n"
+            ));
+        }
+        let get = |k: &str| durations.get(k).map_or("0", String::as_str).to_owned();
+        out.push_str(&format!(
+            "carga_run_duration_seconds_bucket{{le=\"+Inf\"}} {}\ncarga_run_duration_seconds_sum {}\ncarga_run_duration_seconds_count {}\n",
+            get("+Inf"),
+            get("sum"),
+            get("count")
+        ));
+        for (state, value) in [
+            ("queued", queue.queued),
+            ("scheduled", queue.scheduled),
+            ("running", queue.running),
+            ("dead", queue.dead),
+        ] {
+            out.push_str(&format!("carga_queue_jobs{{state=\"{state}\"}} {value}\n"));
+        }
+        out.push_str(&format!("carga_queue_workers {}\n", queue.workers));
+        Ok(out)
+    }
+}

@@ -1,0 +1,180 @@
+//! The Redis job queue, on apalis-redis: scheduled and on-demand runs go in here, workers take
+//! them out with heartbeats, and jobs that give up land in apalis' dead set.
+//!
+//! Enqueueing goes through apalis-redis' own push script, with the idempotency key of a scheduled
+//! time: two scheduler replicas pushing the same (dataset, time) leave one task. The key's owner
+//! (the task id it names) tells each replica whether its push won, so only the winner records a
+//! queued run.
+
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskId};
+use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use redis::AsyncCommands;
+
+use crate::job::ExtractionJob;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("queue: {0}")]
+    Apalis(#[from] apalis_redis::Error),
+}
+
+pub type Result<T> = std::result::Result<T, QueueError>;
+
+/// Queue settings shared by schedulers (push side) and workers (take side).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub redis_url: String,
+    /// Queue name; every key of the queue starts with it.
+    pub name: String,
+    /// A worker that misses this many heartbeats is dead and its jobs go back to the queue.
+    pub heartbeat: Duration,
+    pub missed_heartbeats: usize,
+    /// How long a scheduled time's idempotency key is kept.
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            name: "carga:extractions".into(),
+            heartbeat: Duration::from_secs(10),
+            missed_heartbeats: 3,
+            idempotency_ttl: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+/// Counts operators watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Waiting to be taken now.
+    pub queued: u64,
+    /// Waiting for their time (delayed or retry).
+    pub scheduled: u64,
+    /// Held by a worker.
+    pub running: u64,
+    pub dead: u64,
+    pub workers: u64,
+}
+
+#[derive(Clone)]
+pub struct JobQueue {
+    conn: ConnectionManager,
+    config: Config,
+}
+
+impl JobQueue {
+    pub async fn connect(settings: &QueueSettings) -> Result<Self> {
+        let conn = apalis_redis::connect(settings.redis_url.as_str()).await?;
+        let config = Config::default()
+            .queue(&settings.name)
+            // One job per fetch: a worker busy with a long extraction must not hoard waiting jobs.
+            .batch_size(1)
+            .heartbeat_interval(settings.heartbeat)
+            .missed_heartbeats(settings.missed_heartbeats)
+            .idempotency_ttl(Some(settings.idempotency_ttl))
+            .emit_events(false);
+        Ok(Self { conn, config })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The apalis backend a worker consumes.
+    pub fn storage(&self) -> RedisStorage<ExtractionJob> {
+        RedisStorage::new(self.conn.clone()).with_config(self.config.clone())
+    }
+
+    /// Pushes jobs and returns, for each, whether this call enqueued it (false: another replica
+    /// already enqueued the same scheduled time).
+    pub async fn enqueue(&self, jobs: &[ExtractionJob]) -> Result<Vec<bool>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tasks: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                let mut task = TaskBuilder::new(serde_json::to_vec(job).expect("job serializes"))
+                    .task_id(TaskId::from_string(job.run_id.clone()));
+                if let Some(key) = job.idempotency_key() {
+                    task = task.idempotency_key(key);
+                }
+                task.build()
+            })
+            .collect();
+        let mut conn = self.conn.clone();
+        // Pushes in slices so a thousand due datasets do not become one huge script call.
+        for chunk in tasks.chunks(500) {
+            apalis_redis::queries::push_tasks(&mut conn, &self.config, chunk).await?;
+        }
+        let keyed: Vec<(usize, String)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| {
+                job.idempotency_key()
+                    .map(|key| (i, format!("{}:{key}", self.config.idempotency_key_set())))
+            })
+            .collect();
+        let mut won = vec![true; jobs.len()];
+        if !keyed.is_empty() {
+            let keys: Vec<&str> = keyed.iter().map(|(_, k)| k.as_str()).collect();
+            let owners: Vec<Option<String>> = conn.mget(&keys).await?;
+            for ((index, _), owner) in keyed.iter().zip(owners) {
+                won[*index] = owner.as_deref() == Some(jobs[*index].run_id.as_str());
+            }
+        }
+        Ok(won)
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats> {
+        let mut conn = self.conn.clone();
+        let workers: Vec<String> = conn.zrange(self.config.workers_set(), 0, -1).await?;
+        // apalis-redis pushes every task through its scheduled set (at "now" when not delayed)
+        // and moves due ones to the active list when a worker fetches: both count as queued.
+        let now = chrono::Utc::now().timestamp();
+        let mut pipe = redis::pipe();
+        pipe.llen(self.config.active_jobs_list())
+            .zcount(self.config.scheduled_jobs_set(), "-inf", now)
+            .zcount(self.config.scheduled_jobs_set(), format!("({now}"), "+inf")
+            .scard(self.config.dead_jobs_set());
+        for worker in &workers {
+            pipe.scard(format!("{}:{worker}", self.config.inflight_jobs_set()));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(QueueStats {
+            queued: counts[0] + counts[1],
+            scheduled: counts[2],
+            dead: counts[3],
+            running: counts[4..].iter().sum(),
+            workers: workers.len() as u64,
+        })
+    }
+
+    /// Ids of the jobs in the dead set.
+    pub async fn dead_jobs(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.smembers(self.config.dead_jobs_set()).await?)
+    }
+
+    /// Whether a job with this id is in the dead set.
+    pub async fn is_dead(&self, run_id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        Ok(conn.sismember(self.config.dead_jobs_set(), run_id).await?)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! `carga worker`: takes extraction jobs from the Redis queue (apalis) and runs them.
+//!
+//! - apalis-redis gives the take side: one job per fetch, a heartbeat per worker, and jobs held
+//!   by a worker whose heartbeats stop are put back for another worker.
+//! - Retries are ours: apalis-redis 1.0 reschedules every failure up to 25 times a second apart
+//!   whatever the task's limit, so the handler retries transient failures itself with
+//!   exponential backoff, and after the last attempt (or at once for a validation failure) ends
+//!   the job with an `AbortError`, which apalis puts in its dead set.
+//! - One extraction per dataset at a time (`lock`); SIGTERM stops taking jobs and lets the
+//!   running ones finish.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
+use carga_jobs::{Engine, RunFailure, RunOutcome};
+use carga_scheduler::catalog::{Catalog, RunResult};
+use carga_scheduler::metrics::{Counter, Metrics};
+use carga_scheduler::{ExtractionJob, JobQueue};
+use tracing::Instrument;
+
+use crate::lock::DatasetLock;
+use crate::notify::{Notification, Notifier};
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Backoff before attempt `next` (2, 3, ...): doubles each time, capped, with ±20% jitter so
+    /// jobs failing together do not retry together.
+    pub fn backoff(&self, next: u32) -> Duration {
+        let doublings = next.saturating_sub(2).min(20);
+        let base = self
+            .first_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.max_backoff);
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        base.mul_f64(jitter)
+    }
+}
+
+pub struct WorkerSettings {
+    pub name: String,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub lock_ttl: Duration,
+    /// How long a job waits for another run of its dataset before going back to the queue.
+    pub lock_wait: Duration,
+}
+
+/// What every job handler shares.
+pub struct Shared {
+    pub engine: Engine,
+    pub catalog: Catalog,
+    pub queue: JobQueue,
+    pub metrics: Metrics,
+    pub notifier: Option<Notifier>,
+    pub settings: WorkerSettings,
+}
+
+/// Runs the worker until `shutdown` resolves, then waits for the running jobs.
+pub async fn run(
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let worker = WorkerBuilder::new(shared.settings.name.clone())
+        .backend(shared.queue.storage())
+        .data(shared.clone())
+        .concurrency(shared.settings.concurrency)
+        .build(handle);
+    worker
+        .run_until(async move {
+            shutdown.await;
+            Ok::<(), std::io::Error>(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// One job: resolve the dataset, take its lock, run with retries, record and announce the end.
+async fn handle(
+    job: ExtractionJob,
+    shared: Data<Arc<Shared>>,
+    taken: Attempt,
+) -> Result<(), BoxDynError> {
+    let span = tracing::info_span!("job", run_id = %job.run_id, dataset = %job.dataset_id);
+    handle_in_span(&job, &shared, taken.current())
+        .instrument(span)
+        .await
+}
+
+async fn handle_in_span(
+    job: &ExtractionJob,
+    shared: &Shared,
+    taken: usize,
+) -> Result<(), BoxDynError> {
+    tracing::info!(taken, "job taken");
+    let record = shared.catalog.dataset(&job.dataset_id).await?;
+    let spec = match record {
+        Some(record) if record.is_runnable() => record.spec,
+        other => {
+            let reason = match other {
+                None => "the dataset is no longer configured",
+                Some(r) if !r.enabled => "the dataset is disabled",
+                Some(_) => "the dataset has changes waiting for approval",
+            };
+            shared
+                .catalog
+                .run_started(job, &shared.settings.name, 0)
+                .await?;
+            finish_failed(shared, job, 0, "failed", reason).await;
+            return Err(AbortError::new(format!("dataset '{}': {reason}", job.dataset_id)).into());
+        }
+    };
+    let lock = DatasetLock::acquire(
+        &shared.queue.connection(),
+        &job.dataset_id,
+        &shared.settings.name,
+        shared.settings.lock_ttl,
+        shared.settings.lock_wait,
+    )
+    .await?;
+    let Some(lock) = lock else {
+        // Back to the queue (apalis reschedules a plain error): another run still holds it.
+        tracing::info!("another run of the dataset is in progress; the job goes back to the queue");
+        return Err(format!(
+            "dataset '{}' is being extracted by another run",
+            job.dataset_id
+        )
+        .into());
+    };
+    let result = run_with_retries(shared, job, &spec).await;
+    lock.release().await;
+    result
+}
+
+async fn run_with_retries(
+    shared: &Shared,
+    job: &ExtractionJob,
+    spec: &carga_config::DatasetSpec,
+) -> Result<(), BoxDynError> {
+    let policy = &shared.settings.retry;
+    let tables = spec.per_table();
+    let mut committed: Vec<RunOutcome> = Vec::new();
+    let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        shared
+            .catalog
+            .run_started(job, &shared.settings.name, attempt as i32)
+            .await?;
+        shared.metrics.add(Counter::JobsStarted, 1).await;
+        // Tables committed by an earlier attempt of this job are not run again.
+        let mut failure: Option<RunFailure> = None;
+        for table in &tables {
+            if committed.iter().any(|o| o.manifest.dataset == table.id) {
+                continue;
+            }
+            match shared.engine.run_as(table, &job.run_id).await {
+                Ok(outcome) => committed.push(outcome),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(failure) = failure else {
+            finish_succeeded(shared, job, attempt, &committed, started.elapsed()).await;
+            return Ok(());
+        };
+        let message = failure.to_string();
+        let validation = failure.error.is_validation();
+        if validation || attempt >= policy.max_attempts {
+            let state = if validation { "failed" } else { "dead" };
+            shared
+                .metrics
+                .observe_run_duration(started.elapsed().as_secs_f64())
+                .await;
+            finish_failed(shared, job, attempt, state, &message).await;
+            return Err(AbortError::new(message).into());
+        }
+        let wait = policy.backoff(attempt + 1);
+        tracing::warn!(attempt, error = %message, retry_in = ?wait, "attempt failed; retrying");
+        shared.metrics.add(Counter::JobsRetried, 1).await;
+        shared
+            .catalog
+            .run_retrying(&job.run_id, attempt as i32, &message)
+            .await?;
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+async fn finish_succeeded(
+    shared: &Shared,
+    job: &ExtractionJob,
+    attempt: u32,
+    outcomes: &[RunOutcome],
+    took: Duration,
+) {
+    let rows: u64 = outcomes.iter().map(|o| o.manifest.rows).sum();
+    let bytes: u64 = outcomes.iter().map(|o| o.manifest.bytes).sum();
+    let watermark = |pick: fn(&carga_jobs::manifest::WatermarkRange) -> Option<String>| {
+        let values: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.manifest.watermark.as_ref().and_then(pick))
+            .collect();
+        (!values.is_empty()).then(|| values.join("; "))
+    };
+    let result = RunResult {
+        state: "succeeded",
+        rows_written: Some(rows as i64),
+        bytes_written: Some(bytes as i64),
+        manifest_url: Some(join_urls(outcomes.iter().map(|o| o.manifest_url.as_str()))),
+        report_url: Some(join_urls(outcomes.iter().map(|o| o.report_url.as_str()))),
+        watermark_before: watermark(|w| w.from.as_ref().map(watermark_text)),
+        watermark_after: watermark(|w| w.to.as_ref().map(watermark_text)),
+        error: None,
+    };
+    if let Err(e) = shared
+        .catalog
+        .run_finished(&job.run_id, attempt as i32, &result)
+        .await
+    {
+        tracing::error!(error = %e, "run committed but its history row was not updated");
+    }
+    shared.metrics.add(Counter::JobsSucceeded, 1).await;
+    shared.metrics.add(Counter::RowsWritten, rows).await;
+    shared.metrics.add(Counter::BytesWritten, bytes).await;
+    shared
+        .metrics
+        .observe_run_duration(took.as_secs_f64())
+        .await;
+    tracing::info!(rows, bytes, attempt, "job succeeded");
+    let Some(notifier) = &shared.notifier else {
+        return;
+    };
+    for outcome in outcomes {
+        let ready = serde_json::json!({
+            "event": "dataset_ready",
+            "dataset_id": outcome.manifest.dataset,
+            "run_id": job.run_id,
+            "mode": outcome.manifest.mode,
+            "sequence": outcome.manifest.sequence,
+            "rows": outcome.manifest.rows,
+            "manifest": outcome.manifest_url,
+            "files": outcome.manifest.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+        });
+        publish(notifier, "transform.dataset_ready", &ready).await;
+    }
+    let note = Notification {
+        event: "upload_success",
+        dataset_id: job.dataset_id.clone(),
+        run_id: job.run_id.clone(),
+        at: chrono::Utc::now(),
+        rows: Some(rows),
+        manifest: result.manifest_url.clone(),
+        reason: None,
+    };
+    publish(notifier, "notification.upload_success", &note).await;
+}
+
+async fn finish_failed(
+    shared: &Shared,
+    job: &ExtractionJob,
+    attempt: u32,
+    state: &'static str,
+    reason: &str,
+) {
+    let result = RunResult {
+        state,
+        error: Some(reason.to_owned()),
+        ..RunResult::default()
+    };
+    if let Err(e) = shared
+        .catalog
+        .run_finished(&job.run_id, attempt as i32, &result)
+        .await
+    {
+        tracing::error!(error = %e, "run history row not updated");
+    }
+    shared.metrics.add(Counter::JobsFailed, 1).await;
+    shared.metrics.add(Counter::JobsDead, 1).await;
+    tracing::error!(attempt, state, error = %reason, "job failed");
+    let Some(notifier) = &shared.notifier else {
+        return;
+    };
+    let event = if state == "failed" {
+        "validation_failed"
+    } else {
+        "extraction_failed"
+    };
+    let note = Notification {
+        event,
+        dataset_id: job.dataset_id.clone(),
+        run_id: job.run_id.clone(),
+        at: chrono::Utc::now(),
+        rows: None,
+        manifest: None,
+        reason: Some(reason.to_owned()),
+    };
+    publish(notifier, &format!("notification.{event}"), &note).await;
+}
+
+async fn publish(notifier: &Notifier, routing_key: &str, body: &impl serde::Serialize) {
+    if let Err(e) = notifier.publish(routing_key, body).await {
+        tracing::error!(error = %e, routing_key, "message not published");
+    }
+}
+
+fn watermark_text(w: &carga_jobs::delta::Watermark) -> String {
+    serde_json::to_string(&w.values).unwrap_or_default()
+}
+
+fn join_urls<'a>(urls: impl Iterator<Item = &'a str>) -> String {
+    urls.collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            first_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(10),
+        };
+        let within = |d: Duration, secs: f64| {
+            let s = d.as_secs_f64();
+            s >= secs * 0.8 - 1e-9 && s <= secs * 1.2 + 1e-9
+        };
+        assert!(within(policy.backoff(2), 2.0));
+        assert!(within(policy.backoff(3), 4.0));
+        assert!(within(policy.backoff(4), 8.0));
+        assert!(within(policy.backoff(5), 10.0));
+        assert!(within(policy.backoff(40), 10.0));
+    }
+}

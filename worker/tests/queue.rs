@@ -1,0 +1,589 @@
+//! The scheduler, the Redis queue and `carga worker` processes against the real PostgreSQL,
+//! Redis and RabbitMQ: a cron fires and the job commits; two schedulers enqueue a time once; a
+//! worker killed with SIGKILL mid-job is replaced by another with no duplicate output; a failing
+//! source lands in the dead set after its retries. Each test has its own catalog database and
+//! queue name, so they run side by side.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use carga_config::{DatasetSpec, Settings};
+use carga_jobs::manifest::ManifestLog;
+use carga_jobs::storage::Bucket;
+use carga_scheduler::catalog::{Catalog, RunRecord};
+use carga_scheduler::{JobQueue, QueueSettings, Scheduler, SchedulerSettings};
+use chrono::Utc;
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+const REQUIRE_ALL: &str = "CARGA_TEST_REQUIRE_ALL";
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn services_available() -> bool {
+    let down: Vec<&str> = [
+        ("PostgreSQL", "127.0.0.1:5432"),
+        ("Redis", "127.0.0.1:6379"),
+        ("RabbitMQ", "127.0.0.1:5672"),
+    ]
+    .into_iter()
+    .filter(|(_, addr)| {
+        TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_err()
+    })
+    .map(|(name, _)| name)
+    .collect();
+    if down.is_empty() {
+        return true;
+    }
+    let why = format!("{} not reachable on loopback", down.join(", "));
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+        panic!("{why}, and {REQUIRE_ALL}=1 forbids skipping");
+    }
+    eprintln!("SKIPPED: {why} (set {REQUIRE_ALL}=1 to make this a failure)");
+    false
+}
+
+/// One test's world: a catalog database, a queue name, a bucket and key, a secrets file.
+struct Lab {
+    dir: tempfile::TempDir,
+    catalog_url: String,
+    catalog: Catalog,
+    queue_settings: QueueSettings,
+    queue: JobQueue,
+    settings: Settings,
+    workers: Vec<Child>,
+}
+
+impl Lab {
+    async fn new(name: &str) -> Self {
+        let unique = format!("{name}_{}", uuid::Uuid::now_v7().simple());
+        let admin = sqlx::PgPool::connect(ADMIN_URL).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE carga_q_{unique}"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        let catalog_url = format!("postgres://postgres@127.0.0.1:5432/carga_q_{unique}");
+        let catalog = Catalog::connect(&catalog_url).await.unwrap();
+        catalog.migrate().await.unwrap();
+        let queue_settings = QueueSettings {
+            name: format!("carga-test:{unique}"),
+            heartbeat: Duration::from_secs(1),
+            missed_heartbeats: 2,
+            ..QueueSettings::default()
+        };
+        let queue = JobQueue::connect(&queue_settings).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            bucket: dir.path().join("bucket").display().to_string(),
+            key_file: dir.path().join("keys.json"),
+            secrets_file: dir.path().join("secrets.json"),
+            ..Settings::default()
+        };
+        carga_jobs::encryption::MasterKeyring::create_file(&settings.key_file, "carga-master")
+            .unwrap();
+        let secrets = serde_json::json!({ "catalog-db": { "url": catalog_url } });
+        std::fs::write(&settings.secrets_file, secrets.to_string()).unwrap();
+        Self {
+            dir,
+            catalog_url,
+            catalog,
+            queue_settings,
+            queue,
+            settings,
+            workers: Vec::new(),
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts a `carga worker` process.
+    fn start_worker(&mut self, name: &str, extra: &[&str]) -> usize {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_carga"))
+            .args(["worker", "--name", name, "--concurrency", "1"])
+            .args(["--heartbeat-seconds", "1", "--missed-heartbeats", "2"])
+            .args(["--lock-ttl-seconds", "2", "--lock-wait-seconds", "20"])
+            .args(extra)
+            .env("CARGA_CATALOG_URL", &self.catalog_url)
+            .env("CARGA_QUEUE", &self.queue_settings.name)
+            .env("CARGA_AMQP_URL", AMQP_URL)
+            .env("CARGA_BUCKET", &self.settings.bucket)
+            .env("CARGA_KEY_FILE", &self.settings.key_file)
+            .env("CARGA_SECRETS_FILE", &self.settings.secrets_file)
+            .env("RUST_LOG", "info")
+            .env_remove("CARGA_SETTINGS")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+        self.workers.len() - 1
+    }
+
+    fn worker_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    async fn add_dataset(&self, yaml: &str) -> DatasetSpec {
+        let spec = DatasetSpec::from_yaml(yaml).unwrap();
+        spec.validate().unwrap();
+        self.catalog
+            .upsert_dataset(&spec, "test", true)
+            .await
+            .unwrap();
+        spec
+    }
+
+    /// Waits until the run reaches one of `states`.
+    async fn wait_for_run(&self, run_id: &str, states: &[&str], within: Duration) -> RunRecord {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(run) = self.catalog.run(run_id).await.unwrap()
+                && states.contains(&run.state.as_str())
+            {
+                return run;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let run = self.catalog.run(run_id).await.unwrap();
+                panic!(
+                    "run {run_id} did not reach {states:?} within {within:?}: {run:#?}\nworker logs:\n{}",
+                    self.workers_logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn workers_logs(&self) -> String {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| {
+                format!(
+                    "--- {}\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    async fn manifests(&self, dataset: &str) -> Vec<carga_jobs::manifest::Manifest> {
+        let bucket = Bucket::open(&self.settings).unwrap();
+        let log = ManifestLog::new(&bucket, dataset);
+        let mut out = Vec::new();
+        for sequence in log.sequences().await.unwrap() {
+            out.push(log.load(sequence).await.unwrap());
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A private RabbitMQ queue bound to every Carga event, to see what a run published.
+struct Listener {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl Listener {
+    async fn new() -> Self {
+        let connection = lapin::Connection::connect(AMQP_URL, amqp_properties())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                "carga.events",
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = format!("carga-test-{}", uuid::Uuid::now_v7().simple());
+        channel
+            .queue_declare(
+                queue.as_str(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str(),
+                "carga.events",
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            _connection: connection,
+            channel,
+            queue,
+        }
+    }
+
+    /// (routing key, body) of the messages about `dataset` received so far.
+    async fn messages(&self, dataset: &str) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let body: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
+            if body["dataset_id"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(dataset))
+            {
+                out.push((message.delivery.routing_key.to_string(), body));
+            }
+        }
+        out
+    }
+}
+
+fn amqp_properties() -> lapin::ConnectionProperties {
+    lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio::current())
+}
+
+fn csv_dataset(lab: &Lab, id: &str, rows: usize, cron: &str) -> String {
+    let mut csv = String::from("id,name\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{i},name-{i}\n"));
+    }
+    let path = lab.write(&format!("{id}.csv"), &csv);
+    format!(
+        "id: {id}\nsource: {{format: csv, location: '{}'}}\nmode: complete\ntrigger: timed_pull\ncron: '{cron}'\nkey: [id]\n",
+        path.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_fires_and_the_job_commits_and_announces_itself() {
+    if !services_available() {
+        return;
+    }
+    let mut lab = Lab::new("cron").await;
+    let listener = Listener::new().await;
+    let yaml = csv_dataset(&lab, "orders", 250, "*/2 * * * * *");
+    lab.add_dataset(&yaml).await;
+    lab.start_worker("w1", &[]);
+
+    let mut scheduler = Scheduler::new(
+        lab.catalog.clone(),
+        lab.queue.clone(),
+        SchedulerSettings::default(),
+    );
+    // The next even second after the dataset was written, as the scheduler's clock would see it.
+    let report = scheduler
+        .tick(Utc::now() + chrono::Duration::seconds(3))
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued.len(), 1, "{report:?}");
+    let job = &report.enqueued[0];
+    assert_eq!(job.dataset_id, "orders");
+    assert!(job.scheduled_for.is_some());
+
+    let run = lab
+        .wait_for_run(
+            &job.run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(run.state, "succeeded", "{run:#?}");
+    assert_eq!(run.rows_written, Some(250));
+    assert_eq!(run.worker.as_deref(), Some("w1"));
+    assert_eq!(run.attempts, 1);
+    let manifests = lab.manifests("orders").await;
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(
+        manifests[0].run_id, job.run_id,
+        "the job id is the run id in the bucket"
+    );
+    assert_eq!(manifests[0].rows, 250);
+
+    // The transformation engine's message and the notification.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < deadline && seen.len() < 2 {
+        seen.extend(listener.messages("orders").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.contains(&"transform.dataset_ready"), "{seen:?}");
+    assert!(keys.contains(&"notification.upload_success"), "{seen:?}");
+    let ready = &seen
+        .iter()
+        .find(|(k, _)| k == "transform.dataset_ready")
+        .unwrap()
+        .1;
+    assert_eq!(ready["rows"], 250);
+    assert_eq!(ready["run_id"], job.run_id.as_str());
+
+    // The same time again is not enqueued again.
+    let again = scheduler
+        .tick(Utc::now() + chrono::Duration::seconds(3))
+        .await
+        .unwrap();
+    assert!(
+        again
+            .enqueued
+            .iter()
+            .all(|j| j.scheduled_for != job.scheduled_for)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_enqueue_each_time_once_and_an_outage_is_caught_up_once() {
+    if !services_available() {
+        return;
+    }
+    let lab = Lab::new("replicas").await;
+    for i in 0..20 {
+        let yaml = csv_dataset(&lab, &format!("ds{i:02}"), 1, "0 */3 * * *");
+        lab.add_dataset(&yaml).await;
+    }
+    let settings = SchedulerSettings::default();
+    let mut first = Scheduler::new(lab.catalog.clone(), lab.queue.clone(), settings.clone());
+    let mut second = Scheduler::new(lab.catalog.clone(), lab.queue.clone(), settings);
+    // Ten hours later: three or four fire times were missed while "nothing was running".
+    let now = Utc::now() + chrono::Duration::hours(10);
+    let (a, b) = tokio::join!(first.tick(now), second.tick(now));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(first.scheduled(), 20, "every dataset is scheduled");
+    assert_eq!(
+        a.enqueued.len() + b.enqueued.len(),
+        20,
+        "one job per dataset: {a:?} {b:?}"
+    );
+    let stats = lab.queue.stats().await.unwrap();
+    assert_eq!(stats.queued, 20);
+    let runs = lab.catalog.runs(None, Some("queued"), 1000).await.unwrap();
+    assert_eq!(runs.len(), 20, "one queued run row per enqueued job");
+    let mut datasets: Vec<&str> = runs.iter().map(|r| r.dataset_id.as_str()).collect();
+    datasets.sort();
+    datasets.dedup();
+    assert_eq!(datasets.len(), 20);
+    // A replica that computed its due times before the other recorded them (the race the
+    // idempotency key settles): it pushes all twenty again and none is enqueued twice.
+    let mut conn = lab.queue.connection();
+    let _: () = redis::AsyncCommands::del(
+        &mut conn,
+        format!("{}:scheduler:last_fired", lab.queue_settings.name),
+    )
+    .await
+    .unwrap();
+    let raced = second.tick(now).await.unwrap();
+    assert_eq!(raced.enqueued.len(), 0, "{raced:?}");
+    assert_eq!(raced.already_enqueued, 20);
+    assert_eq!(lab.queue.stats().await.unwrap().queued, 20);
+    // Same instant again, from either replica: nothing new.
+    assert!(first.tick(now).await.unwrap().enqueued.is_empty());
+    assert!(second.tick(now).await.unwrap().enqueued.is_empty());
+    assert_eq!(lab.queue.stats().await.unwrap().queued, 20);
+    // The next fire time is enqueued once more.
+    let later = now + chrono::Duration::hours(3);
+    let (a, b) = tokio::join!(first.tick(later), second.tick(later));
+    assert_eq!(a.unwrap().enqueued.len() + b.unwrap().enqueued.len(), 20);
+    // A disabled dataset is no longer scheduled once the catalog is re-read.
+    lab.catalog
+        .set_enabled("ds00", false, "test")
+        .await
+        .unwrap();
+    first.invalidate();
+    let report = first
+        .tick(later + chrono::Duration::hours(3))
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued.len(), 19);
+    assert!(report.enqueued.iter().all(|j| j.dataset_id != "ds00"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_replaced_and_nothing_is_written_twice() {
+    if !services_available() {
+        return;
+    }
+    let mut lab = Lab::new("kill").await;
+    // A table read slowly: a view that sleeps 20 ms a row, so the run lasts ~6 s.
+    sqlx::raw_sql(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, 300) g;
+         CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
+         CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
+    )
+    .execute(lab.catalog.pool())
+    .await
+    .unwrap();
+    lab.add_dataset(
+        "id: slow\nsource: {format: postgres, table: public.slow_events}\nconnection_id: catalog-db\n\
+         mode: complete\ntrigger: callback\nkey: [id]\n",
+    )
+    .await;
+    let victim = lab.start_worker("victim", &[]);
+    let mut job = carga_scheduler::ExtractionJob::new("slow", carga_scheduler::RunReason::Trigger);
+    job.requested_by = Some("test".into());
+    lab.catalog
+        .insert_queued_runs(std::slice::from_ref(&job))
+        .await
+        .unwrap();
+    lab.queue.enqueue(std::slice::from_ref(&job)).await.unwrap();
+
+    let running = lab
+        .wait_for_run(&job.run_id, &["running"], Duration::from_secs(30))
+        .await;
+    assert_eq!(running.worker.as_deref(), Some("victim"));
+    // Let it write part of the output, then SIGKILL it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    lab.workers[victim].kill().unwrap();
+    lab.workers[victim].wait().unwrap();
+    assert!(
+        lab.manifests("slow").await.is_empty(),
+        "nothing visible from the killed run"
+    );
+
+    lab.start_worker("rescuer", &[]);
+    let run = lab
+        .wait_for_run(
+            &job.run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(run.state, "succeeded", "{run:#?}");
+    assert_eq!(run.worker.as_deref(), Some("rescuer"));
+    assert_eq!(run.rows_written, Some(300));
+    let manifests = lab.manifests("slow").await;
+    assert_eq!(manifests.len(), 1, "one commit, not two");
+    assert_eq!(manifests[0].rows, 300);
+    // Every row once in what a reader sees.
+    let engine = carga_jobs::Engine::new(lab.settings.clone()).unwrap();
+    let batches = carga_jobs::read::collect_dataset(engine.bucket(), engine.encryptor(), "slow")
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=300).collect::<Vec<i64>>());
+    assert!(lab.worker_log("rescuer").contains(&job.run_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_lands_in_the_dead_set_after_its_retries() {
+    if !services_available() {
+        return;
+    }
+    let mut lab = Lab::new("dead").await;
+    let listener = Listener::new().await;
+    let missing = lab.dir.path().join("not-there.csv");
+    lab.add_dataset(&format!(
+        "id: broken\nsource: {{format: csv, location: '{}'}}\nmode: complete\ntrigger: callback\n",
+        missing.display()
+    ))
+    .await;
+    lab.start_worker(
+        "w1",
+        &[
+            "--max-attempts",
+            "3",
+            "--backoff-seconds",
+            "0.2",
+            "--max-backoff-seconds",
+            "1",
+        ],
+    );
+    let job = carga_scheduler::ExtractionJob::new("broken", carga_scheduler::RunReason::Trigger);
+    lab.catalog
+        .insert_queued_runs(std::slice::from_ref(&job))
+        .await
+        .unwrap();
+    lab.queue.enqueue(std::slice::from_ref(&job)).await.unwrap();
+
+    let run = lab
+        .wait_for_run(
+            &job.run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(run.state, "dead", "{run:#?}");
+    assert_eq!(run.attempts, 3);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not-there.csv"),
+        "{run:#?}"
+    );
+    // apalis records the end asynchronously; give it a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !lab.queue.is_dead(&job.run_id).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job not in the dead set: {}",
+            lab.workers_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lab.queue.stats().await.unwrap().dead, 1);
+    assert!(lab.manifests("broken").await.is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < deadline && seen.is_empty() {
+        seen.extend(listener.messages("broken").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, "notification.extraction_failed");
+    assert!(
+        seen[0].1["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not-there.csv")
+    );
+}
