@@ -138,6 +138,9 @@ impl Metrics {
             get("sum"),
             get("count")
         ));
+        out.push_str(
+            "# HELP carga_queue_jobs Jobs in the queue by state.\n# TYPE carga_queue_jobs gauge\n",
+        );
         for (state, value) in [
             ("queued", queue.queued),
             ("scheduled", queue.scheduled),
@@ -146,6 +149,7 @@ impl Metrics {
         ] {
             out.push_str(&format!("carga_queue_jobs{{state=\"{state}\"}} {value}\n"));
         }
+        out.push_str("# HELP carga_queue_workers Workers with a live heartbeat.\n# TYPE carga_queue_workers gauge\n");
         out.push_str(&format!("carga_queue_workers {}\n", queue.workers));
         Ok(out)
     }
