@@ -142,6 +142,25 @@ impl Lab {
         spec
     }
 
+    /// Puts a job on the queue as the HTTP trigger does: the run row, then the task.
+    async fn submit(&self, job: &carga_scheduler::ExtractionJob) {
+        self.catalog
+            .insert_queued_runs(std::slice::from_ref(job))
+            .await
+            .unwrap();
+        self.queue.enqueue(std::slice::from_ref(job)).await.unwrap();
+    }
+
+    /// Waits until the run has ended, whichever way.
+    async fn wait_for_end(&self, run_id: &str) -> RunRecord {
+        self.wait_for_run(
+            run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
     /// Waits until the run reaches one of `states`.
     async fn wait_for_run(&self, run_id: &str, states: &[&str], within: Duration) -> RunRecord {
         let deadline = tokio::time::Instant::now() + within;
@@ -252,6 +271,17 @@ impl Listener {
         }
     }
 
+    /// Waits up to ten seconds for at least `count` messages about `dataset`.
+    async fn wait_for(&self, dataset: &str, count: usize) -> Vec<(String, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while tokio::time::Instant::now() < deadline && seen.len() < count {
+            seen.extend(self.messages(dataset).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    }
+
     /// (routing key, body) of the messages about `dataset` received so far.
     async fn messages(&self, dataset: &str) -> Vec<(String, serde_json::Value)> {
         let mut out = Vec::new();
@@ -317,13 +347,7 @@ async fn a_cron_fires_and_the_job_commits_and_announces_itself() {
     assert_eq!(job.dataset_id, "orders");
     assert!(job.scheduled_for.is_some());
 
-    let run = lab
-        .wait_for_run(
-            &job.run_id,
-            &["succeeded", "failed", "dead"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let run = lab.wait_for_end(&job.run_id).await;
     assert_eq!(run.state, "succeeded", "{run:#?}");
     assert_eq!(run.rows_written, Some(250));
     assert_eq!(run.worker.as_deref(), Some("w1"));
@@ -337,12 +361,7 @@ async fn a_cron_fires_and_the_job_commits_and_announces_itself() {
     assert_eq!(manifests[0].rows, 250);
 
     // The transformation engine's message and the notification.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    while tokio::time::Instant::now() < deadline && seen.len() < 2 {
-        seen.extend(listener.messages("orders").await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let seen = listener.wait_for("orders", 2).await;
     let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
     assert!(keys.contains(&"transform.dataset_ready"), "{seen:?}");
     assert!(keys.contains(&"notification.upload_success"), "{seen:?}");
@@ -458,11 +477,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_nothing_is_written_twice() {
     let victim = lab.start_worker("victim", &[]);
     let mut job = carga_scheduler::ExtractionJob::new("slow", carga_scheduler::RunReason::Trigger);
     job.requested_by = Some("test".into());
-    lab.catalog
-        .insert_queued_runs(std::slice::from_ref(&job))
-        .await
-        .unwrap();
-    lab.queue.enqueue(std::slice::from_ref(&job)).await.unwrap();
+    lab.submit(&job).await;
 
     let running = lab
         .wait_for_run(&job.run_id, &["running"], Duration::from_secs(30))
@@ -478,13 +493,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_nothing_is_written_twice() {
     );
 
     lab.start_worker("rescuer", &[]);
-    let run = lab
-        .wait_for_run(
-            &job.run_id,
-            &["succeeded", "failed", "dead"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let run = lab.wait_for_end(&job.run_id).await;
     assert_eq!(run.state, "succeeded", "{run:#?}");
     assert_eq!(run.worker.as_deref(), Some("rescuer"));
     assert_eq!(run.rows_written, Some(300));
@@ -538,19 +547,9 @@ async fn a_failing_source_lands_in_the_dead_set_after_its_retries() {
         ],
     );
     let job = carga_scheduler::ExtractionJob::new("broken", carga_scheduler::RunReason::Trigger);
-    lab.catalog
-        .insert_queued_runs(std::slice::from_ref(&job))
-        .await
-        .unwrap();
-    lab.queue.enqueue(std::slice::from_ref(&job)).await.unwrap();
+    lab.submit(&job).await;
 
-    let run = lab
-        .wait_for_run(
-            &job.run_id,
-            &["succeeded", "failed", "dead"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let run = lab.wait_for_end(&job.run_id).await;
     assert_eq!(run.state, "dead", "{run:#?}");
     assert_eq!(run.attempts, 3);
     assert!(
@@ -572,12 +571,7 @@ async fn a_failing_source_lands_in_the_dead_set_after_its_retries() {
     }
     assert_eq!(lab.queue.stats().await.unwrap().dead, 1);
     assert!(lab.manifests("broken").await.is_empty());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    while tokio::time::Instant::now() < deadline && seen.is_empty() {
-        seen.extend(listener.messages("broken").await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let seen = listener.wait_for("broken", 1).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].0, "notification.extraction_failed");
     assert!(
