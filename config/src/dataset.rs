@@ -83,6 +83,8 @@ pub struct SourceSpec {
     pub json: JsonOptions,
     #[serde(default)]
     pub excel: ExcelOptions,
+    #[serde(default)]
+    pub rest: RestOptions,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,9 +103,18 @@ pub enum SourceFormat {
     /// MongoDB: `source.table` (or `collection`) names the collection.
     #[serde(alias = "mongo")]
     Mongodb,
+    /// A REST API returning JSON: `source.location` is the first page's URL, `source.rest` says
+    /// how to authenticate, paginate and find the records.
+    #[serde(alias = "api", alias = "http")]
+    Rest,
 }
 
 impl SourceFormat {
+    /// Sources that read credentials from a connection secret.
+    pub fn needs_connection(self) -> bool {
+        self.is_database() || self == SourceFormat::Rest
+    }
+
     pub fn is_database(self) -> bool {
         matches!(
             self,
@@ -255,6 +266,159 @@ impl Default for JsonOptions {
             max_record_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// A REST source: authentication, pagination, where the records are, and how to be polite.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestOptions {
+    /// Extra request headers (not secrets: those come from the connection's secret).
+    pub headers: BTreeMap<String, String>,
+    /// Extra query parameters sent with every request.
+    pub query: BTreeMap<String, String>,
+    pub auth: RestAuth,
+    pub pagination: Pagination,
+    /// Dot path to the records array in each page (`data.items`); the body itself when empty.
+    pub records_path: String,
+    pub incremental: Option<IncrementalParam>,
+    /// Requests per second at most (0: no limit).
+    pub requests_per_second: f64,
+    /// Attempts per request for 429, 5xx, timeouts and connection errors.
+    pub max_attempts: u32,
+    /// First backoff between attempts, in milliseconds; doubles each attempt (capped at 60 s).
+    /// A `Retry-After` header wins.
+    pub backoff_ms: u64,
+    /// Seconds a request may take in all.
+    pub timeout_seconds: u64,
+    /// A run stops with an error after this many pages (protects against endless pagination).
+    pub max_pages: u64,
+    /// A page larger than this is refused.
+    pub max_page_bytes: usize,
+    /// Records sampled for schema inference (from the first pages).
+    pub infer_records: usize,
+}
+
+impl Default for RestOptions {
+    fn default() -> Self {
+        Self {
+            headers: BTreeMap::new(),
+            query: BTreeMap::new(),
+            auth: RestAuth::None,
+            pagination: Pagination::None,
+            records_path: String::new(),
+            incremental: None,
+            requests_per_second: 0.0,
+            max_attempts: 5,
+            backoff_ms: 1000,
+            timeout_seconds: 60,
+            max_pages: 100_000,
+            max_page_bytes: 64 * 1024 * 1024,
+            infer_records: 1000,
+        }
+    }
+}
+
+/// How requests authenticate. Secret values are read from the connection secret's fields named
+/// here (`api_key`, `token`, `username`/`password`, `client_id`/`client_secret`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "type")]
+pub enum RestAuth {
+    #[default]
+    None,
+    /// The secret's `api_key` in a header (`X-API-Key` by default) or a query parameter.
+    ApiKey {
+        #[serde(default)]
+        header: Option<String>,
+        #[serde(default)]
+        query_param: Option<String>,
+    },
+    /// `Authorization: Bearer <token>` with the secret's `token`.
+    Bearer,
+    /// HTTP basic with the secret's `username` and `password`.
+    Basic,
+    /// OAuth2 client credentials: a token from `token_url` (or the secret's `token_url`) with the
+    /// secret's `client_id` and `client_secret`, renewed before it expires and after a 401.
+    #[serde(alias = "oauth2")]
+    Oauth2ClientCredentials {
+        #[serde(default)]
+        token_url: Option<String>,
+        #[serde(default)]
+        scopes: Vec<String>,
+    },
+}
+
+/// How the next page is found, and when to stop.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "style")]
+pub enum Pagination {
+    /// One request.
+    #[default]
+    None,
+    /// `?page=1,2,3...`; stops at an empty page or one shorter than `size`.
+    Page {
+        #[serde(default = "default_page_param")]
+        param: String,
+        #[serde(default = "default_one")]
+        first: u64,
+        #[serde(default)]
+        size_param: Option<String>,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    /// `?offset=0&limit=100`, `?offset=100&limit=100`...; stops at a short or empty page.
+    Offset {
+        #[serde(default = "default_offset_param")]
+        param: String,
+        #[serde(default = "default_limit_param")]
+        limit_param: String,
+        limit: u64,
+    },
+    /// A token in the body (`meta.next_cursor`) sent back as `param`, or a full next URL in the
+    /// body (`next_url_path`); stops when it is absent, null or empty.
+    Cursor {
+        #[serde(default)]
+        cursor_path: Option<String>,
+        #[serde(default = "default_cursor_param")]
+        param: String,
+        #[serde(default)]
+        next_url_path: Option<String>,
+    },
+    /// RFC 8288 `Link: <...>; rel="next"` headers (GitHub style); stops when there is none.
+    LinkHeader,
+}
+
+fn default_page_param() -> String {
+    "page".into()
+}
+fn default_one() -> u64 {
+    1
+}
+fn default_offset_param() -> String {
+    "offset".into()
+}
+fn default_limit_param() -> String {
+    "limit".into()
+}
+fn default_cursor_param() -> String {
+    "cursor".into()
+}
+
+/// A request parameter filled from the stored watermark on delta runs (`updated_since`), so the
+/// API sends only what changed; the pipeline still filters on the exact cursor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalParam {
+    pub param: String,
+    /// `rfc3339` (default), `epoch_seconds`, `epoch_millis`, or a chrono format like `%Y-%m-%d`.
+    #[serde(default = "default_incremental_format")]
+    pub format: String,
+    /// Value sent on the first run, when there is no watermark yet (none sent when absent).
+    #[serde(default)]
+    pub initial: Option<String>,
+}
+
+fn default_incremental_format() -> String {
+    "rfc3339".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -479,6 +643,9 @@ impl DatasetSpec {
         } else if self.source.location.is_empty() {
             return Err(invalid("source.location is empty".into()));
         }
+        if self.source.format == SourceFormat::Rest {
+            self.validate_rest().map_err(invalid)?;
+        }
         let csv = &self.source.csv;
         if !csv.delimiter.is_ascii() || !csv.quote.is_ascii() {
             return Err(invalid(
@@ -489,6 +656,61 @@ impl DatasetSpec {
             return Err(invalid(
                 "excel.header_row is 1-based; 0 is not a row".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_rest(&self) -> Result<(), String> {
+        let rest = &self.source.rest;
+        let url = url::Url::parse(&self.source.location).map_err(|e| {
+            format!(
+                "source.location '{}' is not a URL: {e}",
+                self.source.location
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("a rest source's location must be an http(s) URL".into());
+        }
+        if rest.auth != RestAuth::None && self.connection_id.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "rest.auth needs connection_id (the secret holding the API credentials)".into(),
+            );
+        }
+        if let RestAuth::ApiKey {
+            header: Some(_),
+            query_param: Some(_),
+        } = &rest.auth
+        {
+            return Err("rest.auth api_key: give header or query_param, not both".into());
+        }
+        match &rest.pagination {
+            Pagination::Offset { limit: 0, .. } | Pagination::Page { size: Some(0), .. } => {
+                return Err("rest.pagination: the page size must be at least 1".into());
+            }
+            Pagination::Cursor {
+                cursor_path: None,
+                next_url_path: None,
+                ..
+            } => {
+                return Err(
+                    "rest.pagination cursor needs cursor_path (a token) or next_url_path (a URL)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if rest.incremental.is_some() && self.timestamp_column.is_none() {
+            return Err(
+                "rest.incremental needs `timestamp_column` (the watermark it sends)".into(),
+            );
+        }
+        if rest.requests_per_second < 0.0 || !rest.requests_per_second.is_finite() {
+            return Err("rest.requests_per_second must be 0 (no limit) or more".into());
+        }
+        if rest.max_attempts == 0 || rest.max_pages == 0 || rest.timeout_seconds == 0 {
+            return Err(
+                "rest.max_attempts, max_pages and timeout_seconds must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -570,6 +792,54 @@ mod tests {
         assert!(DatasetSpec::from_yaml(&format!("{base}lookback: soon\n")).is_err());
         assert!(DatasetSpec::from_yaml(&format!("{base}lookback: 0s\n")).is_err());
         assert_eq!(parse_duration_seconds("2d"), Some(172_800));
+    }
+
+    #[test]
+    fn rest_sources_are_checked_before_any_request() {
+        let rest = |extra: &str| {
+            DatasetSpec::from_yaml(&format!(
+                "id: api\ntrigger: callback\nsource:\n  format: rest\n  location: https://api.test/v1/items\n{extra}"
+            ))
+        };
+        let spec = rest("  rest: {auth: {type: oauth2, scopes: [a]}, pagination: {style: offset, limit: 50}}\nconnection_id: prov\n").unwrap();
+        assert!(matches!(
+            spec.source.rest.auth,
+            RestAuth::Oauth2ClientCredentials { .. }
+        ));
+        assert_eq!(
+            spec.source.rest.pagination,
+            Pagination::Offset {
+                param: "offset".into(),
+                limit_param: "limit".into(),
+                limit: 50
+            }
+        );
+        let refused = [
+            ("  rest: {auth: {type: bearer}}\n", "needs connection_id"),
+            ("  rest: {pagination: {style: cursor}}\n", "cursor_path"),
+            (
+                "  rest: {pagination: {style: offset, limit: 0}}\n",
+                "at least 1",
+            ),
+            (
+                "  rest: {incremental: {param: since}}\n",
+                "timestamp_column",
+            ),
+            ("  rest: {max_pages: 0}\n", "at least 1"),
+            (
+                "  rest: {auth: {type: api_key, header: X, query_param: k}}\nconnection_id: c\n",
+                "not both",
+            ),
+        ];
+        for (extra, expected) in refused {
+            let err = rest(extra).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = DatasetSpec::from_yaml(
+            "id: api\ntrigger: callback\nsource: {format: rest, location: 'ftp://x/y'}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("http(s) URL"), "{err}");
     }
 
     #[test]

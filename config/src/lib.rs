@@ -6,9 +6,10 @@ mod error;
 mod settings;
 
 pub use dataset::{
-    CsvOptions, DatasetSpec, Encoding, ExcelOptions, JsonOptions, MalformedRowPolicy,
-    MixedTypesPolicy, Mode, MongoOptions, NestedPolicy, NewColumnPolicy, PartitionSpec,
-    PostgresOptions, SourceFormat, SourceSpec, Trigger,
+    CsvOptions, DatasetSpec, Encoding, ExcelOptions, IncrementalParam, JsonOptions,
+    MalformedRowPolicy, MixedTypesPolicy, Mode, MongoOptions, NestedPolicy, NewColumnPolicy,
+    Pagination, PartitionSpec, PostgresOptions, RestAuth, RestOptions, SourceFormat, SourceSpec,
+    Trigger,
 };
 pub use error::ConfigError;
 pub use settings::{Compression, S3Settings, SecretsProvider, Settings};

@@ -45,6 +45,10 @@ pub enum JobError {
     #[error("{context}: {message}")]
     Database { context: String, message: String },
 
+    /// An HTTP source failed (after its retries) or refused the request. Never carries a secret.
+    #[error("{context}: {message}")]
+    Http { context: String, message: String },
+
     /// Another run committed between our start and our commit; our output was discarded.
     #[error("dataset '{dataset}': {message}")]
     Conflict { dataset: String, message: String },

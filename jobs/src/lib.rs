@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod error;
 pub mod manifest;
+pub mod preview;
 pub mod read;
 pub mod run;
 pub mod schema_drift;

@@ -156,6 +156,15 @@ impl Engine {
         &self.encryptor
     }
 
+    /// Reads the first rows of the dataset's source without writing anything ("test connection").
+    pub async fn preview(
+        &self,
+        spec: &DatasetSpec,
+        rows: usize,
+    ) -> Result<crate::preview::Preview> {
+        crate::preview::preview(spec, &self.settings.s3, self.secrets.as_ref(), rows).await
+    }
+
     pub async fn run(&self, spec: &DatasetSpec) -> std::result::Result<RunOutcome, RunFailure> {
         self.run_as(spec, &uuid::Uuid::now_v7().to_string()).await
     }
@@ -226,7 +235,7 @@ impl Engine {
             Mode::Complete => None,
         };
         let secret = match &spec.connection_id {
-            Some(id) if spec.source.format.is_database() => {
+            Some(id) if spec.source.format.needs_connection() => {
                 Some(self.secrets.connection(id).await?)
             }
             _ => None,

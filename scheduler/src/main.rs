@@ -153,6 +153,7 @@ async fn main() -> Result<()> {
                     queue: queue.clone(),
                     secrets: carga_jobs::secrets::provider(&settings).await,
                     bucket: Bucket::open(&settings)?,
+                    s3: settings.s3.clone(),
                 });
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

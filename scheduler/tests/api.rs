@@ -87,6 +87,7 @@ impl Api {
             queue: queue.clone(),
             secrets: carga_jobs::secrets::provider(&settings).await,
             bucket: Bucket::open(&settings).unwrap(),
+            s3: settings.s3.clone(),
         });
         let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
         let router = api::router(state).layer(MockConnectInfo(peer));
@@ -340,5 +341,110 @@ async fn roles_validation_trigger_and_audit() {
         rejected,
         bad.len(),
         "every refused configuration is audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_connection_previews_a_draft_without_writing() {
+    if !services_available() {
+        return;
+    }
+    let api = Api::new().await;
+    let viewer = api.catalog.create_token("vera", "viewer").await.unwrap();
+    let editor = api.catalog.create_token("eddie", "editor").await.unwrap();
+    let admin = api.catalog.create_token("ada", "admin").await.unwrap();
+    let csv = api._dir.path().join("clientes.csv");
+    std::fs::write(&csv, "id,nombre,saldo\n1,Ana,10.5\n2,Luis,3\n3,Eva,7.25\n").unwrap();
+    let draft = format!(
+        "id: clientes\nsource: {{format: csv, location: '{}'}}\ntrigger: callback\n",
+        csv.display()
+    );
+
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/datasets/clientes/preview",
+            Some(&viewer),
+            Some(&draft),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, preview) = api
+        .call(
+            Method::POST,
+            "/datasets/clientes/preview?rows=2",
+            Some(&editor),
+            Some(&draft),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    let columns: Vec<(&str, &str)> = preview["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["data_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        columns,
+        [("id", "Int64"), ("nombre", "Utf8"), ("saldo", "Float64")]
+    );
+    assert_eq!(preview["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(preview["rows"][1]["nombre"], "Luis");
+
+    // A source that cannot be read: 422 with the file named; an unknown stored dataset: 404.
+    let missing = draft.replace("clientes.csv", "nope.csv");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/datasets/clientes/preview",
+            Some(&editor),
+            Some(&missing),
+        )
+        .await;
+    assert!(
+        status.is_client_error() || status == StatusCode::BAD_GATEWAY,
+        "{status} {body}"
+    );
+    assert!(error_of(&body).contains("nope.csv"), "{body}");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/datasets/nothing/preview",
+            Some(&editor),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Nothing was configured or written, and both previews are in the audit log.
+    assert!(api.catalog.dataset("clientes").await.unwrap().is_none());
+    assert!(!api._dir.path().join("bucket").join("raw").exists());
+    let (_, audit) = api.call(Method::GET, "/audit", Some(&admin), None).await;
+    let previews: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "preview")
+        .map(|e| e["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        previews.iter().filter(|r| **r == "ok").count(),
+        1,
+        "{audit}"
+    );
+    assert_eq!(
+        previews.iter().filter(|r| **r == "error").count(),
+        1,
+        "{audit}"
+    );
+    assert_eq!(
+        previews.iter().filter(|r| **r == "denied").count(),
+        1,
+        "{audit}"
     );
 }

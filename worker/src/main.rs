@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Test a dataset's connection: read the first page or batch of its source with its
+    /// credentials and print the schema Carga would write and a few rows, as JSON. Writes nothing.
+    Preview {
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+    },
     /// Check a dataset spec without running it.
     Check {
         #[arg(long)]
@@ -166,6 +174,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Run { dataset } => run(cli.settings.as_deref(), &dataset).await,
         Command::Read { dataset, limit } => {
             read_back(cli.settings.as_deref(), &dataset, limit).await
+        }
+        Command::Preview { dataset, rows } => {
+            let settings = Settings::load(cli.settings.as_deref())?;
+            let secrets = carga_jobs::secrets::provider(&settings).await;
+            let spec = DatasetSpec::from_file(&dataset)?;
+            let preview =
+                carga_jobs::preview::preview(&spec, &settings.s3, secrets.as_ref(), rows).await?;
+            println!("{}", serde_json::to_string_pretty(&preview)?);
+            Ok(())
         }
         Command::Check { dataset } => {
             let spec = DatasetSpec::from_file(&dataset)?;

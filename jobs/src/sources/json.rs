@@ -98,7 +98,7 @@ fn invalid(position: RecordPosition, error: &serde_json::Error) -> String {
 
 /// Explicit and previous-run types replace inferred ones; previous columns absent from the sample
 /// are kept so that they decode if they appear later in the file.
-fn apply_hints(inferred: Schema, hints: &TypeHints) -> SchemaRef {
+pub(crate) fn apply_hints(inferred: Schema, hints: &TypeHints) -> SchemaRef {
     let mut fields: Vec<Field> = inferred
         .fields()
         .iter()

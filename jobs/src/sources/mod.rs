@@ -9,6 +9,7 @@ pub mod mongodb;
 pub mod mssql;
 pub mod mysql;
 pub mod postgres;
+pub mod rest;
 mod table;
 
 use std::collections::BTreeMap;
@@ -129,7 +130,8 @@ fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Re
         SourceFormat::Postgres
         | SourceFormat::Mysql
         | SourceFormat::Mssql
-        | SourceFormat::Mongodb => Err(ctx.bad_input("a database is not a file")),
+        | SourceFormat::Mongodb
+        | SourceFormat::Rest => Err(ctx.bad_input("a database or an API is not a file")),
     }
 }
 
@@ -241,6 +243,15 @@ pub async fn open(
                 ctx,
             )),
         }
+    } else if spec.source.format == SourceFormat::Rest {
+        ctx.location = spec.source.location.clone();
+        tokio::spawn(rest::read(
+            spec.clone(),
+            access.secret,
+            access.floor,
+            access.lookback,
+            ctx,
+        ))
     } else {
         let object = SourceObject::resolve(&spec.source.location, s3)?;
         ctx.location = object.display.clone();

@@ -45,6 +45,13 @@ pub enum Action {
     Trigger,
     Delete,
     ReadAudit,
+    /// Test a connection: read a few rows of a dataset's source with its credentials.
+    Preview,
+    /// Dashboard job actions: run a failed or dead job again now; stop a queued or running job;
+    /// remove a finished job from the history and the dead set.
+    RetryJob,
+    KillJob,
+    DeleteJob,
 }
 
 impl Action {
@@ -54,8 +61,11 @@ impl Action {
             Action::Read => true,
             Action::WriteConfig => matches!(role, Editor | Admin),
             Action::Approve => matches!(role, Approver | Admin),
-            Action::Trigger => matches!(role, Editor | Approver | Admin),
-            Action::Delete | Action::ReadAudit => role == Admin,
+            Action::Trigger | Action::Preview | Action::RetryJob => {
+                matches!(role, Editor | Approver | Admin)
+            }
+            Action::KillJob => matches!(role, Approver | Admin),
+            Action::Delete | Action::ReadAudit | Action::DeleteJob => role == Admin,
         }
     }
 
@@ -67,6 +77,10 @@ impl Action {
             Action::Trigger => "trigger",
             Action::Delete => "delete",
             Action::ReadAudit => "read_audit",
+            Action::Preview => "preview",
+            Action::RetryJob => "retry_job",
+            Action::KillJob => "kill_job",
+            Action::DeleteJob => "delete_job",
         }
     }
 }
@@ -84,6 +98,10 @@ mod tests {
             (Action::Trigger, [false, true, true, true]),
             (Action::Delete, [false, false, false, true]),
             (Action::ReadAudit, [false, false, false, true]),
+            (Action::Preview, [false, true, true, true]),
+            (Action::RetryJob, [false, true, true, true]),
+            (Action::KillJob, [false, false, true, true]),
+            (Action::DeleteJob, [false, false, false, true]),
         ];
         let roles = [Role::Viewer, Role::Editor, Role::Approver, Role::Admin];
         for (action, allowed) in expect {

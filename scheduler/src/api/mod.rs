@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use carga_config::{DatasetSpec, Trigger};
+use carga_config::{DatasetSpec, S3Settings, Trigger};
 use carga_jobs::secrets::SecretsProvider;
 use carga_jobs::storage::Bucket;
 use object_store::ObjectStoreExt;
@@ -33,6 +33,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub secrets: Arc<dyn SecretsProvider>,
     pub bucket: Bucket,
+    /// Where file sources on S3 are read from (for previews).
+    pub s3: S3Settings,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -49,6 +51,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/datasets/{id}/enable", post(enable_dataset))
         .route("/datasets/{id}/disable", post(disable_dataset))
         .route("/datasets/{id}/runs", post(trigger_run).get(dataset_runs))
+        .route("/datasets/{id}/preview", post(preview_dataset))
         .route("/runs", get(list_runs))
         .route("/runs/{run_id}", get(get_run))
         .route("/queue", get(queue_stats))
@@ -324,6 +327,66 @@ async fn put_dataset(
         .await
         .map_err(ApiError::internal)?;
     Ok((StatusCode::OK, Json(record)).into_response())
+}
+
+#[derive(Deserialize)]
+struct PreviewQuery {
+    rows: Option<usize>,
+}
+
+/// Test connection: reads a few rows of the spec in the body (a draft), or of the stored spec
+/// when the body is empty. Audited, since it opens the source with the connection's credentials.
+async fn preview_dataset(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<PreviewQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let caller = authorize(&state, &headers, peer, Action::Preview, Some(&id)).await?;
+    let spec = if body.iter().all(u8::is_ascii_whitespace) {
+        match state
+            .catalog
+            .dataset(&id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(record) => record.spec,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no dataset '{id}'"),
+                ));
+            }
+        }
+    } else {
+        validate_spec(&state, &id, &body)
+            .await
+            .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))?
+    };
+    let rows = query.rows.unwrap_or(10).clamp(1, 100);
+    let result = carga_jobs::preview::preview(&spec, &state.s3, state.secrets.as_ref(), rows).await;
+    let mut entry = caller.audit(
+        "preview",
+        Some(&id),
+        if result.is_ok() { "ok" } else { "error" },
+    );
+    entry.detail = result.as_ref().err().map(|e| e.to_string());
+    state
+        .catalog
+        .audit(&entry)
+        .await
+        .map_err(ApiError::internal)?;
+    match result {
+        Ok(preview) => Ok(Json(preview).into_response()),
+        Err(e) if e.is_validation() => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
+        // The source could not be reached or refused us.
+        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+    }
 }
 
 /// The checks a configuration must pass: it parses (JSON or YAML), names the dataset in the
