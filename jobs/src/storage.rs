@@ -64,6 +64,12 @@ impl Bucket {
     pub fn display(&self, path: &Path) -> String {
         format!("{}/{}", self.base_url, path)
     }
+
+    /// The path behind an address `display` made; `None` for an address outside this bucket.
+    pub fn locate(&self, address: &str) -> Option<Path> {
+        let key = address.strip_prefix(&self.base_url)?.strip_prefix('/')?;
+        Path::parse(key).ok().filter(|p| !p.as_ref().is_empty())
+    }
 }
 
 pub(crate) fn s3_store(bucket: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>> {

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use carga_config::{DatasetSpec, Mode, NewColumnPolicy, Trigger};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -25,11 +25,18 @@ pub enum CatalogError {
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "catalog",
-    include_str!("../../migrations/0001_catalog.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "catalog",
+        include_str!("../../migrations/0001_catalog.sql"),
+    ),
+    (
+        2,
+        "dashboard",
+        include_str!("../../migrations/0002_dashboard.sql"),
+    ),
+];
 
 /// A dataset as the catalog holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +80,34 @@ pub struct RunRecord {
     pub watermark_after: Option<String>,
     pub error: Option<String>,
     pub requested_by: Option<String>,
+    /// The run that a dashboard retry started in this one's place.
+    pub retried_as: Option<String>,
+}
+
+/// What the run history is searched by.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunFilter {
+    pub dataset_id: Option<String>,
+    pub state: Option<String>,
+    /// A part of the dataset id.
+    pub search: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default = "default_run_limit")]
+    pub limit: i64,
+}
+
+fn default_run_limit() -> i64 {
+    100
+}
+
+/// Runs that finished in one minute with one state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputPoint {
+    pub minute: DateTime<Utc>,
+    pub state: String,
+    pub runs: i64,
+    pub rows_written: i64,
 }
 
 /// How a run ended, as the worker reports it.
@@ -379,17 +414,120 @@ impl Catalog {
         state: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RunRecord>> {
+        self.search_runs(&RunFilter {
+            dataset_id: dataset_id.map(str::to_owned),
+            state: state.map(str::to_owned),
+            limit,
+            ..RunFilter::default()
+        })
+        .await
+    }
+
+    /// Run history, newest first: a dataset (or a part of its id), a state, and an enqueue-time
+    /// window.
+    pub async fn search_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM dataset_runs
-             WHERE ($1::text IS NULL OR dataset_id = $1) AND ($2::text IS NULL OR state = $2)
-             ORDER BY enqueued_at DESC, run_id DESC LIMIT $3",
+             WHERE ($1::text IS NULL OR dataset_id = $1)
+               AND ($2::text IS NULL OR state = $2)
+               AND ($3::text IS NULL OR strpos(dataset_id, $3) > 0)
+               AND ($4::timestamptz IS NULL OR enqueued_at >= $4)
+               AND ($5::timestamptz IS NULL OR enqueued_at < $5)
+             ORDER BY enqueued_at DESC, run_id DESC LIMIT $6",
         )
-        .bind(dataset_id)
-        .bind(state)
-        .bind(limit)
+        .bind(&filter.dataset_id)
+        .bind(&filter.state)
+        .bind(&filter.search)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(run_from_row).collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Finished runs per minute and state over the last `minutes` minutes (the throughput chart).
+    pub async fn throughput(&self, minutes: i64) -> Result<Vec<ThroughputPoint>> {
+        let rows = sqlx::query(
+            "SELECT date_trunc('minute', finished_at) AS minute, state, count(*) AS runs,
+                    COALESCE(sum(rows_written), 0)::bigint AS rows_written
+             FROM dataset_runs
+             WHERE finished_at >= now() - make_interval(mins => $1::int)
+             GROUP BY 1, 2 ORDER BY 1",
+        )
+        .bind(minutes)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(ThroughputPoint {
+                    minute: r.try_get("minute")?,
+                    state: r.try_get("state")?,
+                    runs: r.try_get("runs")?,
+                    rows_written: r.try_get("rows_written")?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// When the oldest still-queued run was enqueued.
+    pub async fn oldest_queued(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(
+            sqlx::query_scalar("SELECT min(enqueued_at) FROM dataset_runs WHERE state = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The last successful run of each dataset.
+    pub async fn last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let rows = sqlx::query(
+            "SELECT dataset_id, max(finished_at) AS at FROM dataset_runs
+             WHERE state = 'succeeded' GROUP BY dataset_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("dataset_id")?, r.try_get("at")?)))
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Ends a queued or running run by an operator's kill. False when it had already ended.
+    pub async fn run_killed(&self, run_id: &str, by: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE dataset_runs SET state = 'killed', finished_at = now(),
+                 error = COALESCE(error || '; ', '') || 'killed by ' || $2
+             WHERE run_id = $1 AND state IN ('queued', 'running', 'retrying')",
+        )
+        .bind(run_id)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records that `run_id` was retried as `new_run_id`.
+    pub async fn run_retried_as(&self, run_id: &str, new_run_id: &str) -> Result<()> {
+        sqlx::query("UPDATE dataset_runs SET retried_as = $2 WHERE run_id = $1")
+            .bind(run_id)
+            .bind(new_run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a finished run from the history. False when it is not finished (or not there).
+    pub async fn delete_run(&self, run_id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM dataset_runs
+             WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'killed')",
+        )
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Creates an API token for `subject` with `role`; only its hash is stored.
@@ -521,6 +659,7 @@ fn run_from_row(row: &PgRow) -> sqlx::Result<RunRecord> {
         watermark_after: row.try_get("watermark_after")?,
         error: row.try_get("error")?,
         requested_by: row.try_get("requested_by")?,
+        retried_as: row.try_get("retried_as")?,
     })
 }
 

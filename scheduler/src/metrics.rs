@@ -8,6 +8,8 @@ use crate::queue::QueueStats;
 
 const COUNTERS: &str = "carga:metrics:counters";
 const DURATION: &str = "carga:metrics:run_duration";
+/// Rows and extraction seconds per source format (`rows:csv`, `seconds:postgres`, ...).
+const SOURCES: &str = "carga:metrics:sources";
 /// Upper bounds (seconds) of the run-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
@@ -84,6 +86,25 @@ impl Metrics {
         }
     }
 
+    /// Rows a committed run wrote and the seconds it took, by source format: the dashboard's
+    /// rows per second per source is `rate(rows) / rate(seconds)`.
+    pub async fn add_source_run(&self, source: &str, rows: u64, seconds: f64) {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<()> = redis::pipe()
+            .hincr(SOURCES, format!("rows:{source}"), rows)
+            .ignore()
+            .cmd("HINCRBYFLOAT")
+            .arg(SOURCES)
+            .arg(format!("seconds:{source}"))
+            .arg(seconds)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "metrics update failed");
+        }
+    }
+
     pub async fn observe_run_duration(&self, seconds: f64) {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
@@ -112,6 +133,7 @@ impl Metrics {
         let mut conn = self.conn.clone();
         let counters: std::collections::HashMap<String, String> = conn.hgetall(COUNTERS).await?;
         let durations: std::collections::HashMap<String, String> = conn.hgetall(DURATION).await?;
+        let sources: std::collections::BTreeMap<String, String> = conn.hgetall(SOURCES).await?;
         let mut out = String::new();
         for counter in Counter::ALL {
             let name = format!("carga_{}_total", counter.name());
@@ -148,6 +170,27 @@ impl Metrics {
             ("dead", queue.dead),
         ] {
             out.push_str(&format!("carga_queue_jobs{{state=\"{state}\"}} {value}\n"));
+        }
+        for (metric, prefix, help) in [
+            (
+                "carga_source_rows_total",
+                "rows:",
+                "Rows committed, by source format.",
+            ),
+            (
+                "carga_source_seconds_total",
+                "seconds:",
+                "Seconds spent in committed runs, by source format.",
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {metric} {help}\n# TYPE {metric} counter\n"
+            ));
+            for (field, value) in &sources {
+                if let Some(source) = field.strip_prefix(prefix) {
+                    out.push_str(&format!("{metric}{{source=\"{source}\"}} {value}\n"));
+                }
+            }
         }
         out.push_str("# HELP carga_queue_workers Workers with a live heartbeat.\n# TYPE carga_queue_workers gauge\n");
         out.push_str(&format!("carga_queue_workers {}\n", queue.workers));

@@ -11,6 +11,7 @@ use std::time::Duration;
 use apalis::prelude::{TaskBuilder, TaskId};
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use redis::AsyncCommands;
+use serde::Serialize;
 
 use crate::job::ExtractionJob;
 
@@ -60,6 +61,16 @@ pub struct QueueStats {
     pub running: u64,
     pub dead: u64,
     pub workers: u64,
+}
+
+/// A worker as the queue sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub alive: bool,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    /// Run ids of the jobs it holds.
+    pub running: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -170,6 +181,80 @@ impl JobQueue {
     pub async fn is_dead(&self, run_id: &str) -> Result<bool> {
         let mut conn = self.conn.clone();
         Ok(conn.sismember(self.config.dead_jobs_set(), run_id).await?)
+    }
+
+    /// Live workers (heartbeat within `missed_heartbeats` intervals) with their last heartbeat
+    /// and the jobs they hold.
+    pub async fn workers(&self, alive_within: Duration) -> Result<Vec<WorkerInfo>> {
+        let mut conn = self.conn.clone();
+        let seen: Vec<(String, f64)> = conn
+            .zrange_withscores(self.config.workers_set(), 0, -1)
+            .await?;
+        let now = chrono::Utc::now().timestamp() as f64;
+        let mut workers = Vec::with_capacity(seen.len());
+        for (name, last) in seen {
+            let running: Vec<String> = conn
+                .smembers(format!("{}:{name}", self.config.inflight_jobs_set()))
+                .await?;
+            workers.push(WorkerInfo {
+                alive: now - last <= alive_within.as_secs_f64(),
+                last_seen: chrono::DateTime::from_timestamp(last as i64, 0).unwrap_or_default(),
+                name,
+                running,
+            });
+        }
+        Ok(workers)
+    }
+
+    /// Takes a job out of the queue if no worker has fetched it yet. True when it was removed.
+    pub async fn remove_queued(&self, run_id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = redis::Script::new(
+            r#"
+            local scheduled = redis.call('zrem', KEYS[1], ARGV[1])
+            local active = redis.call('lrem', KEYS[2], 0, ARGV[1])
+            if scheduled + active == 0 then return 0 end
+            redis.call('hdel', KEYS[3], ARGV[1])
+            redis.call('del', KEYS[4] .. ':' .. ARGV[1])
+            return 1
+            "#,
+        )
+        .key(self.config.scheduled_jobs_set())
+        .key(self.config.active_jobs_list())
+        .key(self.config.job_data_hash())
+        .key(self.config.job_meta_hash())
+        .arg(run_id)
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(removed == 1)
+    }
+
+    /// Asks the worker holding (or about to take) a job to stop it; kept a day.
+    pub async fn request_cancel(&self, run_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.set_ex(self.cancel_key(run_id), 1, 86_400).await?;
+        Ok(())
+    }
+
+    pub async fn is_cancelled(&self, run_id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        Ok(conn.exists(self.cancel_key(run_id)).await?)
+    }
+
+    fn cancel_key(&self, run_id: &str) -> String {
+        format!("{}:carga:cancel:{run_id}", self.config.queue.as_ref())
+    }
+
+    /// Drops what the queue still holds of a finished job (dead-set entry, data, metadata).
+    pub async fn forget(&self, run_id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .srem(self.config.dead_jobs_set(), run_id)
+            .hdel(self.config.job_data_hash(), run_id)
+            .del(format!("{}:{run_id}", self.config.job_meta_hash()))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -100,6 +100,15 @@ async fn handle_in_span(
     taken: usize,
 ) -> Result<(), BoxDynError> {
     tracing::info!(taken, "job taken");
+    if shared.queue.is_cancelled(&job.run_id).await? {
+        // Killed from the dashboard after a worker had already fetched it.
+        shared
+            .catalog
+            .run_killed(&job.run_id, "an operator")
+            .await?;
+        tracing::warn!("job was killed before it started");
+        return Ok(());
+    }
     let record = shared.catalog.dataset(&job.dataset_id).await?;
     let spec = match record {
         Some(record) if record.is_runnable() => record.spec,
@@ -134,9 +143,28 @@ async fn handle_in_span(
         )
         .into());
     };
-    let result = run_with_retries(shared, job, &spec).await;
+    let result = tokio::select! {
+        result = run_with_retries(shared, job, &spec) => result,
+        () = cancelled(shared, &job.run_id) => {
+            // Dropping the run stops it: nothing was committed, so nothing becomes visible, and
+            // the watermark does not move (its uploaded parts stay unreferenced).
+            shared.catalog.run_killed(&job.run_id, "an operator").await?;
+            tracing::warn!("job killed by an operator; its uncommitted output is discarded");
+            Ok(())
+        }
+    };
     lock.release().await;
     result
+}
+
+/// Resolves when an operator asks to kill the job (checked every second).
+async fn cancelled(shared: &Shared, run_id: &str) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if shared.queue.is_cancelled(run_id).await.unwrap_or(false) {
+            return;
+        }
+    }
 }
 
 async fn run_with_retries(
@@ -231,6 +259,16 @@ async fn finish_succeeded(
     }
     shared.metrics.add(Counter::JobsSucceeded, 1).await;
     shared.metrics.add(Counter::RowsWritten, rows).await;
+    if let Some(first) = outcomes.first() {
+        let source = serde_json::to_value(first.manifest.source.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        shared
+            .metrics
+            .add_source_run(&source, rows, took.as_secs_f64())
+            .await;
+    }
     shared.metrics.add(Counter::BytesWritten, bytes).await;
     shared
         .metrics

@@ -54,6 +54,8 @@ struct Lab {
     queue: JobQueue,
     settings: Settings,
     workers: Vec<Child>,
+    /// Extra environment for the workers started from now on.
+    worker_env: Vec<(&'static str, &'static str)>,
 }
 
 impl Lab {
@@ -95,6 +97,7 @@ impl Lab {
             queue,
             settings,
             workers: Vec::new(),
+            worker_env: Vec::new(),
         }
     }
 
@@ -119,6 +122,7 @@ impl Lab {
             .env("CARGA_KEY_FILE", &self.settings.key_file)
             .env("CARGA_SECRETS_FILE", &self.settings.secrets_file)
             .env("RUST_LOG", "info")
+            .envs(self.worker_env.iter().copied())
             .env_remove("CARGA_SETTINGS")
             .stdout(Stdio::null())
             .stderr(log)
@@ -126,6 +130,17 @@ impl Lab {
             .unwrap();
         self.workers.push(child);
         self.workers.len() - 1
+    }
+
+    /// Stops a worker with SIGTERM (it finishes its job and deregisters) and waits for it.
+    fn stop_worker(&mut self, index: usize) {
+        let child = &mut self.workers[index];
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap();
     }
 
     fn worker_log(&self, name: &str) -> String {
@@ -580,4 +595,292 @@ async fn a_failing_source_lands_in_the_dead_set_after_its_retries() {
             .unwrap()
             .contains("not-there.csv")
     );
+}
+
+/// Where the browser test's tools are; `None` (and a skip notice) when one is missing.
+fn browser_tools() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("tests/browser/dashboard.mjs");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let missing = [
+        (
+            root.join("tests/browser/node_modules/playwright-core")
+                .exists(),
+            "playwright-core (npm ci --prefix tests/browser)",
+        ),
+        (
+            PathBuf::from(&chromium).exists(),
+            "chromium (apt-get install chromium)",
+        ),
+        (
+            Command::new("node").arg("--version").output().is_ok(),
+            "node",
+        ),
+    ]
+    .into_iter()
+    .filter(|(present, _)| !present)
+    .map(|(_, what)| what)
+    .collect::<Vec<_>>();
+    if missing.is_empty() {
+        return Some(script);
+    }
+    let why = format!("the browser test needs {}", missing.join(", "));
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+        panic!("{why}, and {REQUIRE_ALL}=1 forbids skipping");
+    }
+    eprintln!("SKIPPED: {why} (set {REQUIRE_ALL}=1 to make this a failure)");
+    None
+}
+
+/// The dashboard in Chromium: a queued job moves to done, a dead job is retried and runs; then
+/// the job actions' roles and audit, a kill of a queued job, and the run id on every JSON log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
+    if !services_available() {
+        return;
+    }
+    let Some(script) = browser_tools() else {
+        return;
+    };
+    let mut lab = Lab::new("dash").await;
+    let source = lab.write("ventas.csv", "id,total\n1,10.5\n2,3.25\n3,7\n");
+    lab.add_dataset(&format!(
+        "id: ventas\nsource: {{format: csv, location: '{}'}}\ntrigger: callback\n",
+        source.display()
+    ))
+    .await;
+    let missing = lab.dir.path().join("missing.csv");
+    lab.add_dataset(&format!(
+        "id: roto\nsource: {{format: csv, location: '{}'}}\ntrigger: callback\n",
+        missing.display()
+    ))
+    .await;
+
+    // A dead job: one attempt on a missing file.
+    let first = lab.start_worker("w1", &["--max-attempts", "1"]);
+    let dead = carga_scheduler::ExtractionJob::new("roto", carga_scheduler::RunReason::Trigger);
+    lab.submit(&dead).await;
+    assert_eq!(lab.wait_for_end(&dead.run_id).await.state, "dead");
+    lab.stop_worker(first);
+    std::fs::write(&missing, "id,total\n9,1\n").unwrap();
+
+    // The API with the dashboard, on a real port.
+    let state = std::sync::Arc::new(carga_scheduler::api::ApiState {
+        catalog: lab.catalog.clone(),
+        metrics: carga_scheduler::metrics::Metrics::new(lab.queue.connection()),
+        queue: lab.queue.clone(),
+        secrets: carga_jobs::secrets::provider(&lab.settings).await,
+        bucket: Bucket::open(&lab.settings).unwrap(),
+        s3: lab.settings.s3.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(carga_scheduler::api::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    let admin = lab.catalog.create_token("ada", "admin").await.unwrap();
+
+    // The browser session; it asks for a worker once its job is queued.
+    let shots = std::env::var("CARGA_SCREENSHOTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| lab.dir.path().join("shots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut browser = Command::new("node")
+        .arg(&script)
+        .args([
+            &base,
+            &admin,
+            &shots.display().to_string(),
+            "ventas",
+            "roto",
+            &dead.run_id,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = browser.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    lab.worker_env = vec![("CARGA_LOG_FORMAT", "json")];
+    let mut done = None;
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(180), lines.recv()).await {
+        if line == "START_WORKER" {
+            lab.start_worker("w2", &["--max-attempts", "1"]);
+        } else if let Some(run_id) = line.strip_prefix("DONE ") {
+            done = Some(run_id.to_owned());
+        }
+    }
+    let output = browser.wait_with_output().unwrap();
+    let run_id = done.unwrap_or_else(|| {
+        panic!(
+            "the browser test did not finish: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            lab.workers_logs()
+        )
+    });
+    assert!(output.status.success());
+    assert!(shots.join("dashboard-runs.png").exists());
+
+    // What the browser did is what the catalog holds.
+    assert_eq!(
+        lab.catalog.run(&run_id).await.unwrap().unwrap().state,
+        "succeeded"
+    );
+    let retried = lab.catalog.run(&dead.run_id).await.unwrap().unwrap();
+    let replacement = retried
+        .retried_as
+        .clone()
+        .expect("the dead run was retried");
+    let again = lab.catalog.run(&replacement).await.unwrap().unwrap();
+    assert_eq!(
+        (again.state.as_str(), again.reason.as_str()),
+        ("succeeded", "retry")
+    );
+    assert_eq!(again.requested_by.as_deref(), Some("ada"));
+    assert!(!lab.queue.is_dead(&dead.run_id).await.unwrap());
+
+    // Every log line of the job carries its run id (JSON logs).
+    let log = lab.worker_log("w2");
+    let mut job_lines = 0;
+    for line in log.lines().filter(|l| l.contains(&run_id)) {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(entry["span"]["run_id"], run_id.as_str(), "{line}");
+        job_lines += 1;
+    }
+    let messages: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["span"]["run_id"] == run_id.as_str())
+        .map(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for expected in ["job taken", "run started", "run committed", "job succeeded"] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "{expected}: {messages:?}"
+        );
+    }
+    assert!(job_lines >= 4);
+
+    // Job actions through the API: each only for its roles; a queued job killed leaves the queue.
+    lab.stop_worker(1);
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, token: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let response = http
+                .request(method, format!("{base}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
+            )
+        }
+    };
+    // Rows per source reach /metrics (the Grafana dashboard's rows/s panel).
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("carga_source_rows_total{source=\"csv\"}")
+            && metrics.contains("carga_source_seconds_total{source=\"csv\"}"),
+        "{metrics}"
+    );
+    let viewer = lab.catalog.create_token("vera", "viewer").await.unwrap();
+    let editor = lab.catalog.create_token("eddie", "editor").await.unwrap();
+    let approver = lab.catalog.create_token("april", "approver").await.unwrap();
+    let (status, body) = call(
+        reqwest::Method::POST,
+        "/datasets/ventas/runs".into(),
+        editor.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let queued = body["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(lab.queue.stats().await.unwrap().queued, 1);
+    let kill = format!("/runs/{queued}/kill");
+    assert_eq!(
+        call(reqwest::Method::POST, kill.clone(), viewer.clone())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(reqwest::Method::POST, kill.clone(), editor.clone())
+            .await
+            .0,
+        403
+    );
+    let (status, body) = call(reqwest::Method::POST, kill.clone(), approver.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed_from_queue"], true);
+    assert_eq!(
+        lab.catalog.run(&queued).await.unwrap().unwrap().state,
+        "killed"
+    );
+    assert_eq!(lab.queue.stats().await.unwrap().queued, 0);
+    assert_eq!(
+        call(reqwest::Method::POST, kill, approver.clone()).await.0,
+        409
+    );
+    let retry = format!("/runs/{run_id}/retry");
+    assert_eq!(
+        call(reqwest::Method::POST, retry, editor.clone()).await.0,
+        409,
+        "a succeeded run is not retried"
+    );
+    let delete = format!("/runs/{queued}");
+    assert_eq!(
+        call(reqwest::Method::DELETE, delete.clone(), approver.clone())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(reqwest::Method::DELETE, delete, admin.clone()).await.0,
+        200
+    );
+    assert!(lab.catalog.run(&queued).await.unwrap().is_none());
+
+    // Each action, allowed or not, is in the audit log.
+    let audit = lab.catalog.audit_log(None, 200).await.unwrap();
+    let count = |action: &str, result: &str| {
+        audit
+            .iter()
+            .filter(|e| e.entry.action == action && e.entry.result == result)
+            .count()
+    };
+    assert_eq!(count("retry_job", "ok"), 1, "the browser's retry");
+    assert_eq!(count("retry_job", "rejected"), 1);
+    assert_eq!(count("kill_job", "ok"), 1);
+    assert_eq!(count("kill_job", "denied"), 2);
+    assert_eq!(count("kill_job", "rejected"), 1);
+    assert_eq!(count("delete_job", "denied"), 1);
+    assert_eq!(count("delete_job", "ok"), 1);
 }

@@ -3,6 +3,7 @@
 //! every change (and every refused attempt) is written to the audit log.
 
 pub mod auth;
+mod dashboard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,9 +54,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/datasets/{id}/runs", post(trigger_run).get(dataset_runs))
         .route("/datasets/{id}/preview", post(preview_dataset))
         .route("/runs", get(list_runs))
-        .route("/runs/{run_id}", get(get_run))
+        .route("/runs/{run_id}", get(get_run).delete(dashboard::delete_one))
         .route("/queue", get(queue_stats))
         .route("/audit", get(audit_log))
+        .merge(dashboard::routes())
         .with_state(state)
 }
 
@@ -581,6 +583,34 @@ struct RunFilter {
     dataset: Option<String>,
     state: Option<String>,
     limit: Option<i64>,
+    /// A part of the dataset id.
+    q: Option<String>,
+    /// Enqueued at or after: RFC 3339 or a date (`2026-11-22`, from midnight UTC).
+    since: Option<String>,
+    /// Enqueued before: RFC 3339 or a date (that whole day included).
+    until: Option<String>,
+}
+
+/// A filter time: RFC 3339, or a date (`end`: the day after it, so the day is included).
+fn filter_time(text: Option<&str>, end: bool) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(t.with_timezone(&chrono::Utc)));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("'{text}' is neither a date (2026-11-22) nor an RFC 3339 time"),
+        )
+    })?;
+    let date = if end {
+        date.succ_opt().unwrap_or(date)
+    } else {
+        date
+    };
+    Ok(Some(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc()))
 }
 
 async fn dataset_runs(
@@ -607,10 +637,17 @@ async fn list_runs(
     Query(filter): Query<RunFilter>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, peer, Action::Read, None).await?;
-    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let search = crate::catalog::RunFilter {
+        dataset_id: filter.dataset.clone().filter(|d| !d.is_empty()),
+        state: filter.state.clone().filter(|s| !s.is_empty()),
+        search: filter.q.clone().filter(|q| !q.is_empty()),
+        since: filter_time(filter.since.as_deref(), false)?,
+        until: filter_time(filter.until.as_deref(), true)?,
+        limit: filter.limit.unwrap_or(100).clamp(1, 1000),
+    };
     let runs = state
         .catalog
-        .runs(filter.dataset.as_deref(), filter.state.as_deref(), limit)
+        .search_runs(&search)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(runs).into_response())
