@@ -21,7 +21,6 @@ use super::auth::Action;
 use super::{ApiError, ApiResult, ApiState, Caller, authorize};
 use crate::catalog::{RunFilter, RunRecord};
 use crate::job::{ExtractionJob, RunReason};
-use crate::metrics::Counter;
 use crate::schedule::CronSchedule;
 
 /// A worker whose last heartbeat is older than this is shown as gone (the workers' default
@@ -361,17 +360,7 @@ async fn retry(state: &ApiState, caller: &Caller, run: &RunRecord) -> ApiResult<
     }
     let mut job = ExtractionJob::new(&run.dataset_id, RunReason::Retry);
     job.requested_by = Some(caller.subject.clone());
-    state
-        .catalog
-        .insert_queued_runs(std::slice::from_ref(&job))
-        .await
-        .map_err(ApiError::internal)?;
-    state
-        .queue
-        .enqueue(std::slice::from_ref(&job))
-        .await
-        .map_err(ApiError::internal)?;
-    state.metrics.add(Counter::JobsEnqueued, 1).await;
+    super::enqueue_now(state, &job).await?;
     state
         .queue
         .forget(&run.run_id)

@@ -391,6 +391,23 @@ async fn preview_dataset(
     }
 }
 
+/// Puts an on-demand job on the queue: the run row first, so a worker that takes the job at once
+/// finds it; then the task; then the counter.
+async fn enqueue_now(state: &ApiState, job: &ExtractionJob) -> ApiResult<()> {
+    state
+        .catalog
+        .insert_queued_runs(std::slice::from_ref(job))
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .queue
+        .enqueue(std::slice::from_ref(job))
+        .await
+        .map_err(ApiError::internal)?;
+    state.metrics.add(Counter::JobsEnqueued, 1).await;
+    Ok(())
+}
+
 /// The checks a configuration must pass: it parses (JSON or YAML), names the dataset in the
 /// path, passes the spec's own rules (delta needs timestamp and key, ...), has a valid cron and
 /// time zone, and names a connection the secrets provider knows.
@@ -552,18 +569,7 @@ async fn trigger_run(
     }
     let mut job = ExtractionJob::new(&id, RunReason::Trigger);
     job.requested_by = Some(caller.subject.clone());
-    // The run row first: a worker that takes the job at once finds it.
-    state
-        .catalog
-        .insert_queued_runs(std::slice::from_ref(&job))
-        .await
-        .map_err(ApiError::internal)?;
-    state
-        .queue
-        .enqueue(std::slice::from_ref(&job))
-        .await
-        .map_err(ApiError::internal)?;
-    state.metrics.add(Counter::JobsEnqueued, 1).await;
+    enqueue_now(&state, &job).await?;
     let mut entry = caller.audit("trigger", Some(&id), "ok");
     entry.detail = Some(format!("run {}", job.run_id));
     state
