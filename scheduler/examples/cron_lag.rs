@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 max(extract(epoch FROM enqueued_at - scheduled_for))::float8 AS max
          FROM dataset_runs GROUP BY scheduled_for ORDER BY scheduled_for",
     )
-    .fetch_all(catalog.pool())
+    .fetch_all(catalog.postgres_pool().expect("a PostgreSQL catalog"))
     .await?;
     println!("fire time (UTC)        jobs  datasets  lag p50   lag p99   lag max");
     let mut all_once = true;

@@ -1,15 +1,22 @@
-//! The PostgreSQL catalog: dataset configuration (`dataset_crons`), run history (`dataset_runs`),
-//! API tokens and the audit log. Schema in `migrations/`, compiled into the binary.
+//! The catalog: dataset configuration (`dataset_crons`), run history (`dataset_runs`), API tokens
+//! and the audit log. PostgreSQL in production; SQLite in the embedded mode (`carga serve`), one
+//! file beside the local bucket. Schemas in `migrations/` and `migrations/sqlite/`, compiled in.
+//!
+//! Every statement is written once in SQL both databases accept (times are bound from here rather
+//! than `now()`, no casts, no arrays) and compiled for each driver by `with_pool!`.
 
 use std::borrow::Cow;
 
 use carga_config::{DatasetSpec, Mode, NewColumnPolicy, Trigger};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
+use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Row, SqlSafeStr, Type};
 
 use crate::job::ExtractionJob;
 
@@ -25,7 +32,7 @@ pub enum CatalogError {
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "catalog",
@@ -35,6 +42,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "dashboard",
         include_str!("../../migrations/0002_dashboard.sql"),
+    ),
+];
+
+/// The embedded mode's file: the catalog and the queue's tables (`queue::sqlite`).
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "catalog",
+        include_str!("../../migrations/sqlite/0001_catalog.sql"),
+    ),
+    (
+        2,
+        "queue",
+        include_str!("../../migrations/sqlite/0002_queue.sql"),
     ),
 ];
 
@@ -85,7 +106,7 @@ pub struct RunRecord {
 }
 
 /// What the run history is searched by.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RunFilter {
     pub dataset_id: Option<String>,
     pub state: Option<String>,
@@ -99,6 +120,19 @@ pub struct RunFilter {
 
 fn default_run_limit() -> i64 {
     100
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        Self {
+            dataset_id: None,
+            state: None,
+            search: None,
+            since: None,
+            until: None,
+            limit: default_run_limit(),
+        }
+    }
 }
 
 /// Runs that finished in one minute with one state.
@@ -143,29 +177,86 @@ pub struct AuditRecord {
     pub entry: AuditEntry,
 }
 
+/// The database behind the catalog.
+#[derive(Clone)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same statement code on whichever database backs the catalog: each arm is compiled
+/// for its own driver, so the SQL in `$body` must be portable.
+macro_rules! with_pool {
+    ($catalog:expr, |$pool:ident| $body:expr) => {
+        match &$catalog.pool {
+            Pool::Postgres($pool) => $body,
+            Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+
 #[derive(Clone)]
 pub struct Catalog {
-    pool: PgPool,
+    pool: Pool,
 }
 
 impl Catalog {
+    /// Connects to the catalog: `postgres://…` or `sqlite://path` (created when missing).
     pub async fn connect(url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Self::open_sqlite(std::path::Path::new(path)).await;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: Pool::Postgres(pool),
+        })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Opens (or creates) the embedded mode's SQLite file. WAL lets the dashboard read while a
+    /// worker writes; writers wait for each other rather than failing.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
     }
 
-    /// Applies the migrations not yet applied (sqlx's table, with its advisory lock, so replicas
-    /// starting together apply each once).
+    /// The PostgreSQL pool, when the catalog is on PostgreSQL.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(pool) => Some(pool),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, in the embedded mode (the queue keeps its tables in the same file).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.pool {
+            Pool::Postgres(_) => None,
+            Pool::Sqlite(pool) => Some(pool),
+        }
+    }
+
+    /// Applies the migrations not yet applied (sqlx's table; on PostgreSQL with its advisory
+    /// lock, so replicas starting together apply each once).
     pub async fn migrate(&self) -> Result<()> {
-        let migrations = MIGRATIONS
+        let set = match self.pool {
+            Pool::Postgres(_) => POSTGRES_MIGRATIONS,
+            Pool::Sqlite(_) => SQLITE_MIGRATIONS,
+        };
+        let migrations = set
             .iter()
             .map(|(version, description, sql)| {
                 Migration::new(
@@ -177,14 +268,15 @@ impl Catalog {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations)
-            .run(&self.pool)
-            .await?;
+        let migrator = Migrator::with_migrations(migrations);
+        with_pool!(self, |pool| migrator.run(pool).await)?;
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
         Ok(())
     }
 
@@ -197,58 +289,70 @@ impl Catalog {
         approve: bool,
     ) -> Result<DatasetRecord> {
         let spec_json = serde_json::to_value(spec).expect("a spec always serializes");
-        let row = sqlx::query(
-            "INSERT INTO dataset_crons (dataset_id, source_format, source_location, tables, connection_id,
-                 mode, trigger_method, cron, time_zone, new_columns, enabled, approved, approved_by, spec, updated_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, TRUE, $11, $12, $13, $14)
-             ON CONFLICT (dataset_id) DO UPDATE SET
-                 source_format = EXCLUDED.source_format, source_location = EXCLUDED.source_location,
-                 tables = EXCLUDED.tables, connection_id = EXCLUDED.connection_id, mode = EXCLUDED.mode,
-                 trigger_method = EXCLUDED.trigger_method, cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone,
-                 new_columns = EXCLUDED.new_columns, approved = EXCLUDED.approved,
-                 approved_by = EXCLUDED.approved_by, spec = EXCLUDED.spec, updated_by = EXCLUDED.updated_by,
-                 version = dataset_crons.version + 1, updated_at = now()
-             RETURNING *",
-        )
-        .bind(&spec.id)
-        .bind(format_name(&spec.source.format))
-        .bind(&spec.source.location)
-        .bind(&spec.source.tables)
-        .bind(&spec.connection_id)
-        .bind(match spec.mode {
-            Mode::Delta => "delta",
-            Mode::Complete => "complete",
-        })
-        .bind(match spec.trigger {
-            Trigger::TimedPull => "timed_pull",
-            Trigger::Callback => "callback",
-        })
-        .bind(spec.cron.as_deref().filter(|_| spec.trigger == Trigger::TimedPull))
-        .bind(spec.time_zone.as_deref().unwrap_or("UTC"))
-        .bind(match spec.new_columns {
-            NewColumnPolicy::Ignore => "ignore",
-            NewColumnPolicy::Add => "add",
-        })
-        .bind(approve)
-        .bind(approve.then_some(by))
-        .bind(spec_json)
-        .bind(by)
-        .fetch_one(&self.pool)
-        .await?;
-        dataset_from_row(&row)
+        let now = Utc::now();
+        let row = with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO dataset_crons (dataset_id, source_format, source_location, tables, connection_id,
+                     mode, trigger_method, cron, time_zone, new_columns, enabled, approved, approved_by, spec,
+                     updated_by, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, TRUE, $11, $12, $13, $14, $15, $15)
+                 ON CONFLICT (dataset_id) DO UPDATE SET
+                     source_format = EXCLUDED.source_format, source_location = EXCLUDED.source_location,
+                     tables = EXCLUDED.tables, connection_id = EXCLUDED.connection_id, mode = EXCLUDED.mode,
+                     trigger_method = EXCLUDED.trigger_method, cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone,
+                     new_columns = EXCLUDED.new_columns, approved = EXCLUDED.approved,
+                     approved_by = EXCLUDED.approved_by, spec = EXCLUDED.spec, updated_by = EXCLUDED.updated_by,
+                     version = dataset_crons.version + 1, updated_at = EXCLUDED.updated_at
+                 RETURNING *",
+            )
+            .bind(&spec.id)
+            .bind(format_name(&spec.source.format))
+            .bind(&spec.source.location)
+            .bind(TableList(&spec.source.tables))
+            .bind(&spec.connection_id)
+            .bind(match spec.mode {
+                Mode::Delta => "delta",
+                Mode::Complete => "complete",
+            })
+            .bind(match spec.trigger {
+                Trigger::TimedPull => "timed_pull",
+                Trigger::Callback => "callback",
+            })
+            .bind(spec.cron.as_deref().filter(|_| spec.trigger == Trigger::TimedPull))
+            .bind(spec.time_zone.as_deref().unwrap_or("UTC"))
+            .bind(match spec.new_columns {
+                NewColumnPolicy::Ignore => "ignore",
+                NewColumnPolicy::Add => "add",
+            })
+            .bind(approve)
+            .bind(approve.then_some(by))
+            .bind(&spec_json)
+            .bind(by)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .map_err(CatalogError::from)
+            .and_then(|row| dataset_from_row(&row))
+        })?;
+        Ok(row)
     }
 
     pub async fn approve(&self, dataset_id: &str, by: &str) -> Result<Option<DatasetRecord>> {
-        let row = sqlx::query(
-            "UPDATE dataset_crons SET approved = TRUE, approved_by = $2, updated_at = now(),
-                 version = version + 1
-             WHERE dataset_id = $1 RETURNING *",
-        )
-        .bind(dataset_id)
-        .bind(by)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(dataset_from_row).transpose()
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE dataset_crons SET approved = TRUE, approved_by = $2, updated_at = $3,
+                     version = version + 1
+                 WHERE dataset_id = $1 RETURNING *",
+            )
+            .bind(dataset_id)
+            .bind(by)
+            .bind(Utc::now())
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(dataset_from_row)
+            .transpose()
+        })
     }
 
     pub async fn set_enabled(
@@ -257,118 +361,144 @@ impl Catalog {
         enabled: bool,
         by: &str,
     ) -> Result<Option<DatasetRecord>> {
-        let row = sqlx::query(
-            "UPDATE dataset_crons SET enabled = $2, updated_by = $3, updated_at = now(), version = version + 1
-             WHERE dataset_id = $1 RETURNING *",
-        )
-        .bind(dataset_id)
-        .bind(enabled)
-        .bind(by)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(dataset_from_row).transpose()
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE dataset_crons SET enabled = $2, updated_by = $3, updated_at = $4,
+                     version = version + 1
+                 WHERE dataset_id = $1 RETURNING *",
+            )
+            .bind(dataset_id)
+            .bind(enabled)
+            .bind(by)
+            .bind(Utc::now())
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(dataset_from_row)
+            .transpose()
+        })
     }
 
     pub async fn delete_dataset(&self, dataset_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM dataset_crons WHERE dataset_id = $1")
-            .bind(dataset_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let deleted = with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM dataset_crons WHERE dataset_id = $1")
+                .bind(dataset_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(deleted > 0)
     }
 
     pub async fn dataset(&self, dataset_id: &str) -> Result<Option<DatasetRecord>> {
-        let row = sqlx::query("SELECT * FROM dataset_crons WHERE dataset_id = $1")
-            .bind(dataset_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dataset_from_row).transpose()
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT * FROM dataset_crons WHERE dataset_id = $1")
+                .bind(dataset_id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(dataset_from_row)
+                .transpose()
+        })
     }
 
     pub async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
-        let rows = sqlx::query("SELECT * FROM dataset_crons ORDER BY dataset_id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(dataset_from_row).collect()
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT * FROM dataset_crons ORDER BY dataset_id")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(dataset_from_row)
+                .collect()
+        })
     }
 
     /// Enabled, approved `timed_pull` datasets: what the scheduler fires. A row whose spec no
     /// longer parses is skipped with a warning rather than stopping every other schedule.
     pub async fn scheduled_datasets(&self) -> Result<Vec<DatasetRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM dataset_crons
-             WHERE enabled AND approved AND trigger_method = 'timed_pull' ORDER BY dataset_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
+        let records: Vec<Result<DatasetRecord>> = with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT * FROM dataset_crons
+                 WHERE enabled AND approved AND trigger_method = 'timed_pull' ORDER BY dataset_id",
+            )
+            .fetch_all(pool)
+            .await?
             .iter()
-            .filter_map(|row| match dataset_from_row(row) {
-                Ok(record) => Some(record),
-                Err(e) => {
-                    tracing::warn!(error = %e, "dataset skipped by the scheduler");
-                    None
-                }
+            .map(dataset_from_row)
+            .collect()
+        });
+        Ok(records
+            .into_iter()
+            .filter_map(|record| {
+                record
+                    .inspect_err(|e| tracing::warn!(error = %e, "dataset skipped by the scheduler"))
+                    .ok()
             })
             .collect())
     }
 
     /// Records queued runs; a run id already present is left as it is.
     pub async fn insert_queued_runs(&self, jobs: &[ExtractionJob]) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
+        let now = Utc::now();
+        // Slices keep each statement well under the databases' bound-parameter limits.
+        for chunk in jobs.chunks(1000) {
+            with_pool!(self, |pool| {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO dataset_runs (run_id, dataset_id, reason, scheduled_for, requested_by,
+                         state, enqueued_at) ",
+                );
+                insert.push_values(chunk, |mut row, job| {
+                    row.push_bind(&job.run_id)
+                        .push_bind(&job.dataset_id)
+                        .push_bind(job.reason.as_str())
+                        .push_bind(job.scheduled_for)
+                        .push_bind(&job.requested_by)
+                        .push_bind("queued")
+                        .push_bind(now);
+                });
+                insert.push(" ON CONFLICT (run_id) DO NOTHING");
+                insert.build().execute(pool).await?;
+            });
         }
-        let ids: Vec<&str> = jobs.iter().map(|j| j.run_id.as_str()).collect();
-        let datasets: Vec<&str> = jobs.iter().map(|j| j.dataset_id.as_str()).collect();
-        let reasons: Vec<&str> = jobs.iter().map(|j| j.reason.as_str()).collect();
-        let scheduled: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.scheduled_for).collect();
-        let requested: Vec<Option<&str>> = jobs.iter().map(|j| j.requested_by.as_deref()).collect();
-        sqlx::query(
-            "INSERT INTO dataset_runs (run_id, dataset_id, reason, scheduled_for, requested_by, state)
-             SELECT *, 'queued' FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
-             ON CONFLICT (run_id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&datasets)
-        .bind(&reasons)
-        .bind(&scheduled)
-        .bind(&requested)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
     /// A worker took the run (again, after a crash or a retry): the row exists afterwards even if
     /// the enqueuer died before writing it.
     pub async fn run_started(&self, job: &ExtractionJob, worker: &str, attempt: i32) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO dataset_runs (run_id, dataset_id, reason, scheduled_for, requested_by, state,
-                 attempts, started_at, worker)
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, now(), $7)
-             ON CONFLICT (run_id) DO UPDATE SET state = 'running', attempts = $6,
-                 started_at = COALESCE(dataset_runs.started_at, now()), worker = $7, error = NULL",
-        )
-        .bind(&job.run_id)
-        .bind(&job.dataset_id)
-        .bind(job.reason.as_str())
-        .bind(job.scheduled_for)
-        .bind(&job.requested_by)
-        .bind(attempt)
-        .bind(worker)
-        .execute(&self.pool)
-        .await?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO dataset_runs (run_id, dataset_id, reason, scheduled_for, requested_by, state,
+                     attempts, started_at, worker, enqueued_at)
+                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $8, $7, $8)
+                 ON CONFLICT (run_id) DO UPDATE SET state = 'running', attempts = $6,
+                     started_at = COALESCE(dataset_runs.started_at, $8), worker = $7, error = NULL",
+            )
+            .bind(&job.run_id)
+            .bind(&job.dataset_id)
+            .bind(job.reason.as_str())
+            .bind(job.scheduled_for)
+            .bind(&job.requested_by)
+            .bind(attempt)
+            .bind(worker)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
     pub async fn run_retrying(&self, run_id: &str, attempts: i32, error: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE dataset_runs SET state = 'retrying', attempts = $2, error = $3 WHERE run_id = $1",
-        )
-        .bind(run_id)
-        .bind(attempts)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE dataset_runs SET state = 'retrying', attempts = $2, error = $3 WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .bind(attempts)
+            .bind(error)
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
@@ -378,33 +508,41 @@ impl Catalog {
         attempts: i32,
         result: &RunResult,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE dataset_runs SET state = $2, attempts = $3, finished_at = now(), rows_written = $4,
-                 bytes_written = $5, manifest_url = $6, report_url = $7, watermark_before = $8,
-                 watermark_after = $9, error = $10
-             WHERE run_id = $1",
-        )
-        .bind(run_id)
-        .bind(result.state)
-        .bind(attempts)
-        .bind(result.rows_written)
-        .bind(result.bytes_written)
-        .bind(&result.manifest_url)
-        .bind(&result.report_url)
-        .bind(&result.watermark_before)
-        .bind(&result.watermark_after)
-        .bind(&result.error)
-        .execute(&self.pool)
-        .await?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE dataset_runs SET state = $2, attempts = $3, finished_at = $11, rows_written = $4,
+                     bytes_written = $5, manifest_url = $6, report_url = $7, watermark_before = $8,
+                     watermark_after = $9, error = $10
+                 WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .bind(result.state)
+            .bind(attempts)
+            .bind(result.rows_written)
+            .bind(result.bytes_written)
+            .bind(&result.manifest_url)
+            .bind(&result.report_url)
+            .bind(&result.watermark_before)
+            .bind(&result.watermark_after)
+            .bind(&result.error)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT * FROM dataset_runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(run_from_row).transpose()?)
+        let run = with_pool!(self, |pool| {
+            sqlx::query("SELECT * FROM dataset_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(run_from_row)
+                .transpose()?
+        });
+        Ok(run)
     }
 
     /// Run history, newest first, optionally for one dataset and one state.
@@ -423,150 +561,186 @@ impl Catalog {
         .await
     }
 
-    /// Run history, newest first: a dataset (or a part of its id), a state, and an enqueue-time
-    /// window.
+    /// Run history, newest first: a dataset (or a part of its id, any case), a state, and an
+    /// enqueue-time window.
     pub async fn search_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM dataset_runs
-             WHERE ($1::text IS NULL OR dataset_id = $1)
-               AND ($2::text IS NULL OR state = $2)
-               AND ($3::text IS NULL OR strpos(dataset_id, $3) > 0)
-               AND ($4::timestamptz IS NULL OR enqueued_at >= $4)
-               AND ($5::timestamptz IS NULL OR enqueued_at < $5)
-             ORDER BY enqueued_at DESC, run_id DESC LIMIT $6",
-        )
-        .bind(&filter.dataset_id)
-        .bind(&filter.state)
-        .bind(&filter.search)
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(run_from_row).collect::<sqlx::Result<_>>()?)
+        let pattern = filter
+            .search
+            .as_deref()
+            .map(|s| format!("%{}%", escape_like(&s.to_lowercase())));
+        let runs = with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT * FROM dataset_runs
+                 WHERE ($1 IS NULL OR dataset_id = $1)
+                   AND ($2 IS NULL OR state = $2)
+                   AND ($3 IS NULL OR lower(dataset_id) LIKE $3 ESCAPE '\\')
+                   AND ($4 IS NULL OR enqueued_at >= $4)
+                   AND ($5 IS NULL OR enqueued_at < $5)
+                 ORDER BY enqueued_at DESC, run_id DESC LIMIT $6",
+            )
+            .bind(&filter.dataset_id)
+            .bind(&filter.state)
+            .bind(&pattern)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(filter.limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(run_from_row)
+            .collect::<sqlx::Result<_>>()?
+        });
+        Ok(runs)
     }
 
     /// Finished runs per minute and state over the last `minutes` minutes (the throughput chart).
     pub async fn throughput(&self, minutes: i64) -> Result<Vec<ThroughputPoint>> {
-        let rows = sqlx::query(
-            "SELECT date_trunc('minute', finished_at) AS minute, state, count(*) AS runs,
-                    COALESCE(sum(rows_written), 0)::bigint AS rows_written
-             FROM dataset_runs
-             WHERE finished_at >= now() - make_interval(mins => $1::int)
-             GROUP BY 1, 2 ORDER BY 1",
-        )
-        .bind(minutes)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(ThroughputPoint {
-                    minute: r.try_get("minute")?,
-                    state: r.try_get("state")?,
-                    runs: r.try_get("runs")?,
-                    rows_written: r.try_get("rows_written")?,
-                })
+        let since = Utc::now() - chrono::Duration::minutes(minutes);
+        let finished: Vec<(DateTime<Utc>, String, Option<i64>)> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT finished_at, state, rows_written FROM dataset_runs WHERE finished_at >= $1",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut points = std::collections::BTreeMap::<(DateTime<Utc>, String), (i64, i64)>::new();
+        for (at, state, rows) in finished {
+            let minute = at
+                .with_second(0)
+                .and_then(|t| t.with_nanosecond(0))
+                .unwrap_or(at);
+            let point = points.entry((minute, state)).or_default();
+            point.0 += 1;
+            point.1 += rows.unwrap_or(0);
+        }
+        Ok(points
+            .into_iter()
+            .map(|((minute, state), (runs, rows_written))| ThroughputPoint {
+                minute,
+                state,
+                runs,
+                rows_written,
             })
-            .collect::<sqlx::Result<_>>()?)
+            .collect())
     }
 
     /// When the oldest still-queued run was enqueued.
     pub async fn oldest_queued(&self) -> Result<Option<DateTime<Utc>>> {
-        Ok(
-            sqlx::query_scalar("SELECT min(enqueued_at) FROM dataset_runs WHERE state = 'queued'")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT enqueued_at FROM dataset_runs WHERE state = 'queued'
+                 ORDER BY enqueued_at LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     /// The last successful run of each dataset.
     pub async fn last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
-        let rows = sqlx::query(
-            "SELECT dataset_id, max(finished_at) AS at FROM dataset_runs
-             WHERE state = 'succeeded' GROUP BY dataset_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get("dataset_id")?, r.try_get("at")?)))
-            .collect::<sqlx::Result<_>>()?)
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT dataset_id, max(finished_at) AS at FROM dataset_runs
+                 WHERE state = 'succeeded' GROUP BY dataset_id",
+            )
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// Ends a queued or running run by an operator's kill. False when it had already ended.
     pub async fn run_killed(&self, run_id: &str, by: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE dataset_runs SET state = 'killed', finished_at = now(),
-                 error = COALESCE(error || '; ', '') || 'killed by ' || $2
-             WHERE run_id = $1 AND state IN ('queued', 'running', 'retrying')",
-        )
-        .bind(run_id)
-        .bind(by)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let killed = with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE dataset_runs SET state = 'killed', finished_at = $3,
+                     error = COALESCE(error || '; ', '') || 'killed by ' || $2
+                 WHERE run_id = $1 AND state IN ('queued', 'running', 'retrying')",
+            )
+            .bind(run_id)
+            .bind(by)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(killed == 1)
     }
 
     /// Records that `run_id` was retried as `new_run_id`.
     pub async fn run_retried_as(&self, run_id: &str, new_run_id: &str) -> Result<()> {
-        sqlx::query("UPDATE dataset_runs SET retried_as = $2 WHERE run_id = $1")
-            .bind(run_id)
-            .bind(new_run_id)
-            .execute(&self.pool)
-            .await?;
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE dataset_runs SET retried_as = $2 WHERE run_id = $1")
+                .bind(run_id)
+                .bind(new_run_id)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Removes a finished run from the history. False when it is not finished (or not there).
     pub async fn delete_run(&self, run_id: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM dataset_runs
-             WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'killed')",
-        )
-        .bind(run_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let deleted = with_pool!(self, |pool| {
+            sqlx::query(
+                "DELETE FROM dataset_runs
+                 WHERE run_id = $1 AND state IN ('succeeded', 'failed', 'dead', 'killed')",
+            )
+            .bind(run_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(deleted == 1)
     }
 
     /// Creates an API token for `subject` with `role`; only its hash is stored.
     pub async fn create_token(&self, subject: &str, role: &str) -> Result<String> {
         let token = format!("carga_{}", hex::encode(rand::random::<[u8; 24]>()));
-        sqlx::query("INSERT INTO api_tokens (token_sha256, subject, role) VALUES ($1, $2, $3)")
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO api_tokens (token_sha256, subject, role, created_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
             .bind(token_hash(&token))
             .bind(subject)
             .bind(role)
-            .execute(&self.pool)
+            .bind(Utc::now())
+            .execute(pool)
             .await?;
+        });
         Ok(token)
     }
 
     /// The subject and role of a live token.
     pub async fn token(&self, token: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query(
-            "SELECT subject, role FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
-        )
-        .bind(token_hash(token))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| (r.get("subject"), r.get("role"))))
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT subject, role FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+            )
+            .bind(token_hash(token))
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     pub async fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (subject, role, action, dataset_id, source_ip, result, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&entry.subject)
-        .bind(&entry.role)
-        .bind(&entry.action)
-        .bind(&entry.dataset_id)
-        .bind(&entry.source_ip)
-        .bind(entry.result)
-        .bind(&entry.detail)
-        .execute(&self.pool)
-        .await?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO audit_log (subject, role, action, dataset_id, source_ip, result, detail, at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&entry.subject)
+            .bind(&entry.role)
+            .bind(&entry.action)
+            .bind(&entry.dataset_id)
+            .bind(&entry.source_ip)
+            .bind(entry.result)
+            .bind(&entry.detail)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
@@ -575,36 +749,67 @@ impl Catalog {
         dataset_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE ($1::text IS NULL OR dataset_id = $1)
-             ORDER BY id DESC LIMIT $2",
-        )
-        .bind(dataset_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
+        let records = with_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT * FROM audit_log WHERE ($1 IS NULL OR dataset_id = $1)
+                 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(dataset_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
             .iter()
-            .map(|r| AuditRecord {
-                id: r.get("id"),
-                at: r.get("at"),
-                entry: AuditEntry {
-                    subject: r.get("subject"),
-                    role: r.get("role"),
-                    action: r.get("action"),
-                    dataset_id: r.get("dataset_id"),
-                    source_ip: r.get("source_ip"),
-                    result: match r.get::<String, _>("result").as_str() {
-                        "ok" => "ok",
-                        "rejected" => "rejected",
-                        "denied" => "denied",
-                        _ => "error",
-                    },
-                    detail: r.get("detail"),
-                },
-            })
-            .collect())
+            .map(audit_from_row)
+            .collect::<sqlx::Result<_>>()?
+        });
+        Ok(records)
     }
+}
+
+/// `dataset_crons.tables`: a text array on PostgreSQL, a JSON array on SQLite.
+struct TableList<'a>(&'a [String]);
+
+impl Type<Postgres> for TableList<'_> {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Vec<String> as Type<Postgres>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, Postgres> for TableList<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&[String] as sqlx::Encode<'q, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Type<Sqlite> for TableList<'_> {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, Sqlite> for TableList<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::sqlite::SqliteArgumentsBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        let json = serde_json::to_string(self.0)?;
+        <String as sqlx::Encode<'q, Sqlite>>::encode(json, buf)
+    }
+}
+
+/// `%`, `_` and `\` in a search stand for themselves.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -618,48 +823,134 @@ fn format_name(format: &carga_config::SourceFormat) -> String {
         .unwrap_or_default()
 }
 
-fn dataset_from_row(row: &PgRow) -> Result<DatasetRecord> {
-    let dataset_id: String = row.get("dataset_id");
-    let spec_json: serde_json::Value = row.get("spec");
+/// A row of either catalog database with the column types the records are read from.
+trait CatalogRow: Row
+where
+    for<'a> &'a str: ColumnIndex<Self>,
+{
+    fn text(&self, column: &str) -> sqlx::Result<String>;
+    fn optional_text(&self, column: &str) -> sqlx::Result<Option<String>>;
+    fn time(&self, column: &str) -> sqlx::Result<DateTime<Utc>>;
+    fn optional_time(&self, column: &str) -> sqlx::Result<Option<DateTime<Utc>>>;
+    fn integer(&self, column: &str) -> sqlx::Result<i64>;
+    /// A 32-bit column (`INTEGER` on PostgreSQL).
+    fn small_integer(&self, column: &str) -> sqlx::Result<i32>;
+    fn optional_integer(&self, column: &str) -> sqlx::Result<Option<i64>>;
+    fn flag(&self, column: &str) -> sqlx::Result<bool>;
+    fn json(&self, column: &str) -> sqlx::Result<serde_json::Value>;
+}
+
+impl<R: Row> CatalogRow for R
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> sqlx::types::Json<serde_json::Value>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, column: &str) -> sqlx::Result<String> {
+        self.try_get(column)
+    }
+    fn optional_text(&self, column: &str) -> sqlx::Result<Option<String>> {
+        self.try_get(column)
+    }
+    fn time(&self, column: &str) -> sqlx::Result<DateTime<Utc>> {
+        self.try_get(column)
+    }
+    fn optional_time(&self, column: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+        self.try_get(column)
+    }
+    fn integer(&self, column: &str) -> sqlx::Result<i64> {
+        self.try_get(column)
+    }
+    fn small_integer(&self, column: &str) -> sqlx::Result<i32> {
+        self.try_get(column)
+    }
+    fn optional_integer(&self, column: &str) -> sqlx::Result<Option<i64>> {
+        self.try_get(column)
+    }
+    fn flag(&self, column: &str) -> sqlx::Result<bool> {
+        self.try_get(column)
+    }
+    fn json(&self, column: &str) -> sqlx::Result<serde_json::Value> {
+        self.try_get::<sqlx::types::Json<serde_json::Value>, _>(column)
+            .map(|json| json.0)
+    }
+}
+
+fn dataset_from_row<R: CatalogRow>(row: &R) -> Result<DatasetRecord>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let dataset_id = row.text("dataset_id")?;
     let spec: DatasetSpec =
-        serde_json::from_value(spec_json).map_err(|e| CatalogError::BadSpec {
+        serde_json::from_value(row.json("spec")?).map_err(|e| CatalogError::BadSpec {
             dataset: dataset_id.clone(),
             message: e.to_string(),
         })?;
     Ok(DatasetRecord {
         dataset_id,
         spec,
-        enabled: row.get("enabled"),
-        approved: row.get("approved"),
-        approved_by: row.get("approved_by"),
-        version: row.get("version"),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
-        updated_by: row.get("updated_by"),
+        enabled: row.flag("enabled")?,
+        approved: row.flag("approved")?,
+        approved_by: row.optional_text("approved_by")?,
+        version: row.integer("version")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+        updated_by: row.text("updated_by")?,
     })
 }
 
-fn run_from_row(row: &PgRow) -> sqlx::Result<RunRecord> {
+fn run_from_row<R: CatalogRow>(row: &R) -> sqlx::Result<RunRecord>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
     Ok(RunRecord {
-        run_id: row.try_get("run_id")?,
-        dataset_id: row.try_get("dataset_id")?,
-        reason: row.try_get("reason")?,
-        scheduled_for: row.try_get("scheduled_for")?,
-        state: row.try_get("state")?,
-        attempts: row.try_get("attempts")?,
-        enqueued_at: row.try_get("enqueued_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        worker: row.try_get("worker")?,
-        rows_written: row.try_get("rows_written")?,
-        bytes_written: row.try_get("bytes_written")?,
-        manifest_url: row.try_get("manifest_url")?,
-        report_url: row.try_get("report_url")?,
-        watermark_before: row.try_get("watermark_before")?,
-        watermark_after: row.try_get("watermark_after")?,
-        error: row.try_get("error")?,
-        requested_by: row.try_get("requested_by")?,
-        retried_as: row.try_get("retried_as")?,
+        run_id: row.text("run_id")?,
+        dataset_id: row.text("dataset_id")?,
+        reason: row.text("reason")?,
+        scheduled_for: row.optional_time("scheduled_for")?,
+        state: row.text("state")?,
+        attempts: row.small_integer("attempts")?,
+        enqueued_at: row.time("enqueued_at")?,
+        started_at: row.optional_time("started_at")?,
+        finished_at: row.optional_time("finished_at")?,
+        worker: row.optional_text("worker")?,
+        rows_written: row.optional_integer("rows_written")?,
+        bytes_written: row.optional_integer("bytes_written")?,
+        manifest_url: row.optional_text("manifest_url")?,
+        report_url: row.optional_text("report_url")?,
+        watermark_before: row.optional_text("watermark_before")?,
+        watermark_after: row.optional_text("watermark_after")?,
+        error: row.optional_text("error")?,
+        requested_by: row.optional_text("requested_by")?,
+        retried_as: row.optional_text("retried_as")?,
+    })
+}
+
+fn audit_from_row<R: CatalogRow>(row: &R) -> sqlx::Result<AuditRecord>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    Ok(AuditRecord {
+        id: row.integer("id")?,
+        at: row.time("at")?,
+        entry: AuditEntry {
+            subject: row.text("subject")?,
+            role: row.optional_text("role")?,
+            action: row.text("action")?,
+            dataset_id: row.optional_text("dataset_id")?,
+            source_ip: row.optional_text("source_ip")?,
+            result: match row.text("result")?.as_str() {
+                "ok" => "ok",
+                "rejected" => "rejected",
+                "denied" => "denied",
+                _ => "error",
+            },
+            detail: row.optional_text("detail")?,
+        },
     })
 }
 

@@ -5,14 +5,13 @@
 //!   without a restart.
 //! - Several replicas may run: each pushes with the time's idempotency key, so a time is enqueued
 //!   once, and only the replica whose push won records the queued run.
-//! - Each dataset's last fired time is kept in Redis. After an outage the fire times missed are
+//! - Each dataset's last fired time is kept with the queue (Redis, or the embedded SQLite file). After an outage the fire times missed are
 //!   collapsed into one run (the latest), not replayed one by one.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use redis::AsyncCommands;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::job::{ExtractionJob, RunReason};
@@ -26,8 +25,6 @@ pub enum SchedulerError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +71,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(catalog: Catalog, queue: JobQueue, settings: SchedulerSettings) -> Self {
-        let metrics = Metrics::new(queue.connection());
+        let metrics = Metrics::new(queue.clone());
         Self {
             catalog,
             queue,
@@ -110,12 +107,7 @@ impl Scheduler {
         {
             self.refresh().await?;
         }
-        let mut conn = self.queue.connection();
-        let last_fired = format!(
-            "{}:scheduler:last_fired",
-            self.queue.config().queue.as_ref()
-        );
-        let fired: HashMap<String, i64> = conn.hgetall(&last_fired).await?;
+        let fired = self.queue.last_fired().await?;
         let mut due = Vec::new();
         for (dataset, plan) in &self.plans {
             let after = fired
@@ -135,13 +127,14 @@ impl Scheduler {
             return Ok(TickReport::default());
         }
         let won = self.queue.enqueue(&due).await?;
-        let mut pipe = redis::pipe();
-        for job in &due {
-            let fire = job.scheduled_for.expect("scheduled jobs carry their time");
-            pipe.hset(&last_fired, &job.dataset_id, fire.timestamp())
-                .ignore();
-        }
-        let _: () = pipe.query_async(&mut conn).await?;
+        let fired_now: Vec<(&str, i64)> = due
+            .iter()
+            .map(|job| {
+                let fire = job.scheduled_for.expect("scheduled jobs carry their time");
+                (job.dataset_id.as_str(), fire.timestamp())
+            })
+            .collect();
+        self.queue.record_fired(&fired_now).await?;
         let (enqueued, lost): (Vec<_>, Vec<_>) =
             due.into_iter().zip(won).partition(|(_, won)| *won);
         let enqueued: Vec<ExtractionJob> = enqueued.into_iter().map(|(job, _)| job).collect();

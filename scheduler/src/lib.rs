@@ -1,5 +1,6 @@
-//! Carga's control plane: the PostgreSQL catalog, cron scheduling onto the Redis queue (apalis),
-//! cluster-wide metrics and the HTTP API. Workers (`carga worker`) take the jobs this enqueues.
+//! Carga's control plane: the catalog (PostgreSQL; SQLite embedded), cron scheduling onto the job
+//! queue (Redis through apalis; SQLite embedded), cluster-wide metrics and the HTTP API.
+//! Workers (`carga worker`, or `carga serve` in one process) take the jobs this enqueues.
 
 pub mod api;
 pub mod catalog;
@@ -8,6 +9,7 @@ pub mod job;
 pub mod metrics;
 pub mod queue;
 pub mod schedule;
+pub mod shutdown;
 
 pub use catalog::Catalog;
 pub use daemon::{Scheduler, SchedulerSettings};

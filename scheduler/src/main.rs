@@ -11,6 +11,7 @@ use carga_config::Settings;
 use carga_jobs::storage::Bucket;
 use carga_scheduler::api::{self, ApiState, auth::Role};
 use carga_scheduler::metrics::Metrics;
+use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
 use clap::{Parser, Subcommand};
 
@@ -122,17 +123,7 @@ async fn main() -> Result<()> {
             })
             .await
             .context("connecting to Redis")?;
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = stop_tx.send(true);
-            });
-            let stopped = move || {
-                let mut rx = stop_rx.clone();
-                async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                }
-            };
+            let shutdown = Shutdown::on_signals();
             let mut tasks = tokio::task::JoinSet::new();
             if !no_scheduler {
                 let scheduler = Scheduler::new(
@@ -143,13 +134,13 @@ async fn main() -> Result<()> {
                         ..SchedulerSettings::default()
                     },
                 );
-                tasks.spawn(scheduler.run(stopped()));
+                tasks.spawn(scheduler.run(shutdown.wait()));
             }
             if !no_api {
                 let settings = Settings::load(cli.settings.as_deref())?;
                 let state = Arc::new(ApiState {
                     catalog: catalog.clone(),
-                    metrics: Metrics::new(queue.connection()),
+                    metrics: Metrics::new(queue.clone()),
                     queue: queue.clone(),
                     secrets: carga_jobs::secrets::provider(&settings).await,
                     bucket: Bucket::open(&settings)?,
@@ -159,9 +150,9 @@ async fn main() -> Result<()> {
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
                 tracing::info!(%listen, "API listening");
-                let shutdown = stopped();
+                let stopped = shutdown.wait();
                 tasks.spawn(async move {
-                    if let Err(e) = api::serve(state, listener, shutdown).await {
+                    if let Err(e) = api::serve(state, listener, stopped).await {
                         tracing::error!(error = %e, "API stopped");
                     }
                 });
@@ -169,15 +160,5 @@ async fn main() -> Result<()> {
             while tasks.join_next().await.is_some() {}
             Ok(())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
     }
 }

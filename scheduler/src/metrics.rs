@@ -1,10 +1,8 @@
-//! Cluster-wide counters kept in Redis, so schedulers and every worker replica add to the same
-//! numbers and any API replica can serve `/metrics` (Prometheus text format).
+//! Cluster-wide counters kept with the queue (Redis hashes; the embedded mode's SQLite file), so
+//! schedulers and every worker replica add to the same numbers and any API replica can serve
+//! `/metrics` (Prometheus text format).
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
-
-use crate::queue::QueueStats;
+use crate::queue::{JobQueue, QueueError, QueueStats};
 
 const COUNTERS: &str = "carga:metrics:counters";
 const DURATION: &str = "carga:metrics:run_duration";
@@ -69,75 +67,64 @@ impl Counter {
 
 #[derive(Clone)]
 pub struct Metrics {
-    conn: ConnectionManager,
+    queue: JobQueue,
 }
 
 impl Metrics {
-    pub fn new(conn: ConnectionManager) -> Self {
-        Self { conn }
+    /// Counters kept where the queue keeps its state (Redis, or the embedded SQLite file).
+    pub fn new(queue: JobQueue) -> Self {
+        Self { queue }
     }
 
-    /// Adds to a counter; a metrics write that fails is logged, never fails a run.
-    pub async fn add(&self, counter: Counter, by: u64) {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<i64> = conn.hincr(COUNTERS, counter.name(), by).await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, counter = counter.name(), "metrics update failed");
+    /// Adds to counters of a group; a metrics write that fails is logged, never fails a run.
+    async fn add_all(&self, group: &str, adds: &[(String, f64)]) {
+        if let Err(e) = self.queue.add_counters(group, adds).await {
+            tracing::warn!(error = %e, group, "metrics update failed");
         }
+    }
+
+    pub async fn add(&self, counter: Counter, by: u64) {
+        self.add_all(COUNTERS, &[(counter.name().to_owned(), by as f64)])
+            .await;
     }
 
     /// Rows a committed run wrote and the seconds it took, by source format: the dashboard's
     /// rows per second per source is `rate(rows) / rate(seconds)`.
     pub async fn add_source_run(&self, source: &str, rows: u64, seconds: f64) {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<()> = redis::pipe()
-            .hincr(SOURCES, format!("rows:{source}"), rows)
-            .ignore()
-            .cmd("HINCRBYFLOAT")
-            .arg(SOURCES)
-            .arg(format!("seconds:{source}"))
-            .arg(seconds)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "metrics update failed");
-        }
+        self.add_all(
+            SOURCES,
+            &[
+                (format!("rows:{source}"), rows as f64),
+                (format!("seconds:{source}"), seconds),
+            ],
+        )
+        .await;
     }
 
     pub async fn observe_run_duration(&self, seconds: f64) {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for bound in DURATION_BUCKETS {
-            if seconds <= bound {
-                pipe.hincr(DURATION, format!("{bound}"), 1).ignore();
-            }
-        }
-        pipe.hincr(DURATION, "+Inf", 1)
-            .ignore()
-            .hincr(DURATION, "count", 1)
-            .ignore()
-            .cmd("HINCRBYFLOAT")
-            .arg(DURATION)
-            .arg("sum")
-            .arg(seconds)
-            .ignore();
-        let result: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "metrics update failed");
-        }
+        let mut adds: Vec<(String, f64)> = DURATION_BUCKETS
+            .iter()
+            .filter(|bound| seconds <= **bound)
+            .map(|bound| (format!("{bound}"), 1.0))
+            .collect();
+        adds.extend([
+            ("+Inf".to_owned(), 1.0),
+            ("count".to_owned(), 1.0),
+            ("sum".to_owned(), seconds),
+        ]);
+        self.add_all(DURATION, &adds).await;
     }
 
     /// The Prometheus exposition of the counters, the run-duration histogram and the queue.
-    pub async fn render(&self, queue: &QueueStats) -> redis::RedisResult<String> {
-        let mut conn = self.conn.clone();
-        let counters: std::collections::HashMap<String, String> = conn.hgetall(COUNTERS).await?;
-        let durations: std::collections::HashMap<String, String> = conn.hgetall(DURATION).await?;
-        let sources: std::collections::BTreeMap<String, String> = conn.hgetall(SOURCES).await?;
+    pub async fn render(&self, queue: &QueueStats) -> Result<String, QueueError> {
+        let counters = self.queue.counters(COUNTERS).await?;
+        let durations = self.queue.counters(DURATION).await?;
+        let sources: std::collections::BTreeMap<String, f64> =
+            self.queue.counters(SOURCES).await?.into_iter().collect();
         let mut out = String::new();
         for counter in Counter::ALL {
             let name = format!("carga_{}_total", counter.name());
-            let value = counters.get(counter.name()).map_or("0", String::as_str);
+            let value = counters.get(counter.name()).copied().unwrap_or(0.0);
             out.push_str(&format!(
                 "# HELP {name} {}\n# TYPE {name} counter\n{name} {value}\n",
                 counter.help()
@@ -146,14 +133,12 @@ impl Metrics {
         out.push_str("# HELP carga_run_duration_seconds Duration of extraction runs.\n");
         out.push_str("# TYPE carga_run_duration_seconds histogram\n");
         for bound in DURATION_BUCKETS {
-            let value = durations
-                .get(&format!("{bound}"))
-                .map_or("0", String::as_str);
+            let value = durations.get(&format!("{bound}")).copied().unwrap_or(0.0);
             out.push_str(&format!(
                 "carga_run_duration_seconds_bucket{{le=\"{bound}\"}} {value}\n"
             ));
         }
-        let get = |k: &str| durations.get(k).map_or("0", String::as_str).to_owned();
+        let get = |k: &str| durations.get(k).copied().unwrap_or(0.0);
         out.push_str(&format!(
             "carga_run_duration_seconds_bucket{{le=\"+Inf\"}} {}\ncarga_run_duration_seconds_sum {}\ncarga_run_duration_seconds_count {}\n",
             get("+Inf"),

@@ -2,9 +2,8 @@
 //! endpoint, bad configurations are refused with a clear message, the trigger enqueues a run,
 //! and every change and refusal is in the audit log.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
@@ -17,28 +16,13 @@ use carga_scheduler::{Catalog, JobQueue, QueueSettings};
 use serde_json::Value;
 use tower::ServiceExt;
 
-const REQUIRE_ALL: &str = "CARGA_TEST_REQUIRE_ALL";
+mod common;
 
 fn services_available() -> bool {
-    let down: Vec<&str> = [
+    common::services_available(&[
         ("PostgreSQL", "127.0.0.1:5432"),
         ("Redis", "127.0.0.1:6379"),
-    ]
-    .into_iter()
-    .filter(|(_, a)| {
-        TcpStream::connect_timeout(&a.parse().unwrap(), Duration::from_secs(2)).is_err()
-    })
-    .map(|(n, _)| n)
-    .collect();
-    if down.is_empty() {
-        return true;
-    }
-    let why = format!("{} not reachable on loopback", down.join(", "));
-    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
-        panic!("{why}, and {REQUIRE_ALL}=1 forbids skipping");
-    }
-    eprintln!("SKIPPED: {why} (set {REQUIRE_ALL}=1 to make this a failure)");
-    false
+    ])
 }
 
 struct Api {
@@ -83,7 +67,7 @@ impl Api {
         .unwrap();
         let state = Arc::new(ApiState {
             catalog: catalog.clone(),
-            metrics: Metrics::new(queue.connection()),
+            metrics: Metrics::new(queue.clone()),
             queue: queue.clone(),
             secrets: carga_jobs::secrets::provider(&settings).await,
             bucket: Bucket::open(&settings).unwrap(),

@@ -1,13 +1,17 @@
-//! `carga`: runs extraction jobs. Today: one-shot runs on this machine (`carga run`), reading committed
-//! data back (`carga read`), and master key creation (`carga keygen`).
+//! `carga`: runs extraction jobs: one-shot on this machine (`carga run`), as a queue worker
+//! (`carga worker`), or the whole service in one process (`carga serve`); reads committed data back
+//! (`carga read`), tests connections (`carga preview`), lists databases' tables (`carga discover`)
+//! and creates master keys (`carga keygen`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod embedded_worker;
 mod lock;
 mod notify;
 mod queue_worker;
+mod serve;
 
 use anyhow::Result;
 use arrow::util::pretty::pretty_format_batches;
@@ -80,6 +84,10 @@ enum Command {
     },
     /// Take extraction jobs from the Redis queue until SIGTERM (then finish the running ones).
     Worker(WorkerArgs),
+    /// Run the whole service in this process with no servers: the scheduler, the HTTP API and
+    /// dashboard, and workers, with the catalog and the queue in a SQLite file beside the local
+    /// bucket. Until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
     /// Create a master key file with one new random 256-bit key.
     Keygen {
         #[arg(long)]
@@ -111,6 +119,15 @@ struct WorkerArgs {
     /// RabbitMQ for the transformation message and notifications; none sent when absent.
     #[arg(long, env = "CARGA_AMQP_URL")]
     amqp_url: Option<String>,
+    #[command(flatten)]
+    jobs: JobArgs,
+    #[arg(long, default_value_t = 10.0)]
+    heartbeat_seconds: f64,
+}
+
+/// How a process runs the jobs it takes (`carga worker` and `carga serve`).
+#[derive(clap::Args)]
+struct JobArgs {
     /// Jobs run at once by this process.
     #[arg(long, env = "CARGA_WORKER_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
@@ -122,8 +139,6 @@ struct WorkerArgs {
     backoff_seconds: f64,
     #[arg(long, default_value_t = 1800.0)]
     max_backoff_seconds: f64,
-    #[arg(long, default_value_t = 10.0)]
-    heartbeat_seconds: f64,
     /// Missed heartbeats after which a worker's jobs are handed to others.
     #[arg(long, default_value_t = 3)]
     missed_heartbeats: usize,
@@ -133,6 +148,29 @@ struct WorkerArgs {
     /// How long a job waits for another run of its dataset before going back to the queue.
     #[arg(long, default_value_t = 30.0)]
     lock_wait_seconds: f64,
+}
+
+impl JobArgs {
+    fn worker_settings(&self, name: String) -> queue_worker::WorkerSettings {
+        use std::time::Duration;
+        queue_worker::WorkerSettings {
+            name,
+            concurrency: self.concurrency.max(1),
+            retry: queue_worker::RetryPolicy {
+                max_attempts: self.max_attempts.max(1),
+                first_backoff: Duration::from_secs_f64(self.backoff_seconds),
+                max_backoff: Duration::from_secs_f64(self.max_backoff_seconds),
+            },
+            lock_ttl: Duration::from_secs_f64(self.lock_ttl_seconds),
+            lock_wait: Duration::from_secs_f64(self.lock_wait_seconds),
+        }
+    }
+}
+
+/// `host-pid`: unique per process, and tells an operator where the worker runs.
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 #[tokio::main]
@@ -211,6 +249,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             .await
         }
         Command::Worker(args) => worker(cli.settings.as_deref(), args).await,
+        Command::Serve(args) => serve::serve(cli.settings.as_deref(), args).await,
         Command::Keygen { key_file, key_id } => {
             anyhow::ensure!(
                 !key_file.exists(),
@@ -395,8 +434,8 @@ async fn discover(
 }
 
 async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
+    use carga_scheduler::shutdown::Shutdown;
     use carga_scheduler::{Catalog, JobQueue, QueueSettings};
-    use queue_worker::{RetryPolicy, Shared, WorkerSettings};
     use std::time::Duration;
 
     let settings = Settings::load(settings_path)?;
@@ -407,44 +446,21 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
         redis_url: args.redis_url.clone(),
         name: args.queue.clone(),
         heartbeat: Duration::from_secs_f64(args.heartbeat_seconds),
-        missed_heartbeats: args.missed_heartbeats,
+        missed_heartbeats: args.jobs.missed_heartbeats,
         ..QueueSettings::default()
     })
     .await?;
-    let name = args.name.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    let shared = std::sync::Arc::new(Shared {
+    let name = args.name.unwrap_or_else(default_worker_name);
+    let shared = std::sync::Arc::new(queue_worker::Shared {
         engine,
-        metrics: carga_scheduler::metrics::Metrics::new(queue.connection()),
+        metrics: carga_scheduler::metrics::Metrics::new(queue.clone()),
         catalog,
         queue,
         notifier: args.amqp_url.as_deref().map(notify::Notifier::new),
-        settings: WorkerSettings {
-            name: name.clone(),
-            concurrency: args.concurrency.max(1),
-            retry: RetryPolicy {
-                max_attempts: args.max_attempts.max(1),
-                first_backoff: Duration::from_secs_f64(args.backoff_seconds),
-                max_backoff: Duration::from_secs_f64(args.max_backoff_seconds),
-            },
-            lock_ttl: Duration::from_secs_f64(args.lock_ttl_seconds),
-            lock_wait: Duration::from_secs_f64(args.lock_wait_seconds),
-        },
+        settings: args.jobs.worker_settings(name.clone()),
     });
     eprintln!("worker '{name}' taking jobs from '{}'", args.queue);
-    queue_worker::run(shared, shutdown_signal()).await?;
+    queue_worker::run(shared, Shutdown::on_signals().wait()).await?;
     eprintln!("worker '{name}' stopped");
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,6 +1,6 @@
-//! `carga worker`: takes extraction jobs from the Redis queue (apalis) and runs them.
+//! `carga worker`: takes extraction jobs from the queue and runs them.
 //!
-//! - apalis-redis gives the take side: one job per fetch, a heartbeat per worker, and jobs held
+//! - On Redis, apalis-redis gives the take side: one job per fetch, a heartbeat per worker, and jobs held
 //!   by a worker whose heartbeats stop are put back for another worker.
 //! - Retries are ours: apalis-redis 1.0 reschedules every failure up to 25 times a second apart
 //!   whatever the task's limit, so the handler retries transient failures itself with
@@ -8,6 +8,8 @@
 //!   the job with an `AbortError`, which apalis puts in its dead set.
 //! - One extraction per dataset at a time (`lock`); SIGTERM stops taking jobs and lets the
 //!   running ones finish.
+//! - In the embedded mode the queue is the SQLite file and `embedded_worker` takes the jobs;
+//!   what a job does once taken (`handle_job`) is the same.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, WorkerBuilder, Wor
 use carga_jobs::{Engine, RunFailure, RunOutcome};
 use carga_scheduler::catalog::{Catalog, RunResult};
 use carga_scheduler::metrics::{Counter, Metrics};
+use carga_scheduler::queue::RedisQueue;
 use carga_scheduler::{ExtractionJob, JobQueue};
 use tracing::Instrument;
 
@@ -68,8 +71,19 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    match shared.queue.clone() {
+        JobQueue::Redis(queue) => run_on_redis(shared, queue, shutdown).await,
+        JobQueue::Embedded(queue) => crate::embedded_worker::run(shared, queue, shutdown).await,
+    }
+}
+
+async fn run_on_redis(
+    shared: Arc<Shared>,
+    queue: RedisQueue,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let worker = WorkerBuilder::new(shared.settings.name.clone())
-        .backend(shared.queue.storage())
+        .backend(queue.storage())
         .data(shared.clone())
         .concurrency(shared.settings.concurrency)
         .build(handle);
@@ -82,16 +96,24 @@ pub async fn run(
     Ok(())
 }
 
-/// One job: resolve the dataset, take its lock, run with retries, record and announce the end.
+/// apalis' entry point for a job.
 async fn handle(
     job: ExtractionJob,
     shared: Data<Arc<Shared>>,
     taken: Attempt,
 ) -> Result<(), BoxDynError> {
+    handle_job(&job, &shared, taken.current()).await
+}
+
+/// One job: resolve the dataset, take its lock, run with retries, record and announce the end.
+/// `Ok`: done; an `AbortError`: gave up (the dead set); another error: back to the queue.
+pub(crate) async fn handle_job(
+    job: &ExtractionJob,
+    shared: &Shared,
+    taken: usize,
+) -> Result<(), BoxDynError> {
     let span = tracing::info_span!("job", run_id = %job.run_id, dataset = %job.dataset_id);
-    handle_in_span(&job, &shared, taken.current())
-        .instrument(span)
-        .await
+    handle_in_span(job, shared, taken).instrument(span).await
 }
 
 async fn handle_in_span(
@@ -127,7 +149,7 @@ async fn handle_in_span(
         }
     };
     let lock = DatasetLock::acquire(
-        &shared.queue.connection(),
+        &shared.queue,
         &job.dataset_id,
         &shared.settings.name,
         shared.settings.lock_ttl,

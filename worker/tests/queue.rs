@@ -434,7 +434,10 @@ async fn two_schedulers_enqueue_each_time_once_and_an_outage_is_caught_up_once()
     assert_eq!(datasets.len(), 20);
     // A replica that computed its due times before the other recorded them (the race the
     // idempotency key settles): it pushes all twenty again and none is enqueued twice.
-    let mut conn = lab.queue.connection();
+    let JobQueue::Redis(redis_queue) = &lab.queue else {
+        panic!("these tests run on the Redis queue")
+    };
+    let mut conn = redis_queue.connection();
     let _: () = redis::AsyncCommands::del(
         &mut conn,
         format!("{}:scheduler:last_fired", lab.queue_settings.name),
@@ -481,7 +484,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_nothing_is_written_twice() {
              AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
          CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
     )
-    .execute(lab.catalog.pool())
+    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
     .await
     .unwrap();
     lab.add_dataset(
@@ -667,7 +670,7 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     // The API with the dashboard, on a real port.
     let state = std::sync::Arc::new(carga_scheduler::api::ApiState {
         catalog: lab.catalog.clone(),
-        metrics: carga_scheduler::metrics::Metrics::new(lab.queue.connection()),
+        metrics: carga_scheduler::metrics::Metrics::new(lab.queue.clone()),
         queue: lab.queue.clone(),
         secrets: carga_jobs::secrets::provider(&lab.settings).await,
         bucket: Bucket::open(&lab.settings).unwrap(),

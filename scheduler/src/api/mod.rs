@@ -424,6 +424,14 @@ async fn validate_spec(state: &ApiState, id: &str, body: &[u8]) -> Result<Datase
             spec.id
         ));
     }
+    check_spec(state.secrets.as_ref(), &spec).await?;
+    Ok(spec)
+}
+
+/// The checks on a parsed configuration: the spec's own rules (delta needs timestamp and key,
+/// ...), a valid cron and time zone, and a connection the secrets provider knows.
+pub async fn check_spec(secrets: &dyn SecretsProvider, spec: &DatasetSpec) -> Result<(), String> {
+    let id = &spec.id;
     if spec.id.contains('/') {
         return Err("a configured dataset id may not contain '/'".into());
     }
@@ -436,7 +444,7 @@ async fn validate_spec(state: &ApiState, id: &str, body: &[u8]) -> Result<Datase
         CronSchedule::parse("0 0 * * *", Some(zone)).map_err(|e| format!("dataset '{id}': {e}"))?;
     }
     if let Some(connection) = &spec.connection_id
-        && let Err(e) = state.secrets.connection(connection).await
+        && let Err(e) = secrets.connection(connection).await
     {
         // The provider's message may say why (missing, access denied); it never holds a value.
         return Err(format!(
@@ -448,7 +456,7 @@ async fn validate_spec(state: &ApiState, id: &str, body: &[u8]) -> Result<Datase
             "dataset '{id}': a database source needs `connection_id`"
         ));
     }
-    Ok(spec)
+    Ok(())
 }
 
 async fn change(

@@ -1,4 +1,4 @@
-//! The Redis job queue, on apalis-redis: scheduled and on-demand runs go in here, workers take
+//! The production queue on Redis, through apalis-redis: scheduled and on-demand runs go in here, workers take
 //! them out with heartbeats, and jobs that give up land in apalis' dead set.
 //!
 //! Enqueueing goes through apalis-redis' own push script, with the idempotency key of a scheduled
@@ -6,80 +6,26 @@
 //! (the task id it names) tells each replica whether its push won, so only the winner records a
 //! queued run.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskId};
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use redis::AsyncCommands;
-use serde::Serialize;
 
+use super::{QueueSettings, QueueStats, Result, WorkerInfo};
 use crate::job::ExtractionJob;
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("queue: {0}")]
-    Apalis(#[from] apalis_redis::Error),
-}
-
-pub type Result<T> = std::result::Result<T, QueueError>;
-
-/// Queue settings shared by schedulers (push side) and workers (take side).
-#[derive(Debug, Clone)]
-pub struct QueueSettings {
-    pub redis_url: String,
-    /// Queue name; every key of the queue starts with it.
-    pub name: String,
-    /// A worker that misses this many heartbeats is dead and its jobs go back to the queue.
-    pub heartbeat: Duration,
-    pub missed_heartbeats: usize,
-    /// How long a scheduled time's idempotency key is kept.
-    pub idempotency_ttl: Duration,
-}
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        Self {
-            redis_url: "redis://127.0.0.1:6379".into(),
-            name: "carga:extractions".into(),
-            heartbeat: Duration::from_secs(10),
-            missed_heartbeats: 3,
-            idempotency_ttl: Duration::from_secs(14 * 24 * 3600),
-        }
-    }
-}
-
-/// Counts operators watch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct QueueStats {
-    /// Waiting to be taken now.
-    pub queued: u64,
-    /// Waiting for their time (delayed or retry).
-    pub scheduled: u64,
-    /// Held by a worker.
-    pub running: u64,
-    pub dead: u64,
-    pub workers: u64,
-}
-
-/// A worker as the queue sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerInfo {
-    pub name: String,
-    pub alive: bool,
-    pub last_seen: chrono::DateTime<chrono::Utc>,
-    /// Run ids of the jobs it holds.
-    pub running: Vec<String>,
-}
+const RELEASE_LOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+const RENEW_LOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
 
 #[derive(Clone)]
-pub struct JobQueue {
+pub struct RedisQueue {
     conn: ConnectionManager,
     config: Config,
 }
 
-impl JobQueue {
+impl RedisQueue {
     pub async fn connect(settings: &QueueSettings) -> Result<Self> {
         let conn = apalis_redis::connect(settings.redis_url.as_str()).await?;
         let config = Config::default()
@@ -260,6 +206,84 @@ impl JobQueue {
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn last_fired_key(&self) -> String {
+        format!("{}:scheduler:last_fired", self.config.queue.as_ref())
+    }
+
+    pub async fn last_fired(&self) -> Result<HashMap<String, i64>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hgetall(self.last_fired_key()).await?)
+    }
+
+    pub async fn record_fired(&self, fired: &[(&str, i64)]) -> Result<()> {
+        let key = self.last_fired_key();
+        let mut pipe = redis::pipe();
+        for (dataset, at) in fired {
+            pipe.hset(&key, *dataset, *at).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Counters are cluster-wide hashes (not per queue), so every replica adds to one set.
+    pub async fn add_counters(&self, group: &str, adds: &[(String, f64)]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (field, by) in adds {
+            pipe.cmd("HINCRBYFLOAT")
+                .arg(group)
+                .arg(field)
+                .arg(*by)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn counters(&self, group: &str) -> Result<HashMap<String, f64>> {
+        let mut conn = self.conn.clone();
+        let raw: HashMap<String, String> = conn.hgetall(group).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(field, value)| value.parse().ok().map(|v| (field, v)))
+            .collect())
+    }
+
+    pub async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    pub async fn renew_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let renewed: i64 = redis::Script::new(RENEW_LOCK)
+            .key(key)
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    pub async fn release_lock(&self, key: &str, token: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::Script::new(RELEASE_LOCK)
+            .key(key)
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(())
     }
 }

@@ -1,0 +1,300 @@
+//! The catalog's behaviour, the same on both of its databases: SQLite (the embedded mode; always
+//! runs) and PostgreSQL (production; needs the local server).
+
+mod common;
+
+use carga_config::DatasetSpec;
+use carga_scheduler::catalog::{AuditEntry, Catalog, RunFilter, RunResult};
+use carga_scheduler::{ExtractionJob, RunReason};
+use chrono::{Duration, Utc};
+
+fn spec(yaml: &str) -> DatasetSpec {
+    DatasetSpec::from_yaml(yaml).unwrap()
+}
+
+fn scheduled(id: &str) -> DatasetSpec {
+    spec(&format!(
+        "id: {id}\nsource: {{format: postgres, tables: [public.a, public.b]}}\nconnection_id: db\n\
+         mode: delta\ntimestamp_column: ts\nkey: [id]\ntrigger: timed_pull\ncron: '0 7 * * *'\n\
+         time_zone: America/Bogota\n"
+    ))
+}
+
+fn callback(id: &str) -> DatasetSpec {
+    spec(&format!(
+        "id: {id}\nsource: {{format: csv, location: /data/{id}.csv}}\nmode: complete\ntrigger: callback\n"
+    ))
+}
+
+/// Everything the scheduler, workers and API ask of the catalog, in one life story.
+async fn exercise(catalog: &Catalog) {
+    catalog.migrate().await.unwrap();
+    catalog.migrate().await.unwrap();
+    catalog.ping().await.unwrap();
+
+    // Configuration: an editor's write waits for approval; approving and disabling bump the
+    // version the scheduler watches.
+    let first = catalog
+        .upsert_dataset(&scheduled("orders_eu"), "ana", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.version, first.approved, first.enabled),
+        (1, false, true)
+    );
+    assert_eq!(first.spec, scheduled("orders_eu"));
+    assert!(catalog.scheduled_datasets().await.unwrap().is_empty());
+    let approved = catalog.approve("orders_eu", "bea").await.unwrap().unwrap();
+    assert_eq!(
+        (approved.version, approved.approved_by.as_deref()),
+        (2, Some("bea"))
+    );
+    assert!(approved.updated_at >= first.updated_at);
+    catalog
+        .upsert_dataset(&scheduled("ordersxeu"), "bea", true)
+        .await
+        .unwrap();
+    catalog
+        .upsert_dataset(&callback("invoices"), "bea", true)
+        .await
+        .unwrap();
+    let ids = |records: Vec<carga_scheduler::catalog::DatasetRecord>| {
+        records
+            .into_iter()
+            .map(|r| r.dataset_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(catalog.scheduled_datasets().await.unwrap()),
+        ["orders_eu", "ordersxeu"]
+    );
+    let disabled = catalog
+        .set_enabled("ordersxeu", false, "carl")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((disabled.version, disabled.enabled), (2, false));
+    assert_eq!(
+        ids(catalog.scheduled_datasets().await.unwrap()),
+        ["orders_eu"]
+    );
+    assert_eq!(
+        ids(catalog.datasets().await.unwrap()),
+        ["invoices", "orders_eu", "ordersxeu"]
+    );
+    // A rewrite by an editor needs approval again.
+    let rewritten = catalog
+        .upsert_dataset(&scheduled("orders_eu"), "ana", false)
+        .await
+        .unwrap();
+    assert_eq!((rewritten.version, rewritten.approved), (3, false));
+    assert_eq!(rewritten.created_at, first.created_at);
+    assert!(catalog.approve("nope", "bea").await.unwrap().is_none());
+
+    // Runs: queued once whatever the repeats, then started, retried, finished.
+    let mut jobs = vec![
+        ExtractionJob::new("orders_eu", RunReason::Schedule),
+        ExtractionJob::new("ordersxeu", RunReason::Trigger),
+        ExtractionJob::new("invoices", RunReason::Trigger),
+    ];
+    jobs[0].scheduled_for = Some(Utc::now() - Duration::minutes(1));
+    jobs[1].requested_by = Some("ana".into());
+    catalog.insert_queued_runs(&jobs).await.unwrap();
+    catalog.insert_queued_runs(&jobs).await.unwrap();
+    let queued = catalog.runs(None, Some("queued"), 100).await.unwrap();
+    assert_eq!(queued.len(), 3);
+    assert!(catalog.oldest_queued().await.unwrap().is_some());
+    let run = catalog.run(&jobs[1].run_id).await.unwrap().unwrap();
+    assert_eq!(run.requested_by.as_deref(), Some("ana"));
+    assert_eq!(run.reason, "trigger");
+
+    catalog.run_started(&jobs[0], "w1", 1).await.unwrap();
+    catalog
+        .run_retrying(&jobs[0].run_id, 1, "timeout")
+        .await
+        .unwrap();
+    catalog.run_started(&jobs[0], "w2", 2).await.unwrap();
+    let running = catalog.run(&jobs[0].run_id).await.unwrap().unwrap();
+    assert_eq!((running.state.as_str(), running.attempts), ("running", 2));
+    assert_eq!(running.worker.as_deref(), Some("w2"));
+    assert_eq!(running.error, None, "a new attempt clears the last error");
+    assert_eq!(
+        running.scheduled_for.map(|t| t.timestamp()),
+        jobs[0].scheduled_for.map(|t| t.timestamp())
+    );
+    catalog
+        .run_finished(
+            &jobs[0].run_id,
+            2,
+            &RunResult {
+                state: "succeeded",
+                rows_written: Some(1234),
+                bytes_written: Some(99_000),
+                manifest_url: Some("file:///m".into()),
+                watermark_after: Some("{\"ts\":\"2026-11-23\"}".into()),
+                ..RunResult::default()
+            },
+        )
+        .await
+        .unwrap();
+    let done = catalog.run(&jobs[0].run_id).await.unwrap().unwrap();
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(
+        (done.rows_written, done.bytes_written),
+        (Some(1234), Some(99_000))
+    );
+    assert!(done.finished_at.unwrap() >= done.started_at.unwrap());
+    let successes = catalog.last_successes().await.unwrap();
+    assert_eq!(successes.len(), 1);
+    assert_eq!(successes[0].0, "orders_eu");
+    let throughput = catalog.throughput(60).await.unwrap();
+    assert_eq!(throughput.len(), 1, "{throughput:?}");
+    assert_eq!((throughput[0].runs, throughput[0].rows_written), (1, 1234));
+    assert_eq!(throughput[0].state, "succeeded");
+
+    // A worker that takes a run the enqueuer never recorded still leaves a row.
+    let orphan = ExtractionJob::new("invoices", RunReason::Retry);
+    catalog.run_started(&orphan, "w1", 1).await.unwrap();
+    assert_eq!(
+        catalog.run(&orphan.run_id).await.unwrap().unwrap().state,
+        "running"
+    );
+
+    // Search: a part of the id in any case, `_` meaning itself, and an enqueue-time window.
+    let search = |text: &str| RunFilter {
+        search: Some(text.into()),
+        ..RunFilter::default()
+    };
+    let found = catalog.search_runs(&search("S_E")).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].dataset_id, "orders_eu");
+    assert_eq!(
+        catalog.search_runs(&search("orders")).await.unwrap().len(),
+        2
+    );
+    assert_eq!(catalog.search_runs(&search("%")).await.unwrap().len(), 0);
+    let window = RunFilter {
+        since: Some(Utc::now() - Duration::hours(1)),
+        until: Some(Utc::now() + Duration::hours(1)),
+        state: Some("queued".into()),
+        limit: 1,
+        ..RunFilter::default()
+    };
+    assert_eq!(catalog.search_runs(&window).await.unwrap().len(), 1);
+    let future = RunFilter {
+        since: Some(Utc::now() + Duration::hours(1)),
+        ..RunFilter::default()
+    };
+    assert!(catalog.search_runs(&future).await.unwrap().is_empty());
+    let newest_first = catalog.runs(Some("invoices"), None, 10).await.unwrap();
+    assert_eq!(newest_first.len(), 2);
+    assert!(newest_first[0].enqueued_at >= newest_first[1].enqueued_at);
+
+    // Operators' actions: kill once, delete only what ended, retries point to their successor.
+    assert!(catalog.run_killed(&jobs[1].run_id, "carl").await.unwrap());
+    assert!(!catalog.run_killed(&jobs[1].run_id, "carl").await.unwrap());
+    let killed = catalog.run(&jobs[1].run_id).await.unwrap().unwrap();
+    assert_eq!(killed.state, "killed");
+    assert_eq!(killed.error.as_deref(), Some("killed by carl"));
+    catalog
+        .run_retried_as(&jobs[1].run_id, "next")
+        .await
+        .unwrap();
+    assert_eq!(
+        catalog
+            .run(&jobs[1].run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .retried_as
+            .as_deref(),
+        Some("next")
+    );
+    assert!(
+        !catalog.delete_run(&jobs[2].run_id).await.unwrap(),
+        "still queued"
+    );
+    assert!(catalog.delete_run(&jobs[1].run_id).await.unwrap());
+    assert!(catalog.run(&jobs[1].run_id).await.unwrap().is_none());
+
+    // Tokens: only the hash is kept; an unknown token is nobody.
+    let token = catalog.create_token("ana", "editor").await.unwrap();
+    assert_eq!(
+        catalog.token(&token).await.unwrap(),
+        Some(("ana".to_owned(), "editor".to_owned()))
+    );
+    assert_eq!(catalog.token("carga_nope").await.unwrap(), None);
+
+    // Audit: newest first, per dataset.
+    for (action, dataset, result) in [
+        ("put_dataset", Some("orders_eu"), "ok"),
+        ("approve", Some("orders_eu"), "denied"),
+        ("list_runs", None, "ok"),
+    ] {
+        catalog
+            .audit(&AuditEntry {
+                subject: "ana".into(),
+                role: Some("editor".into()),
+                action: action.into(),
+                dataset_id: dataset.map(str::to_owned),
+                source_ip: Some("127.0.0.1".into()),
+                result,
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let log = catalog.audit_log(Some("orders_eu"), 10).await.unwrap();
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .map(|r| (r.entry.action.as_str(), r.entry.result))
+        .collect();
+    assert_eq!(actions, [("approve", "denied"), ("put_dataset", "ok")]);
+    assert_eq!(catalog.audit_log(None, 2).await.unwrap().len(), 2);
+
+    assert!(catalog.delete_dataset("invoices").await.unwrap());
+    assert!(!catalog.delete_dataset("invoices").await.unwrap());
+}
+
+#[tokio::test]
+async fn the_sqlite_catalog_keeps_configuration_runs_tokens_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("carga.db").display()
+    ))
+    .await
+    .unwrap();
+    assert!(catalog.sqlite_pool().is_some());
+    exercise(&catalog).await;
+}
+
+#[tokio::test]
+async fn the_postgres_catalog_keeps_configuration_runs_tokens_and_audit() {
+    if !common::services_available(&[("PostgreSQL", "127.0.0.1:5432")]) {
+        return;
+    }
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE carga_cat_{unique}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let catalog = Catalog::connect(&format!(
+        "postgres://postgres@127.0.0.1:5432/carga_cat_{unique}"
+    ))
+    .await
+    .unwrap();
+    exercise(&catalog).await;
+    catalog.postgres_pool().unwrap().close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE carga_cat_{unique}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}

@@ -1,0 +1,447 @@
+//! `carga serve`, the embedded single-process mode, as a user runs it: no PostgreSQL, Redis or
+//! RabbitMQ, only the binary, a state folder and a local bucket. A cron fires and commits; the
+//! HTTP trigger runs a callback dataset; a process killed with SIGKILL mid-job is started again
+//! and the job is finished once, with every row once; a failing source ends dead after its
+//! retries; SIGTERM stops it cleanly. Needs no service, so it always runs.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use carga_config::Settings;
+use serde_json::Value;
+
+/// One `carga serve` installation: its folder, its port, its process when running.
+struct Embedded {
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<Child>,
+    starts: usize,
+}
+
+impl Embedded {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(dir.path().join("specs")).unwrap();
+        std::fs::write(dir.path().join("secrets.json"), "{}").unwrap();
+        Self {
+            dir,
+            port,
+            process: None,
+            starts: 0,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn add_spec(&self, name: &str, yaml: &str) {
+        std::fs::write(self.path("specs").join(format!("{name}.yaml")), yaml).unwrap();
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            bucket: self.path("bucket").display().to_string(),
+            key_file: self.path("keys.json"),
+            secrets_file: self.path("secrets.json"),
+            ..Settings::default()
+        }
+    }
+
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.path(&format!("serve-{}.log", self.starts))).unwrap();
+        let out = std::fs::File::create(self.path(&format!("serve-{}.out", self.starts))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_carga"))
+            .arg("serve")
+            .args(["--state-dir", &self.path("state").display().to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--datasets", &self.path("specs").display().to_string()])
+            .args(["--heartbeat-seconds", "0.5", "--missed-heartbeats", "2"])
+            .args(["--lock-ttl-seconds", "2", "--lock-wait-seconds", "20"])
+            .args(["--max-attempts", "2", "--backoff-seconds", "0.2"])
+            .args(["--refresh-seconds", "1"])
+            .current_dir(self.dir.path())
+            .env("CARGA_BUCKET", self.path("bucket"))
+            .env("CARGA_KEY_FILE", self.path("keys.json"))
+            .env("CARGA_SECRETS_FILE", self.path("secrets.json"))
+            .env("RUST_LOG", "info")
+            .env_remove("CARGA_SETTINGS")
+            .env_remove("CARGA_AMQP_URL")
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                let read = |ext: &str| {
+                    std::fs::read_to_string(self.path(&format!("serve-{i}.{ext}")))
+                        .unwrap_or_default()
+                };
+                format!(
+                    "--- start {i} stdout:\n{}--- stderr:\n{}",
+                    read("out"),
+                    read("log")
+                )
+            })
+            .collect()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.path("state/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    async fn wait_until_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.port)).await;
+            if ready.is_ok_and(|r| r.status().is_success())
+                && self.path("state/admin-token").exists()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "carga serve not ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into())),
+        )
+    }
+
+    async fn text(&self, path: &str) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the run is in one of `states`.
+    async fn wait_for_run(&self, run_id: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, run) = self
+                .call(reqwest::Method::GET, &format!("/runs/{run_id}"))
+                .await;
+            if status == 200 && states.contains(&run["state"].as_str().unwrap_or_default()) {
+                return run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {run_id} not {states:?} within {within:?}: {run}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn trigger(&self, dataset: &str) -> String {
+        let (status, body) = self
+            .call(reqwest::Method::POST, &format!("/datasets/{dataset}/runs"))
+            .await;
+        assert_eq!(status, 202, "{body}\n{}", self.logs());
+        body["run_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn manifests(&self, dataset: &str) -> Vec<carga_jobs::manifest::Manifest> {
+        let bucket = carga_jobs::storage::Bucket::open(&self.settings()).unwrap();
+        let log = carga_jobs::manifest::ManifestLog::new(&bucket, dataset);
+        let mut out = Vec::new();
+        for sequence in log.sequences().await.unwrap() {
+            out.push(log.load(sequence).await.unwrap());
+        }
+        out
+    }
+
+    /// SIGTERM, then waits for the process; its exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.process.take().unwrap();
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        child.wait().unwrap()
+    }
+
+    fn kill(&mut self) {
+        let mut child = self.process.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A REST API that serves 300 records in six pages, slowly (400 ms a page); counts requests.
+async fn slow_api() -> (String, Arc<AtomicUsize>) {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    let app = axum::Router::new().route(
+        "/records",
+        axum::routing::get(move |Query(query): Query<HashMap<String, String>>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let page: u64 = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+                let records: Vec<Value> = if page <= 6 {
+                    ((page - 1) * 50 + 1..=page * 50)
+                        .map(|id| serde_json::json!({ "id": id, "name": format!("record-{id}") }))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                axum::Json(records)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, requests)
+}
+
+fn ids_of(batches: &[arrow::array::RecordBatch]) -> Vec<i64> {
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_service_schedules_triggers_recovers_a_killed_job_and_stops_cleanly() {
+    let mut carga = Embedded::new();
+    let mut csv = String::from("id,name\n");
+    for i in 1..=120 {
+        csv.push_str(&format!("{i},name-{i}\n"));
+    }
+    std::fs::write(carga.path("specs/orders.csv"), csv).unwrap();
+    // Relative to the spec file, as `carga run` reads it.
+    carga.add_spec(
+        "orders",
+        "id: orders\nsource: {format: csv, location: orders.csv}\nmode: complete\n\
+         trigger: timed_pull\ncron: '*/2 * * * * *'\nkey: [id]\n",
+    );
+    let (api, requests) = slow_api().await;
+    carga.add_spec(
+        "slow",
+        &format!(
+            "id: slow\nsource:\n  format: rest\n  location: {api}/records\n  rest: {{pagination: {{style: page}}}}\n\
+             mode: complete\ntrigger: callback\nkey: [id]\n"
+        ),
+    );
+    carga.add_spec(
+        "broken",
+        "id: broken\nsource: {format: csv, location: not-there.csv}\nmode: complete\ntrigger: callback\n",
+    );
+    carga.start();
+    carga.wait_until_ready().await;
+
+    // The cron fires and the scheduled run commits, with no server anywhere.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let scheduled = loop {
+        let (_, runs) = carga
+            .call(reqwest::Method::GET, "/datasets/orders/runs")
+            .await;
+        if let Some(run) = runs
+            .as_array()
+            .and_then(|runs| runs.iter().find(|r| r["state"] == "succeeded"))
+        {
+            break run.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scheduled run of 'orders' succeeded: {runs}\n{}",
+            carga.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(scheduled["reason"], "schedule");
+    assert_eq!(scheduled["rows_written"], 120);
+    assert!(scheduled["scheduled_for"].is_string());
+    assert!(!carga.manifests("orders").await.is_empty());
+
+    // The trigger runs the callback dataset; kill the process in the middle of it.
+    let run_id = carga.trigger("slow").await;
+    carga
+        .wait_for_run(&run_id, &["running"], Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let asked_before_kill = requests.load(Ordering::SeqCst);
+    assert!(
+        (1..7).contains(&asked_before_kill),
+        "killed mid-job: {asked_before_kill} pages asked"
+    );
+    carga.kill();
+    assert!(
+        carga.manifests("slow").await.is_empty(),
+        "nothing visible from the killed run"
+    );
+
+    // Started again: the held job goes back to the queue and runs to one commit.
+    carga.start();
+    carga.wait_until_ready().await;
+    let run = carga
+        .wait_for_run(
+            &run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", carga.logs());
+    assert_eq!(run["rows_written"], 300);
+    let manifests = carga.manifests("slow").await;
+    assert_eq!(manifests.len(), 1, "one commit, not two");
+    assert_eq!(manifests[0].run_id, run_id);
+    let engine = carga_jobs::Engine::new(carga.settings()).unwrap();
+    let batches = carga_jobs::read::collect_dataset(engine.bucket(), engine.encryptor(), "slow")
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&batches), (1..=300).collect::<Vec<i64>>());
+    assert!(
+        carga.logs().contains("put back in the queue"),
+        "{}",
+        carga.logs()
+    );
+
+    // A failing source ends dead after its two attempts, with the reason.
+    let broken = carga.trigger("broken").await;
+    let run = carga
+        .wait_for_run(&broken, &["dead", "failed"], Duration::from_secs(30))
+        .await;
+    assert_eq!(run["state"], "dead", "{run}");
+    assert_eq!(run["attempts"], 2);
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not-there.csv"),
+        "{run}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, queue) = carga.call(reqwest::Method::GET, "/queue").await;
+        if queue["dead"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Operators see the same numbers as on Redis and PostgreSQL.
+    let metrics = carga.text("/metrics").await;
+    assert!(metrics.contains("carga_jobs_dead_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("carga_source_rows_total{source=\"rest\"} 300"),
+        "{metrics}"
+    );
+    let (status, overview) = carga.call(reqwest::Method::GET, "/overview").await;
+    assert_eq!(status, 200, "{overview}");
+    let (_, audit) = carga.call(reqwest::Method::GET, "/audit").await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "load_dataset").count(),
+        3,
+        "{audit}"
+    );
+    assert!(actions.contains(&"trigger"), "{audit}");
+
+    // SIGTERM: a clean exit.
+    let status = carga.stop();
+    assert!(status.success(), "{status:?}\n{}", carga.logs());
+    assert!(carga.logs().contains("carga stopped"), "{}", carga.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_spec_stops_the_start_with_the_file_and_the_reason() {
+    let mut carga = Embedded::new();
+    carga.add_spec(
+        "late",
+        "id: late\nsource: {format: csv, location: x.csv}\nmode: complete\ntrigger: timed_pull\ncron: 'not a cron'\n",
+    );
+    carga.start();
+    let status = carga.process.as_mut().unwrap().wait().unwrap();
+    assert!(!status.success());
+    let logs = carga.logs();
+    assert!(logs.contains("late.yaml"), "{logs}");
+    assert!(logs.contains("not a cron"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_private_and_survives_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut carga = Embedded::new();
+    carga.start();
+    carga.wait_until_ready().await;
+    let mode = std::fs::metadata(carga.path("state/admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first = carga.token();
+    assert_eq!(carga.stop().code(), Some(0));
+    carga.start();
+    carga.wait_until_ready().await;
+    assert_eq!(carga.token(), first);
+    let (status, _) = carga.call(reqwest::Method::GET, "/datasets").await;
+    assert_eq!(status, 200);
+}
