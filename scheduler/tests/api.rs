@@ -34,17 +34,7 @@ struct Api {
 
 impl Api {
     async fn new() -> Self {
-        let unique = uuid::Uuid::now_v7().simple().to_string();
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE carga_api_{unique}"
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-        let url = format!("postgres://postgres@127.0.0.1:5432/carga_api_{unique}");
+        let (unique, url) = common::fresh_postgres_database("carga_api").await;
         let catalog = Catalog::connect(&url).await.unwrap();
         catalog.migrate().await.unwrap();
         let queue = JobQueue::connect(&QueueSettings {

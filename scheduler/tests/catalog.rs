@@ -274,27 +274,15 @@ async fn the_postgres_catalog_keeps_configuration_runs_tokens_and_audit() {
     if !common::services_available(&[("PostgreSQL", "127.0.0.1:5432")]) {
         return;
     }
-    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let (name, url) = common::fresh_postgres_database("carga_cat").await;
+    let catalog = Catalog::connect(&url).await.unwrap();
+    exercise(&catalog).await;
+    catalog.postgres_pool().unwrap().close().await;
     let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
         .await
         .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE carga_cat_{unique}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    let catalog = Catalog::connect(&format!(
-        "postgres://postgres@127.0.0.1:5432/carga_cat_{unique}"
-    ))
-    .await
-    .unwrap();
-    exercise(&catalog).await;
-    catalog.postgres_pool().unwrap().close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE carga_cat_{unique}"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use carga_config::Settings;
+use common::ids_of;
 use serde_json::Value;
 
 /// One `carga serve` installation: its folder, its port, its process when running.
@@ -243,23 +246,6 @@ async fn slow_api() -> (String, Arc<AtomicUsize>) {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (base, requests)
-}
-
-fn ids_of(batches: &[arrow::array::RecordBatch]) -> Vec<i64> {
-    let mut ids: Vec<i64> = batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("id")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    ids.sort();
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

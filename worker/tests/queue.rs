@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
 use carga_config::{DatasetSpec, Settings};
 use carga_jobs::manifest::ManifestLog;
 use carga_jobs::storage::Bucket;
@@ -523,20 +525,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_nothing_is_written_twice() {
     let batches = carga_jobs::read::collect_dataset(engine.bucket(), engine.encryptor(), "slow")
         .await
         .unwrap();
-    let mut ids: Vec<i64> = batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("id")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    ids.sort();
-    assert_eq!(ids, (1..=300).collect::<Vec<i64>>());
+    assert_eq!(common::ids_of(&batches), (1..=300).collect::<Vec<i64>>());
     assert!(lab.worker_log("rescuer").contains(&job.run_id));
 }
 

@@ -163,6 +163,12 @@ impl SqliteQueue {
         let _ = tokio::time::timeout(at_most, self.pushed.notified()).await;
     }
 
+    /// A worker seen since this time (ms) is alive: it missed fewer heartbeats than allowed.
+    fn alive_after(&self, now: i64) -> i64 {
+        let missed = i64::try_from(self.settings.missed_heartbeats.max(1)).unwrap_or(i64::MAX);
+        now.saturating_sub(millis(self.settings.heartbeat).saturating_mul(missed))
+    }
+
     /// Marks `worker` alive now.
     pub async fn heartbeat(&self, worker: &str) -> Result<()> {
         sqlx::query(
@@ -190,9 +196,7 @@ impl SqliteQueue {
     /// ids handed back.
     pub async fn recover_orphans(&self) -> Result<Vec<String>> {
         let now = now_ms();
-        let alive_after = now
-            - millis(self.settings.heartbeat)
-                * i64::try_from(self.settings.missed_heartbeats.max(1)).unwrap_or(i64::MAX);
+        let alive_after = self.alive_after(now);
         let orphans: Vec<(String,)> = sqlx::query_as(
             "UPDATE queue_jobs SET state = 'queued', worker = NULL, run_at = $2
              WHERE state = 'running'
@@ -229,10 +233,7 @@ impl SqliteQueue {
         .await?;
         let workers: i64 =
             sqlx::query_scalar("SELECT count(*) FROM queue_workers WHERE last_seen >= $1")
-                .bind(
-                    now - millis(self.settings.heartbeat)
-                        * i64::try_from(self.settings.missed_heartbeats.max(1)).unwrap_or(i64::MAX),
-                )
+                .bind(self.alive_after(now))
                 .fetch_one(&self.pool)
                 .await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);

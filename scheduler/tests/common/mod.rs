@@ -25,3 +25,17 @@ pub fn services_available(services: &[(&str, &str)]) -> bool {
     eprintln!("SKIPPED: {why} (set {REQUIRE_ALL}=1 to make this a failure)");
     false
 }
+
+/// Creates an empty PostgreSQL database on the local server for one test; its name and URL.
+pub async fn fresh_postgres_database(prefix: &str) -> (String, String) {
+    let name = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    (name, url)
+}
