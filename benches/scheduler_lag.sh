@@ -2,7 +2,8 @@
 # Scheduling lag: N datasets with an every-minute cron, two scheduler replicas, M minutes, against
 # the local PostgreSQL and Redis. Prints, per fire time, how many jobs were enqueued (must equal N,
 # once each) and how late (enqueued_at - scheduled_for: p50, p99, max).
-# Usage: benches/scheduler_lag.sh [datasets=1000] [minutes=3] [profile=release|dev]
+# Usage: benches/scheduler_lag.sh [datasets=1000] [minutes=3] [profile=release|dev] [redis|embedded]
+# (`embedded`: the SQLite catalog and queue of `carga serve`, no servers needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/carga-target}"
@@ -14,4 +15,4 @@ else
   cargo build -q -p carga-scheduler --example cron_lag
   bin="$CARGO_TARGET_DIR/debug/examples/cron_lag"
 fi
-"$bin" "${1:-1000}" "${2:-3}"
+"$bin" "${1:-1000}" "${2:-3}" "${4:-redis}"
