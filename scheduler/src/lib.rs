@@ -6,6 +6,7 @@ pub mod api;
 pub mod catalog;
 pub mod daemon;
 pub mod job;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod schedule;

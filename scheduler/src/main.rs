@@ -82,16 +82,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("CARGA_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
-    }
+    carga_scheduler::logging::init("info");
     let cli = Cli::parse();
     let catalog = Catalog::connect(&cli.catalog_url)
         .await

@@ -175,7 +175,7 @@ fn default_worker_name() -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
+    carga_scheduler::logging::init("warn");
     match dispatch(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -191,20 +191,6 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-}
-
-/// Logs go to stderr; `CARGA_LOG_FORMAT=json` gives one JSON object per line (with the run id).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("CARGA_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
