@@ -12,4 +12,4 @@ pub use dataset::{
     Trigger,
 };
 pub use error::ConfigError;
-pub use settings::{Compression, S3Settings, SecretsProvider, Settings};
+pub use settings::{Compression, S3Settings, SecretsProvider, Settings, SourceAccessSettings};

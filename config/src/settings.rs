@@ -35,6 +35,22 @@ pub struct Settings {
     /// Rows per Arrow record batch flowing through the pipeline.
     pub batch_rows: usize,
     pub s3: S3Settings,
+    /// What a dataset spec may reach: local folders and networks.
+    pub sources: SourceAccessSettings,
+}
+
+/// The fence around what a spec can read. `None` means "the default of the command": `carga run`
+/// and `carga preview` read under the spec's folder and the working directory and may reach any
+/// network; the servers (`carga worker`, `carga-scheduler serve`, `carga serve`) read only under
+/// the roots they are given and refuse loopback, link-local and private addresses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceAccessSettings {
+    /// Folders local file sources may be read from (after symlinks and `..` are resolved).
+    pub local_roots: Option<Vec<PathBuf>>,
+    /// Whether REST and http(s) file sources may reach loopback, link-local and private
+    /// addresses (tests and on-premises APIs opt in with `true`).
+    pub allow_private_networks: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -78,6 +94,7 @@ impl Default for Settings {
             rows_per_row_group: 122_880,
             batch_rows: 8192,
             s3: S3Settings::default(),
+            sources: SourceAccessSettings::default(),
         }
     }
 }
@@ -159,6 +176,18 @@ impl Settings {
         if let Some(v) = var("CARGA_S3_ALLOW_HTTP") {
             self.s3.allow_http = parse_env("CARGA_S3_ALLOW_HTTP", &v)?;
         }
+        if let Some(v) = var("CARGA_LOCAL_ROOTS") {
+            // A PATH-like list; an empty value means no local file may be read.
+            self.sources.local_roots = Some(
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect(),
+            );
+        }
+        if let Some(v) = var("CARGA_ALLOW_PRIVATE_NETWORKS") {
+            self.sources.allow_private_networks =
+                Some(parse_env("CARGA_ALLOW_PRIVATE_NETWORKS", &v)?);
+        }
         Ok(())
     }
 
@@ -216,6 +245,32 @@ mod tests {
         assert_eq!(settings.bucket, "s3://lake/raw");
         assert_eq!(settings.compression, Compression::Snappy);
         assert!(settings.s3.allow_http);
+    }
+
+    #[test]
+    fn source_access_comes_from_the_environment() {
+        let env: HashMap<&str, &str> = [
+            ("CARGA_LOCAL_ROOTS", "/data/in:/srv/shared"),
+            ("CARGA_ALLOW_PRIVATE_NETWORKS", "true"),
+        ]
+        .into();
+        let mut settings = Settings::default();
+        assert_eq!(settings.sources.local_roots, None);
+        settings
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(
+            settings.sources.local_roots,
+            Some(vec![
+                PathBuf::from("/data/in"),
+                PathBuf::from("/srv/shared")
+            ])
+        );
+        assert_eq!(settings.sources.allow_private_networks, Some(true));
+        settings
+            .apply_env(|k| (k == "CARGA_LOCAL_ROOTS").then(String::new))
+            .unwrap();
+        assert_eq!(settings.sources.local_roots, Some(vec![]));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use carga_config::{DatasetSpec, Settings};
 use object_store::path::Path;
@@ -37,6 +38,7 @@ pub(crate) async fn extract(
     access: SourceAccess,
     previous_schema: Option<&Schema>,
     dir: &Path,
+    delivered: &[RecordBatch],
 ) -> Result<Extracted> {
     let secret = access.secret.clone().ok_or_else(|| {
         JobError::Secret(format!(
@@ -55,6 +57,7 @@ pub(crate) async fn extract(
         previous_schema,
         dir,
         chunks,
+        delivered,
     )
     .await;
     holder.release().await;
@@ -73,6 +76,9 @@ struct Shared {
     bucket: Bucket,
     encryptor: Encryptor,
     settings: Settings,
+    policy: crate::access::AccessPolicy,
+    /// The previous run's lookback window, which every chunk's cursor must recognise.
+    delivered: Vec<RecordBatch>,
     dir: Path,
     attempts: u32,
     faults: ChunkFaults,
@@ -99,6 +105,7 @@ async fn extract_chunks(
     previous_schema: Option<&Schema>,
     dir: &Path,
     chunks: Vec<Chunk>,
+    delivered: &[RecordBatch],
 ) -> Result<Extracted> {
     let partitions = spec
         .source
@@ -109,7 +116,7 @@ async fn extract_chunks(
     // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
     let first_reader = sources::open(
         spec,
-        &settings.s3,
+        engine.policy(),
         settings.batch_rows,
         hints.clone(),
         chunk_access(&secret, access.floor.as_ref(), access.lookback, &chunks[0]),
@@ -136,6 +143,8 @@ async fn extract_chunks(
         bucket: engine.bucket().clone(),
         encryptor: engine.encryptor().clone(),
         settings,
+        policy: engine.policy().clone(),
+        delivered: delivered.to_vec(),
         dir: dir.clone(),
         attempts: partitions.attempts,
         faults: engine.chunk_faults().clone(),
@@ -190,7 +199,7 @@ async fn extract_chunks(
 
     outputs.sort_by_key(|o| o.index);
     let mut checks = shared.checks_template.sibling()?;
-    let mut cursor = new_cursor(spec, &plan, shared.floor.as_ref())?;
+    let mut cursor = new_cursor(spec, &plan, shared.floor.as_ref(), delivered)?;
     let mut stats = ReadStats::default();
     let mut rows = 0;
     let mut files = Vec::new();
@@ -275,7 +284,7 @@ async fn attempt_chunk(
             );
             sources::open(
                 &shared.spec,
-                &shared.settings.s3,
+                &shared.policy,
                 shared.settings.batch_rows,
                 shared.hints.clone(),
                 access,
@@ -284,7 +293,12 @@ async fn attempt_chunk(
         }
     };
     let mut checks = shared.checks_template.sibling()?;
-    let mut cursor = new_cursor(&shared.spec, &shared.plan, shared.floor.as_ref())?;
+    let mut cursor = new_cursor(
+        &shared.spec,
+        &shared.plan,
+        shared.floor.as_ref(),
+        &shared.delivered,
+    )?;
     let mut sink = PartSink::new(
         shared.bucket.clone(),
         shared.dir.clone(),

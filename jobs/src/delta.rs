@@ -3,8 +3,13 @@
 //!
 //! With a lookback window, a run also re-reads the rows whose timestamp lies within the window
 //! before the watermark, to catch rows committed late (a transaction that started before the last
-//! run but committed after it). Rows already delivered are recognised by their cursor tuple: the
-//! watermark keeps every delivered tuple inside the window (`recent`), so nothing is repeated.
+//! run but committed after it). Rows already delivered are recognised by their cursor tuple: each
+//! run writes every tuple it can vouch was delivered inside the window to an encrypted side file
+//! (`recent_files`, beside the manifests), and the next run reads it back, so nothing is repeated
+//! and a manifest stays small whatever a bulk update puts inside the window. Memory for the window
+//! is bounded: past `WINDOW_BUDGET_BYTES` the oldest tuples are let go and the window the run
+//! vouches for narrows to what it kept (the next run re-reads that narrower window), so no volume
+//! of updates can fail or strand a dataset.
 //!
 //! The watermark is stored as text: each cursor value as Arrow displays it (full precision:
 //! every decimal digit, microseconds, the key as written), and cast back to the column's type
@@ -21,9 +26,13 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{JobError, Result};
+use crate::sink::PartFile;
 
-/// Tuples kept for a lookback window at most; a window holding more fails the run.
-pub const MAX_RECENT_ROWS: usize = 200_000;
+/// Memory a run spends on its lookback window's tuples at most (their row-format bytes and
+/// bookkeeping): about a million tuples of a timestamp and one or two keys.
+pub const WINDOW_BUDGET_BYTES: usize = 64 << 20;
+/// Bookkeeping per remembered tuple besides its bytes.
+const TUPLE_OVERHEAD: usize = 40;
 
 /// A cursor position: the cursor columns' values of one row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -34,10 +43,25 @@ pub struct Watermark {
     /// The lookback window the `recent` tuples cover, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookback_seconds: Option<u64>,
-    /// Every delivered cursor tuple (text, in `columns` order) whose timestamp is within the
-    /// lookback window ending at `values`' timestamp.
+    /// Delivered tuples inside the window, inline (text, in `columns` order): how manifests
+    /// of format 1 stored them. Read, never written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<Vec<String>>,
+    /// Every delivered cursor tuple whose timestamp is within the lookback window ending at
+    /// `values`' timestamp: encrypted Parquet files of the cursor columns, beside the manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_files: Vec<PartFile>,
+}
+
+impl Watermark {
+    /// The position alone, without the window's tuples.
+    pub fn position(&self) -> Watermark {
+        Watermark {
+            recent: Vec::new(),
+            recent_files: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// The lookback a delta run can use safely: the shorter of the configured one and the one the
@@ -56,7 +80,6 @@ pub fn effective_lookback(previous: Option<&Watermark>, configured: Option<u64>)
 struct Recent {
     micros: i64,
     row: Vec<u8>,
-    text: Vec<String>,
 }
 
 struct Lookback {
@@ -67,6 +90,11 @@ struct Lookback {
     cutoff: Option<i64>,
     delivered_before: HashSet<Vec<u8>>,
     window: Vec<Recent>,
+    /// Bytes `window` holds (for the budget).
+    window_bytes: usize,
+    /// Tuples at or before this were let go to stay within the budget: the window this run
+    /// vouches for starts after it.
+    forgotten_up_to: Option<i64>,
     newest: Option<i64>,
 }
 
@@ -85,13 +113,16 @@ pub struct DeltaFilter {
 impl DeltaFilter {
     /// A delta cursor: rows after `previous` pass (or, with a lookback, rows inside the window not
     /// delivered before); rows with a null cursor value are dropped and counted.
+    /// `delivered` holds the tuples the previous run delivered inside its window (read back from
+    /// its `recent_files`).
     pub fn new(
         schema: &Schema,
         columns: &[String],
         previous: Option<&Watermark>,
         lookback_seconds: Option<u64>,
+        delivered: &[RecordBatch],
     ) -> Result<Self> {
-        Self::build(schema, columns, previous, lookback_seconds, true)
+        Self::build(schema, columns, previous, lookback_seconds, delivered, true)
     }
 
     /// Tracks the highest cursor (and the lookback window) of a complete run without leaving any
@@ -101,7 +132,7 @@ impl DeltaFilter {
         columns: &[String],
         lookback_seconds: Option<u64>,
     ) -> Result<Self> {
-        Self::build(schema, columns, None, lookback_seconds, false)
+        Self::build(schema, columns, None, lookback_seconds, &[], false)
     }
 
     fn build(
@@ -109,6 +140,7 @@ impl DeltaFilter {
         columns: &[String],
         previous: Option<&Watermark>,
         lookback_seconds: Option<u64>,
+        delivered: &[RecordBatch],
         filter: bool,
     ) -> Result<Self> {
         let spec_error = |message: String| JobError::bad_input("dataset spec", message);
@@ -147,10 +179,14 @@ impl DeltaFilter {
             converter,
             floor: None,
             lookback: lookback_seconds.map(|s| Lookback {
-                configured: s as i64 * 1_000_000,
+                configured: i64::try_from(s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
                 cutoff: None,
                 delivered_before: HashSet::new(),
                 window: Vec::new(),
+                window_bytes: 0,
+                forgotten_up_to: None,
                 newest: None,
             }),
             highest: None,
@@ -176,21 +212,28 @@ impl DeltaFilter {
             effective_lookback(previous, lookback_seconds),
         ) {
             (Some(lookback), Some(window)) => {
-                lookback.cutoff = floor_micros.map(|f| f - window as i64 * 1_000_000);
+                let window = i64::try_from(window)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000);
+                lookback.cutoff = floor_micros.map(|f| f.saturating_sub(window));
                 lookback.newest = floor_micros;
-                let recent = delta.decode(&watermark.recent)?;
-                let rows = delta.convert(&recent)?;
-                let stamps = micros(recent.column(0))?;
-                let lookback = delta.lookback.as_mut().expect("present");
-                for (i, text) in watermark.recent.iter().enumerate() {
-                    let row = rows.row(i).as_ref().to_vec();
-                    lookback.delivered_before.insert(row.clone());
-                    if let Some(micros) = stamps[i] {
-                        lookback.window.push(Recent {
-                            micros,
-                            row,
-                            text: text.clone(),
-                        });
+                let mut tuples = Vec::with_capacity(delivered.len() + 1);
+                if !watermark.recent.is_empty() {
+                    tuples.push(delta.decode(&watermark.recent)?);
+                }
+                for batch in delivered {
+                    tuples.push(delta.as_cursor(batch)?);
+                }
+                for batch in &tuples {
+                    let rows = delta.convert(batch)?;
+                    let stamps = micros(batch.column(0))?;
+                    let lookback = delta.lookback.as_mut().expect("present");
+                    for (i, stamp) in stamps.iter().enumerate() {
+                        let row = rows.row(i).as_ref().to_vec();
+                        lookback.delivered_before.insert(row.clone());
+                        if let Some(micros) = *stamp {
+                            lookback.remember(Recent { micros, row });
+                        }
                     }
                 }
             }
@@ -216,10 +259,6 @@ impl DeltaFilter {
         let stamps = match self.lookback {
             Some(_) => micros(cursor.column(0))?,
             None => Vec::new(),
-        };
-        let formatters = match self.lookback {
-            Some(_) => Some(formatters(&cursor)?),
-            None => None,
         };
         let mut keep = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
@@ -251,17 +290,13 @@ impl DeltaFilter {
             {
                 self.highest = Some((row.owned(), cursor.slice(i, 1)));
             }
-            if let (Some(lookback), Some(formatters), Some(micros)) = (
-                self.lookback.as_mut(),
-                formatters.as_ref(),
-                stamps.get(i).copied().flatten(),
-            ) {
-                let text = formatters.iter().map(|f| f.value(i).to_string()).collect();
+            if let (Some(lookback), Some(micros)) =
+                (self.lookback.as_mut(), stamps.get(i).copied().flatten())
+            {
                 lookback.remember(Recent {
                     micros,
                     row: row.as_ref().to_vec(),
-                    text,
-                })?;
+                });
             }
         }
         if keep.iter().all(|&k| k) {
@@ -284,8 +319,9 @@ impl DeltaFilter {
             self.highest = Some((row, batch));
         }
         if let (Some(mine), Some(theirs)) = (self.lookback.as_mut(), other.lookback) {
+            mine.forgotten_up_to = mine.forgotten_up_to.max(theirs.forgotten_up_to);
             for recent in theirs.window {
-                mine.remember(recent)?;
+                mine.remember(recent);
             }
         }
         Ok(())
@@ -298,7 +334,8 @@ impl DeltaFilter {
     }
 
     /// The watermark after this run: the highest tuple delivered (or the previous one when
-    /// nothing new arrived) and, with a lookback, the tuples inside the window.
+    /// nothing new arrived) and, with a lookback, the window it vouches for. The window's
+    /// tuples are `recent_tuples`, for the run to store beside its manifest.
     pub fn highest(&self, previous: Option<&Watermark>) -> Result<Option<Watermark>> {
         let columns: Vec<String> = self
             .cursor_schema
@@ -320,39 +357,86 @@ impl DeltaFilter {
             }
             (None, Some(previous)) => Watermark {
                 recent: Vec::new(),
+                recent_files: Vec::new(),
                 ..previous.clone()
             },
             (None, None) => return Ok(None),
         };
-        if let Some(lookback) = &self.lookback {
-            let Some(newest) = lookback.newest else {
-                return Ok(Some(watermark));
-            };
-            // The window we can vouch for: every delivered tuple inside it is known.
-            let window = match lookback.cutoff {
-                None => lookback.configured,
-                Some(cutoff) => lookback.configured.min(newest - cutoff),
-            };
+        if let Some(window) = self.vouched_window() {
             watermark.lookback_seconds = Some((window / 1_000_000) as u64);
-            let mut recent: Vec<&Recent> = lookback
-                .window
-                .iter()
-                .filter(|r| r.micros > newest - window)
-                .collect();
-            if recent.len() > MAX_RECENT_ROWS {
-                return Err(JobError::bad_input(
-                    "dataset spec",
-                    format!(
-                        "the lookback window holds {} rows, more than the {MAX_RECENT_ROWS} tracked; shorten `lookback`",
-                        recent.len()
-                    ),
-                ));
-            }
-            recent.sort_by(|a, b| a.row.cmp(&b.row));
-            recent.dedup_by(|a, b| a.row == b.row);
-            watermark.recent = recent.into_iter().map(|r| r.text.clone()).collect();
         }
         Ok(Some(watermark))
+    }
+
+    /// The window (µs, ending at the newest timestamp) whose every delivered tuple this run
+    /// knows: the configured one, narrowed to what earlier runs settled and to what the memory
+    /// budget kept.
+    fn vouched_window(&self) -> Option<i64> {
+        let lookback = self.lookback.as_ref()?;
+        let newest = lookback.newest?;
+        let mut window = lookback.configured;
+        if let Some(cutoff) = lookback.cutoff {
+            window = window.min(newest - cutoff);
+        }
+        if let Some(forgotten) = lookback.forgotten_up_to {
+            window = window.min(newest - forgotten);
+        }
+        Some(window.max(0))
+    }
+
+    /// Whether the window was narrowed to stay within the memory budget (for the report).
+    pub fn window_narrowed(&self) -> bool {
+        self.lookback
+            .as_ref()
+            .is_some_and(|l| l.forgotten_up_to.is_some())
+    }
+
+    /// The delivered tuples inside the vouched window, sorted and without repeats, as cursor
+    /// columns: what the next run must recognise. `None` without a lookback.
+    pub fn recent_tuples(&self) -> Result<Option<RecordBatch>> {
+        let (Some(lookback), Some(window)) = (self.lookback.as_ref(), self.vouched_window()) else {
+            return Ok(None);
+        };
+        let newest = lookback
+            .newest
+            .expect("a vouched window has a newest tuple");
+        let mut recent: Vec<&[u8]> = lookback
+            .window
+            .iter()
+            .filter(|r| r.micros > newest - window)
+            .map(|r| r.row.as_slice())
+            .collect();
+        recent.sort_unstable();
+        recent.dedup();
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(recent.iter().map(|bytes| parser.parse(bytes)))
+            .map_err(|e| JobError::arrow("the lookback window's tuples", e))?;
+        RecordBatch::try_new(self.cursor_schema.clone(), columns)
+            .map(Some)
+            .map_err(|e| JobError::arrow("the lookback window's tuples", e))
+    }
+
+    /// A stored window batch as this cursor's columns and types.
+    fn as_cursor(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let columns = self
+            .cursor_schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let column = batch.column_by_name(field.name()).ok_or_else(|| {
+                    JobError::bad_input(
+                        "lookback window file",
+                        format!("has no column '{}'", field.name()),
+                    )
+                })?;
+                cast(column, field.data_type())
+                    .map_err(|e| JobError::arrow("reading the lookback window", e))
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(self.cursor_schema.clone(), columns)
+            .map_err(|e| JobError::arrow("reading the lookback window", e))
     }
 
     /// Casts text tuples (in cursor column order) back to the cursor's types.
@@ -389,23 +473,47 @@ impl DeltaFilter {
 }
 
 impl Lookback {
-    /// Remembers a delivered tuple; drops tuples that fell out of the window as it moves.
-    fn remember(&mut self, recent: Recent) -> Result<()> {
-        self.newest = Some(self.newest.map_or(recent.micros, |n| n.max(recent.micros)));
-        self.window.push(recent);
-        if self.window.len() > 2 * MAX_RECENT_ROWS {
-            let oldest_kept = self.newest.expect("just set") - self.configured;
-            self.window.retain(|r| r.micros > oldest_kept);
-            if self.window.len() > MAX_RECENT_ROWS {
-                return Err(JobError::bad_input(
-                    "dataset spec",
-                    format!(
-                        "the lookback window holds more than {MAX_RECENT_ROWS} rows; shorten `lookback`"
-                    ),
-                ));
-            }
+    /// Remembers a delivered tuple. Tuples that fell out of the configured window as it moves are
+    /// dropped; past the memory budget the oldest quarter is let go and the vouched window
+    /// narrows past it.
+    fn remember(&mut self, recent: Recent) {
+        if self.forgotten_up_to.is_some_and(|f| recent.micros <= f) {
+            return;
         }
-        Ok(())
+        self.newest = Some(self.newest.map_or(recent.micros, |n| n.max(recent.micros)));
+        self.window_bytes += recent.row.len() + TUPLE_OVERHEAD;
+        self.window.push(recent);
+        if self.window_bytes <= WINDOW_BUDGET_BYTES {
+            return;
+        }
+        let oldest_kept = self
+            .newest
+            .expect("just set")
+            .saturating_sub(self.configured);
+        self.window.retain(|r| r.micros > oldest_kept);
+        self.recount();
+        if self.window_bytes <= WINDOW_BUDGET_BYTES / 2 {
+            return;
+        }
+        let quarter = self.window.len() / 4;
+        self.window
+            .select_nth_unstable_by_key(quarter, |r| r.micros);
+        let cut = self.window[quarter].micros;
+        self.window.retain(|r| r.micros > cut);
+        self.forgotten_up_to = self.forgotten_up_to.max(Some(cut));
+        self.recount();
+        tracing::warn!(
+            kept = self.window.len(),
+            "the lookback window holds more tuples than its memory budget; the oldest are let go and the window the next run re-reads narrows"
+        );
+    }
+
+    fn recount(&mut self) {
+        self.window_bytes = self
+            .window
+            .iter()
+            .map(|r| r.row.len() + TUPLE_OVERHEAD)
+            .sum();
     }
 }
 
@@ -489,7 +597,7 @@ mod tests {
     #[test]
     fn rows_sharing_the_watermark_timestamp_are_split_by_key() {
         let first = batch(&[Some(10), Some(20), Some(20)], &[1, 2, 3]);
-        let mut run1 = DeltaFilter::new(&first.schema(), &cursor(), None, None).unwrap();
+        let mut run1 = DeltaFilter::new(&first.schema(), &cursor(), None, None, &[]).unwrap();
         assert_eq!(ids(&run1.apply(&first).unwrap()), vec![1, 2, 3]);
         let mark = run1.highest(None).unwrap().unwrap();
         // Second run: the same rows again, plus id 4 at the same timestamp and id 0 at a later one.
@@ -497,7 +605,8 @@ mod tests {
             &[Some(10), Some(20), Some(20), Some(20), Some(30)],
             &[1, 2, 3, 4, 0],
         );
-        let mut run2 = DeltaFilter::new(&second.schema(), &cursor(), Some(&mark), None).unwrap();
+        let mut run2 =
+            DeltaFilter::new(&second.schema(), &cursor(), Some(&mark), None, &[]).unwrap();
         assert_eq!(ids(&run2.apply(&second).unwrap()), vec![4, 0]);
         assert_eq!(
             run2.highest(Some(&mark)).unwrap().unwrap().values["id"],
@@ -508,11 +617,11 @@ mod tests {
     #[test]
     fn watermark_keeps_microsecond_precision() {
         let b = batch(&[Some(1_700_000_000_123_456)], &[7]);
-        let mut f = DeltaFilter::new(&b.schema(), &cursor(), None, None).unwrap();
+        let mut f = DeltaFilter::new(&b.schema(), &cursor(), None, None, &[]).unwrap();
         f.apply(&b).unwrap();
         let mark = f.highest(None).unwrap().unwrap();
         assert_eq!(mark.values["ts"], "2023-11-14T22:13:20.123456");
-        let mut again = DeltaFilter::new(&b.schema(), &cursor(), Some(&mark), None).unwrap();
+        let mut again = DeltaFilter::new(&b.schema(), &cursor(), Some(&mark), None, &[]).unwrap();
         let next = batch(
             &[Some(1_700_000_000_123_456), Some(1_700_000_000_123_457)],
             &[7, 7],
@@ -523,7 +632,7 @@ mod tests {
     #[test]
     fn null_cursor_values_are_counted_not_written() {
         let b = batch(&[None, Some(5)], &[1, 2]);
-        let mut f = DeltaFilter::new(&b.schema(), &cursor(), None, None).unwrap();
+        let mut f = DeltaFilter::new(&b.schema(), &cursor(), None, None, &[]).unwrap();
         let out = f.apply(&b).unwrap();
         assert_eq!(out.num_rows(), 1);
         assert_eq!(out.column(0).null_count(), 0);
@@ -541,11 +650,12 @@ mod tests {
             &[Some(100 * second), Some(110 * second), Some(120 * second)],
             &[1, 2, 3],
         );
-        let mut run1 = DeltaFilter::new(&first.schema(), &cursor(), None, lookback).unwrap();
+        let mut run1 = DeltaFilter::new(&first.schema(), &cursor(), None, lookback, &[]).unwrap();
         assert_eq!(ids(&run1.apply(&first).unwrap()), [1, 2, 3]);
         let mark1 = run1.highest(None).unwrap().unwrap();
+        let window1 = run1.recent_tuples().unwrap().unwrap();
         assert_eq!(
-            mark1.recent.len(),
+            window1.num_rows(),
             3,
             "all three lie within 60 s of the newest"
         );
@@ -563,21 +673,42 @@ mod tests {
             ],
             &[1, 2, 3, 9, 8, 4],
         );
-        let mut run2 =
-            DeltaFilter::new(&again.schema(), &cursor(), Some(&mark1), lookback).unwrap();
+        let mut run2 = DeltaFilter::new(
+            &again.schema(),
+            &cursor(),
+            Some(&mark1),
+            lookback,
+            &[window1],
+        )
+        .unwrap();
         assert_eq!(ids(&run2.apply(&again).unwrap()), [9, 4]);
         let mark2 = run2.highest(Some(&mark1)).unwrap().unwrap();
         assert_eq!(mark2.values["id"], "4");
-        assert_eq!(mark2.recent.len(), 5);
+        let window2 = run2.recent_tuples().unwrap().unwrap();
+        assert_eq!(window2.num_rows(), 5);
 
         // Run 3: only a late row arrives; the watermark must not move back to it.
         let late = batch(&[Some(125 * second)], &[7]);
-        let mut run3 = DeltaFilter::new(&late.schema(), &cursor(), Some(&mark2), lookback).unwrap();
+        let mut run3 = DeltaFilter::new(
+            &late.schema(),
+            &cursor(),
+            Some(&mark2),
+            lookback,
+            &[window2],
+        )
+        .unwrap();
         assert_eq!(ids(&run3.apply(&late).unwrap()), [7]);
         let mark3 = run3.highest(Some(&mark2)).unwrap().unwrap();
+        let window3 = run3.recent_tuples().unwrap().unwrap();
         assert_eq!(mark3.values, mark2.values);
-        let mut again_after =
-            DeltaFilter::new(&again.schema(), &cursor(), Some(&mark3), lookback).unwrap();
+        let mut again_after = DeltaFilter::new(
+            &again.schema(),
+            &cursor(),
+            Some(&mark3),
+            lookback,
+            std::slice::from_ref(&window3),
+        )
+        .unwrap();
         assert_eq!(
             again_after.apply(&again).unwrap().num_rows(),
             0,
@@ -586,8 +717,14 @@ mod tests {
         let mark2 = mark3;
 
         // Run 4: nothing new, nothing repeated; the watermark stays.
-        let mut run3 =
-            DeltaFilter::new(&again.schema(), &cursor(), Some(&mark2), lookback).unwrap();
+        let mut run3 = DeltaFilter::new(
+            &again.schema(),
+            &cursor(),
+            Some(&mark2),
+            lookback,
+            &[window3],
+        )
+        .unwrap();
         assert_eq!(run3.apply(&again).unwrap().num_rows(), 0);
         assert_eq!(
             run3.highest(Some(&mark2)).unwrap().unwrap().values,
@@ -598,12 +735,12 @@ mod tests {
     #[test]
     fn turning_lookback_on_starts_strictly_after_the_old_watermark() {
         let first = batch(&[Some(100), Some(200)], &[1, 2]);
-        let mut run1 = DeltaFilter::new(&first.schema(), &cursor(), None, None).unwrap();
+        let mut run1 = DeltaFilter::new(&first.schema(), &cursor(), None, None, &[]).unwrap();
         run1.apply(&first).unwrap();
         let mark = run1.highest(None).unwrap().unwrap();
         assert_eq!(effective_lookback(Some(&mark), Some(3600)), None);
         let mut run2 =
-            DeltaFilter::new(&first.schema(), &cursor(), Some(&mark), Some(3600)).unwrap();
+            DeltaFilter::new(&first.schema(), &cursor(), Some(&mark), Some(3600), &[]).unwrap();
         assert_eq!(
             run2.apply(&first).unwrap().num_rows(),
             0,
@@ -612,9 +749,35 @@ mod tests {
     }
 
     #[test]
+    fn a_window_beyond_the_memory_budget_narrows_instead_of_failing() {
+        let second = 1_000_000i64;
+        // More tuples inside one minute than the budget holds: one per microsecond-ish step.
+        let per_tuple = 17 + TUPLE_OVERHEAD;
+        let count = (WINDOW_BUDGET_BYTES / per_tuple) as i64 + 50_000;
+        let stamps: Vec<Option<i64>> = (0..count).map(|i| Some(1_000 * second + i)).collect();
+        let ids_: Vec<i64> = (0..count).collect();
+        let bulk = batch(&stamps, &ids_);
+        let mut run = DeltaFilter::new(&bulk.schema(), &cursor(), None, Some(3600), &[]).unwrap();
+        assert_eq!(
+            run.apply(&bulk).unwrap().num_rows() as i64,
+            count,
+            "every row delivered"
+        );
+        assert!(run.window_narrowed());
+        let mark = run.highest(None).unwrap().unwrap();
+        let kept = run.recent_tuples().unwrap().unwrap();
+        assert!(kept.num_rows() > 0 && (kept.num_rows() as i64) < count);
+        assert!(mark.lookback_seconds.unwrap() < 3600);
+        // The next run re-reads the same rows: none is delivered twice.
+        let mut next =
+            DeltaFilter::new(&bulk.schema(), &cursor(), Some(&mark), Some(3600), &[kept]).unwrap();
+        assert_eq!(next.apply(&bulk).unwrap().num_rows(), 0);
+    }
+
+    #[test]
     fn lookback_needs_a_temporal_cursor() {
         let b = batch(&[Some(1)], &[1]);
-        let err = DeltaFilter::new(&b.schema(), &["id".to_string()], None, Some(60))
+        let err = DeltaFilter::new(&b.schema(), &["id".to_string()], None, Some(60), &[])
             .err()
             .unwrap();
         assert!(err.to_string().contains("date or timestamp"), "{err}");

@@ -58,6 +58,15 @@ pub enum JobError {
 
     #[error("dataset '{dataset}': {message}")]
     Refused { dataset: String, message: String },
+
+    /// The spec names something this process may not reach (a file outside the data roots, a
+    /// private address, a host its credentials may not go to). `rule` names the rule, for audits.
+    #[error("{message}")]
+    Denied { rule: &'static str, message: String },
+
+    /// An error whose text had to be masked: what it said, with the secrets taken out.
+    #[error("{message}")]
+    Masked { message: String, validation: bool },
 }
 
 pub type Result<T, E = JobError> = std::result::Result<T, E>;
@@ -73,7 +82,45 @@ impl JobError {
                 | JobError::BadInput { .. }
                 | JobError::SchemaDrift { .. }
                 | JobError::Refused { .. }
+                | JobError::Denied { .. }
+                | JobError::Masked {
+                    validation: true,
+                    ..
+                }
         )
+    }
+
+    /// The error with every form of the redactor's secrets masked. Errors that do not mention one
+    /// come back as they are.
+    pub fn redacted(self, redactor: &crate::redact::Redactor) -> Self {
+        if redactor.is_empty() || !redactor.finds_secret_in(&self.to_string()) {
+            return self;
+        }
+        let validation = self.is_validation();
+        let mask = |s: String| redactor.redact(&s);
+        match self {
+            JobError::BadInput { location, message } => JobError::BadInput {
+                location: mask(location),
+                message: mask(message),
+            },
+            JobError::Secret(message) => JobError::Secret(mask(message)),
+            JobError::Database { context, message } => JobError::Database {
+                context: mask(context),
+                message: mask(message),
+            },
+            JobError::Http { context, message } => JobError::Http {
+                context: mask(context),
+                message: mask(message),
+            },
+            JobError::Denied { rule, message } => JobError::Denied {
+                rule,
+                message: mask(message),
+            },
+            other => JobError::Masked {
+                message: mask(other.to_string()),
+                validation,
+            },
+        }
     }
 
     pub fn bad_input(location: impl Into<String>, message: impl Into<String>) -> Self {

@@ -1,6 +1,7 @@
 //! Carga's dataflow library: file sources -> Arrow record batches -> delta/complete -> encrypted
 //! Parquet in the raw zone, committed by a manifest.
 
+pub mod access;
 mod chunks;
 pub mod delta;
 pub mod discovery;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod manifest;
 pub mod preview;
 pub mod read;
+pub mod redact;
 pub mod run;
 pub mod schema_drift;
 pub mod secrets;

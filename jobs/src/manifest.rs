@@ -192,7 +192,7 @@ impl ManifestLog {
         }
     }
 
-    fn path_of(&self, sequence: u64) -> Path {
+    pub fn path_of(&self, sequence: u64) -> Path {
         self.dir
             .clone()
             .join(format!("{sequence:020}{MANIFEST_SUFFIX}"))

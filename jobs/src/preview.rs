@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
-use carga_config::{DatasetSpec, Pagination, S3Settings};
+use carga_config::{DatasetSpec, Pagination};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::access::AccessPolicy;
 use crate::error::{JobError, Result};
-use crate::secrets::SecretsProvider;
+use crate::secrets::{ConnectionSecret, SecretsProvider};
 use crate::sources::{self, SourceAccess, TypeHints};
 use crate::typing::parse_type_name;
 
@@ -34,22 +35,38 @@ pub struct PreviewColumn {
 /// first page, with authentication), whatever its pagination.
 pub async fn preview(
     spec: &DatasetSpec,
-    s3: &S3Settings,
+    policy: &AccessPolicy,
     secrets: &dyn SecretsProvider,
     rows: usize,
 ) -> Result<Preview> {
     spec.validate()?;
     let mut spec = spec.per_table().swap_remove(0);
     spec.source.rest.pagination = Pagination::None;
+    let secret = match &spec.connection_id {
+        Some(id) if spec.source.format.needs_connection() => Some(secrets.connection(id).await?),
+        _ => None,
+    };
+    // Whatever the source answers, no form of the secret goes back to the caller.
+    let redactor = secret
+        .as_ref()
+        .map(ConnectionSecret::redactor)
+        .unwrap_or_default();
+    read_first_rows(spec, policy, secret, rows)
+        .await
+        .map_err(|e| e.redacted(&redactor))
+}
+
+async fn read_first_rows(
+    spec: DatasetSpec,
+    policy: &AccessPolicy,
+    secret: Option<ConnectionSecret>,
+    rows: usize,
+) -> Result<Preview> {
     let explicit: BTreeMap<_, _> = spec
         .schema
         .iter()
         .filter_map(|(column, name)| parse_type_name(name).map(|t| (column.clone(), t)))
         .collect();
-    let secret = match &spec.connection_id {
-        Some(id) if spec.source.format.needs_connection() => Some(secrets.connection(id).await?),
-        _ => None,
-    };
     let access = SourceAccess {
         secret,
         ..SourceAccess::default()
@@ -58,7 +75,7 @@ pub async fn preview(
         explicit,
         previous: None,
     };
-    let mut reader = sources::open(&spec, s3, rows.max(1), hints, access).await?;
+    let mut reader = sources::open(&spec, policy, rows.max(1), hints, access).await?;
     let columns = reader
         .schema
         .fields()

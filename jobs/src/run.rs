@@ -5,20 +5,24 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use carga_config::{DatasetSpec, MalformedRowPolicy, Mode, Settings};
 use chrono::Utc;
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use tracing::Instrument;
 
-use crate::delta::{DeltaFilter, effective_lookback};
+use crate::access::AccessPolicy;
+use crate::delta::{DeltaFilter, Watermark, effective_lookback};
 use crate::encryption::{Encryptor, MasterKeyring};
 use crate::error::{JobError, Result};
 use crate::manifest::{
     EncryptionInfo, FORMAT_VERSION, Manifest, ManifestLog, ManifestSource, WatermarkRange,
 };
+use crate::redact::Redactor;
 use crate::schema_drift::SchemaPlan;
-use crate::secrets::{LocalSecretsFile, SecretsProvider};
+use crate::secrets::{ConnectionSecret, LocalSecretsFile, SecretsProvider};
 use crate::sink::{PartFile, PartSink};
 use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
 use crate::storage::Bucket;
@@ -50,6 +54,7 @@ pub struct Engine {
     bucket: Bucket,
     encryptor: Encryptor,
     secrets: Arc<dyn SecretsProvider>,
+    policy: AccessPolicy,
     chunk_faults: ChunkFaults,
 }
 
@@ -106,11 +111,14 @@ impl Engine {
         let encryptor = Encryptor::new(keyring, &settings.master_key_id)?;
         let secrets: Arc<dyn SecretsProvider> =
             Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
+        // Only what the settings open: an embedding program widens it with `with_access`.
+        let policy = AccessPolicy::from_settings(&settings, &[], false, &[]);
         Ok(Self {
             settings,
             bucket,
             encryptor,
             secrets,
+            policy,
             chunk_faults: ChunkFaults::default(),
         })
     }
@@ -144,6 +152,16 @@ impl Engine {
         self
     }
 
+    /// Replaces what this engine's specs may reach (data roots, networks).
+    pub fn with_access(mut self, policy: AccessPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.policy
+    }
+
     pub fn secrets(&self) -> &Arc<dyn SecretsProvider> {
         &self.secrets
     }
@@ -162,7 +180,54 @@ impl Engine {
         spec: &DatasetSpec,
         rows: usize,
     ) -> Result<crate::preview::Preview> {
-        crate::preview::preview(spec, &self.settings.s3, self.secrets.as_ref(), rows).await
+        crate::preview::preview(spec, &self.policy, self.secrets.as_ref(), rows).await
+    }
+
+    /// The outcome of run `run_id` of this dataset if it already committed: a job handed back
+    /// after its commit (a worker killed before it recorded the end, a backend fault) is then
+    /// done, not run again. Looks at the newest manifests only: one run per dataset at a time
+    /// means a run's commit is among the last few.
+    pub async fn committed(&self, spec: &DatasetSpec, run_id: &str) -> Result<Option<RunOutcome>> {
+        const RECENT: usize = 20;
+        let log = ManifestLog::new(&self.bucket, &spec.id);
+        for sequence in log.sequences().await?.into_iter().rev().take(RECENT) {
+            let manifest = log.load(sequence).await?;
+            if manifest.run_id != run_id {
+                continue;
+            }
+            let report_path = Path::from(manifest.validation_report.as_str());
+            let bytes = self
+                .bucket
+                .store
+                .get(&report_path)
+                .await
+                .map_err(|e| {
+                    JobError::store(format!("reading {}", self.bucket.display(&report_path)), e)
+                })?
+                .bytes()
+                .await
+                .map_err(|e| {
+                    JobError::store(format!("reading {}", self.bucket.display(&report_path)), e)
+                })?;
+            let report: ValidationReport = serde_json::from_slice(&bytes).map_err(|e| {
+                JobError::bad_input(
+                    self.bucket.display(&report_path),
+                    format!("not a validation report: {e}"),
+                )
+            })?;
+            let data_dir = self.bucket.path(&format!(
+                "raw/{}/ingest_date={}/{run_id}",
+                spec.id, manifest.ingest_date
+            ));
+            return Ok(Some(RunOutcome {
+                manifest_url: self.bucket.display(&log.path_of(sequence)),
+                report_url: self.bucket.display(&report_path),
+                data_url: self.bucket.display(&data_dir),
+                report,
+                manifest,
+            }));
+        }
+        Ok(None)
     }
 
     pub async fn run(&self, spec: &DatasetSpec) -> std::result::Result<RunOutcome, RunFailure> {
@@ -182,7 +247,25 @@ impl Engine {
             tracing::info!(source = %spec.source.describe(), mode = ?spec.mode, "run started");
             let log = ManifestLog::new(&self.bucket, &spec.id);
             let report_path = log.dir().clone().join(format!("{run_id}.validation.json"));
-            match self.execute(spec, &run_id, &log, &report_path).await {
+            let secret = match &spec.connection_id {
+                Some(id) if spec.source.format.needs_connection() => {
+                    self.secrets.connection(id).await.map(Some)
+                }
+                _ => Ok(None),
+            };
+            // Whatever a source echoed, no form of the secret is stored, logged or returned.
+            let redactor = match &secret {
+                Ok(Some(secret)) => secret.redactor(),
+                _ => Redactor::none(),
+            };
+            let executed = match secret {
+                Ok(secret) => {
+                    self.execute(spec, &run_id, &log, &report_path, secret)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match executed.map_err(|e| e.redacted(&redactor)) {
                 Ok(outcome) => {
                     tracing::info!(
                         rows = outcome.manifest.rows,
@@ -215,6 +298,7 @@ impl Engine {
         run_id: &str,
         log: &ManifestLog,
         report_path: &Path,
+        secret: Option<ConnectionSecret>,
     ) -> Result<RunOutcome> {
         spec.validate()?;
         if !spec.source.tables.is_empty() {
@@ -234,12 +318,7 @@ impl Engine {
             Mode::Delta => previous.as_ref().and_then(Manifest::next_watermark),
             Mode::Complete => None,
         };
-        let secret = match &spec.connection_id {
-            Some(id) if spec.source.format.needs_connection() => {
-                Some(self.secrets.connection(id).await?)
-            }
-            _ => None,
-        };
+        let delivered = self.delivered_window(floor, spec).await?;
         let access = SourceAccess {
             secret,
             floor: floor.cloned(),
@@ -261,10 +340,11 @@ impl Engine {
             files,
         } = match &spec.source.partitions {
             Some(_) => {
-                crate::chunks::extract(self, spec, hints, access, previous_schema, &dir).await?
+                crate::chunks::extract(self, spec, hints, access, previous_schema, &dir, &delivered)
+                    .await?
             }
             None => {
-                self.extract_single(spec, hints, access, previous_schema, &dir)
+                self.extract_single(spec, hints, access, previous_schema, &dir, &delivered)
                     .await?
             }
         };
@@ -277,6 +357,11 @@ impl Engine {
             rows_written,
         );
         report.schema_changes = plan.changes.clone();
+        if cursor.as_ref().is_some_and(DeltaFilter::window_narrowed) {
+            report.warnings.push(
+                "the lookback window held more tuples than its memory budget: the oldest were let go and the next run re-reads a narrower window (see the watermark's lookback_seconds)".into(),
+            );
+        }
         let report_url = match self.write_report(report_path, &report).await {
             Ok(url) => url,
             Err(e) => {
@@ -284,10 +369,25 @@ impl Engine {
                 return Err(e);
             }
         };
-        let highest = match &cursor {
+        let mut highest = match &cursor {
             Some(cursor) => cursor.highest(floor)?,
             None => None,
         };
+        // The window's delivered tuples go beside the manifest (encrypted), not inside it.
+        let mut side_files = Vec::new();
+        if let (Some(cursor), Some(watermark)) = (&cursor, highest.as_mut()) {
+            match self.write_window(cursor, log, run_id).await {
+                Ok(written) => {
+                    side_files.clone_from(&written);
+                    watermark.recent_files = written;
+                }
+                Err((e, written)) => {
+                    delete_parts(&self.bucket, &written).await;
+                    delete_parts(&self.bucket, &files).await;
+                    return Err(e);
+                }
+            }
+        }
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             dataset: spec.id.clone(),
@@ -308,7 +408,8 @@ impl Engine {
             files,
             schema: plan.output.as_ref().clone(),
             watermark: cursor.as_ref().map(|_| WatermarkRange {
-                from: floor.cloned(),
+                // Where the run started; its window is the previous manifest's business.
+                from: floor.map(Watermark::position),
                 to: highest,
             }),
             validation_report: report_path.to_string(),
@@ -322,6 +423,7 @@ impl Engine {
             Ok(path) => path,
             Err(e) => {
                 delete_parts(&self.bucket, &manifest.files).await;
+                delete_parts(&self.bucket, &side_files).await;
                 return Err(e);
             }
         };
@@ -342,16 +444,11 @@ impl Engine {
         access: SourceAccess,
         previous_schema: Option<&arrow::datatypes::Schema>,
         dir: &Path,
+        delivered: &[RecordBatch],
     ) -> Result<Extracted> {
         let floor = access.floor.clone();
-        let reader = sources::open(
-            spec,
-            &self.settings.s3,
-            self.settings.batch_rows,
-            hints,
-            access,
-        )
-        .await?;
+        let reader =
+            sources::open(spec, &self.policy, self.settings.batch_rows, hints, access).await?;
         let plan = Arc::new(SchemaPlan::new(
             &spec.id,
             &reader.schema,
@@ -360,7 +457,7 @@ impl Engine {
         )?);
         let mut checks =
             BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
-        let mut cursor = new_cursor(spec, &plan, floor.as_ref())?;
+        let mut cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
         let mut sink = PartSink::new(
             self.bucket.clone(),
             dir.clone(),
@@ -391,6 +488,60 @@ impl Engine {
         .await
     }
 
+    /// The tuples the previous run delivered inside its lookback window, read back from its side
+    /// files (bounded by the window's memory budget when they were written).
+    async fn delivered_window(
+        &self,
+        floor: Option<&crate::delta::Watermark>,
+        spec: &DatasetSpec,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(floor) = floor.filter(|_| spec.lookback_seconds().is_some()) else {
+            return Ok(Vec::new());
+        };
+        let mut batches = Vec::new();
+        for file in &floor.recent_files {
+            let mut stream =
+                Box::pin(crate::read::read_part(&self.bucket, &self.encryptor, &file.path).await?);
+            while let Some(batch) = stream.try_next().await? {
+                batches.push(batch);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Writes the run's lookback window (`DeltaFilter::recent_tuples`) as encrypted Parquet beside
+    /// the manifests: `_manifests/<run-id>.lookback-NNNNN.parquet`.
+    async fn write_window(
+        &self,
+        cursor: &DeltaFilter,
+        log: &ManifestLog,
+        run_id: &str,
+    ) -> std::result::Result<Vec<PartFile>, (JobError, Vec<PartFile>)> {
+        let tuples = match cursor.recent_tuples() {
+            Ok(Some(tuples)) if tuples.num_rows() > 0 => tuples,
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) => return Err((e, Vec::new())),
+        };
+        let sink = PartSink::new(
+            self.bucket.clone(),
+            log.dir().clone(),
+            tuples.schema(),
+            self.encryptor.clone(),
+            &self.settings,
+        );
+        let mut sink = match sink {
+            Ok(sink) => sink
+                .with_name_prefix(format!("{run_id}.lookback-"))
+                .in_one_file(),
+            Err(e) => return Err((e, Vec::new())),
+        };
+        if let Err(e) = sink.write(&tuples).await {
+            sink.abort().await;
+            return Err((e, Vec::new()));
+        }
+        sink.finish().await.map_err(|e| (e, Vec::new()))
+    }
+
     async fn write_report(&self, path: &Path, report: &ValidationReport) -> Result<String> {
         let mut report = report.clone();
         if report.error.is_some() {
@@ -413,6 +564,7 @@ pub(crate) fn new_cursor(
     spec: &DatasetSpec,
     plan: &SchemaPlan,
     floor: Option<&crate::delta::Watermark>,
+    delivered: &[RecordBatch],
 ) -> Result<Option<DeltaFilter>> {
     let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
     let lookback = spec.lookback_seconds();
@@ -422,6 +574,7 @@ pub(crate) fn new_cursor(
             &spec.cursor_columns(),
             floor,
             lookback,
+            delivered,
         )?),
         (Mode::Complete, true) => Some(DeltaFilter::tracking(
             &plan.output,

@@ -7,6 +7,63 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::error::{JobError, Result};
+use crate::redact::Redactor;
+
+/// Fields that say where and as whom to connect, not how to prove it: never masked.
+const PUBLIC_FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "dbname",
+    "database",
+    "engine",
+    "username",
+    "user",
+    "allowed_hosts",
+    "token_url",
+    "client_id",
+];
+
+/// One host a connection's credentials may be sent to; any port when none is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl HostRule {
+    /// `api.example.com`, `api.example.com:8443`, `127.0.0.1:9000`, `[::1]:80`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        // Parsed as a URL authority so IPv6 brackets and ports follow one set of rules.
+        let url = url::Url::parse(&format!("http://{text}/")).ok()?;
+        Some(Self {
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port(),
+        })
+    }
+
+    pub fn matches(&self, url: &url::Url) -> bool {
+        let host_matches = url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&self.host));
+        host_matches
+            && self
+                .port
+                .is_none_or(|p| url.port_or_known_default() == Some(p))
+    }
+}
+
+impl std::fmt::Display for HostRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
 
 /// The fields of one secret. `Debug` lists field names only.
 #[derive(Clone)]
@@ -41,21 +98,79 @@ impl ConnectionSecret {
         }
     }
 
-    /// `message` with every secret value masked, for errors that may echo connection details.
+    /// `message` with every secret value masked, in every form (see `redact`).
     pub fn redact(&self, message: &str) -> String {
-        let mut out = message.to_owned();
+        self.redactor().redact(message)
+    }
+
+    /// Masks this secret's values (not the fields that only say where to connect) in every form
+    /// a server may echo them: raw, base64 (also inside `Basic base64(user:password)`), URL- and
+    /// JSON-escaped. A URL's password is masked on its own too.
+    pub fn redactor(&self) -> Redactor {
+        let mut values: Vec<String> = Vec::new();
         for (name, value) in &self.fields {
-            if matches!(
-                name.as_str(),
-                "host" | "port" | "dbname" | "database" | "engine" | "username"
-            ) {
+            if PUBLIC_FIELDS.contains(&name.as_str()) {
                 continue;
             }
-            if let Some(text) = value.as_str().filter(|t| t.len() >= 3) {
-                out = out.replace(text, "***");
+            let Some(text) = value.as_str() else {
+                continue;
+            };
+            values.push(text.to_owned());
+            if let Ok(url) = url::Url::parse(text)
+                && let Some(password) = url.password()
+            {
+                let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+                values.push(decoded.into_owned());
+                values.push(password.to_owned());
             }
         }
-        out
+        Redactor::new(values.iter().map(String::as_str))
+    }
+
+    /// The hosts this connection's credentials may be sent to: the secret's `allowed_hosts` (a
+    /// list, or one comma-separated string; `host` or `host:port`), else the host and port of its
+    /// own `url` and `token_url`, and its `host` and `port` fields. Empty: the credentials go
+    /// nowhere over HTTP.
+    pub fn allowed_hosts(&self) -> Vec<HostRule> {
+        match self.fields.get("allowed_hosts") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(HostRule::parse)
+                .collect(),
+            Some(Value::String(list)) => list.split(',').filter_map(HostRule::parse).collect(),
+            _ => {
+                // Bound to host and port: a credential for a database on 127.0.0.1:5432 must not
+                // go to a listener on 127.0.0.1:9999. A URL whose port is not known gives none.
+                let mut rules = Vec::new();
+                for field in ["url", "token_url"] {
+                    if let Some(url) = self.field(field).and_then(|u| url::Url::parse(&u).ok())
+                        && let (Some(host), Some(port)) =
+                            (url.host_str(), url.port_or_known_default())
+                    {
+                        rules.push(HostRule {
+                            host: host.to_ascii_lowercase(),
+                            port: Some(port),
+                        });
+                    }
+                }
+                if let (Some(host), Some(port)) = (self.field("host"), self.field("port"))
+                    && let Some(rule) = HostRule::parse(&format!("{host}:{port}"))
+                {
+                    rules.push(rule);
+                }
+                rules
+            }
+        }
+    }
+
+    /// Whether this connection's credentials may travel with a request to `url`.
+    pub fn may_send_to(&self, url: &url::Url) -> bool {
+        self.allowed_hosts().iter().any(|rule| rule.matches(url))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// A connection URL: the secret's `url`, or one built from the fields of an AWS RDS secret
@@ -250,6 +365,47 @@ mod tests {
         let shown = s.redact("cannot connect to postgres://u:hunter2@h/d (password hunter2) at db");
         assert!(
             !shown.contains("hunter2") && shown.contains("at db"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_bound_to_the_secrets_own_hosts() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let db = secret(json!({"url": "postgres://u:p@127.0.0.1:5432/x"}));
+        assert!(db.may_send_to(&url("http://127.0.0.1:5432/anything")));
+        assert!(
+            !db.may_send_to(&url("http://127.0.0.1:9999/")),
+            "another port"
+        );
+        let rds = secret(json!({"host": "db.internal", "port": 5432, "password": "p"}));
+        assert!(rds.may_send_to(&url("https://db.internal:5432/")));
+        assert!(!rds.may_send_to(&url("https://db.internal/")));
+        let api_url = secret(json!({"url": "https://api.example.com/v2", "token": "t0ken"}));
+        assert!(api_url.may_send_to(&url("https://api.example.com/v2/items?page=2")));
+        assert!(
+            !api_url.may_send_to(&url("http://api.example.com/v2")),
+            "port 80 is not 443"
+        );
+        let api = secret(
+            json!({"token": "t0ken", "allowed_hosts": ["api.example.com", "127.0.0.1:8443"]}),
+        );
+        assert!(api.may_send_to(&url("https://API.example.com/v1")));
+        assert!(api.may_send_to(&url("http://127.0.0.1:8443/")));
+        assert!(!api.may_send_to(&url("http://127.0.0.1:8444/")));
+        assert!(!api.may_send_to(&url("https://api.example.com.evil.test/")));
+        let listed = secret(json!({"token": "t", "allowed_hosts": "a.test, b.test:81"}));
+        assert_eq!(listed.allowed_hosts().len(), 2);
+        let nowhere = secret(json!({"token": "t0ken"}));
+        assert!(nowhere.allowed_hosts().is_empty());
+    }
+
+    #[test]
+    fn a_urls_password_is_masked_in_its_decoded_and_encoded_forms() {
+        let s = secret(json!({"url": "postgres://u:p%40ss-word@h/d"}));
+        let shown = s.redact("login p@ss-word failed; url had p%40ss-word");
+        assert!(
+            !shown.contains("p@ss-word") && !shown.contains("p%40ss-word"),
             "{shown}"
         );
     }

@@ -109,6 +109,13 @@ impl PartSink {
         })
     }
 
+    /// Keeps everything in one file, whatever `rows_per_file` says (files read whole, such as a
+    /// lookback window's tuples).
+    pub fn in_one_file(mut self) -> Self {
+        self.rows_per_file = u64::MAX;
+        self
+    }
+
     /// Names parts `<prefix>NNNNN.parquet` (chunks of one run write side by side in its folder).
     pub fn with_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.name_prefix = prefix.into();

@@ -1,18 +1,18 @@
 //! Where bytes live: the raw-zone bucket and source objects, each an `object_store` behind a path.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use carga_config::{S3Settings, Settings};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
-use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::access::{AccessPolicy, LocalRoots};
 use crate::error::{JobError, Result};
 
 /// The raw zone: an object store plus a prefix inside it, with a printable base URL.
@@ -90,7 +90,8 @@ pub(crate) fn s3_store(bucket: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectSt
     Ok(Arc::new(store))
 }
 
-/// A source file to read: a local path, an `s3://` object or an `https://` URL.
+/// A source file to read: a local path, an `s3://` object or an `https://` URL, resolved and
+/// checked against the process's access policy.
 #[derive(Clone, Debug)]
 pub struct SourceObject {
     /// How the file is named in messages.
@@ -100,21 +101,27 @@ pub struct SourceObject {
 
 #[derive(Clone, Debug)]
 pub enum SourceObjectKind {
-    Local(PathBuf),
+    /// A file under the data roots, already resolved (symlinks followed).
+    Local { path: PathBuf, roots: LocalRoots },
     Remote {
         store: Arc<dyn ObjectStore>,
         path: Path,
     },
+    /// Fetched with the policy's HTTP client (addresses checked as they are resolved).
+    Http {
+        client: reqwest::Client,
+        url: url::Url,
+    },
 }
 
 impl SourceObject {
-    pub fn resolve(location: &str, s3: &S3Settings) -> Result<Self> {
+    pub fn resolve(location: &str, policy: &AccessPolicy) -> Result<Self> {
         let display = location.to_owned();
         if let Some(rest) = location.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').ok_or_else(|| {
                 JobError::bad_input(location, "an s3:// location needs a bucket and a key")
             })?;
-            let store = s3_store(bucket, s3)?;
+            let store = s3_store(bucket, &policy.s3)?;
             return Ok(Self {
                 display,
                 kind: SourceObjectKind::Remote {
@@ -126,28 +133,36 @@ impl SourceObject {
         if location.starts_with("https://") || location.starts_with("http://") {
             let url = url::Url::parse(location)
                 .map_err(|e| JobError::bad_input(location, format!("not a valid URL: {e}")))?;
-            let origin = url.origin().ascii_serialization();
-            // Plain http is accepted only when the location says so explicitly.
-            let client = ClientOptions::new().with_allow_http(url.scheme() == "http");
-            let store = HttpBuilder::new()
-                .with_url(origin)
-                .with_client_options(client)
+            policy.network.check_url(&url).map_err(|why| JobError::Denied {
+                rule: "private network",
+                message: format!(
+                    "{location}: {why}, which this process may not reach (sources.allow_private_networks)"
+                ),
+            })?;
+            let client = policy
+                .network
+                .client_builder()
+                .user_agent(concat!("carga/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| JobError::store(location, e))?;
-            let path = Path::from_url_path(url.path())
-                .map_err(|e| JobError::bad_input(location, format!("bad URL path: {e}")))?;
+                .map_err(|e| JobError::bad_input(location, format!("HTTP client: {e}")))?;
             return Ok(Self {
                 display,
-                kind: SourceObjectKind::Remote {
-                    store: Arc::new(store),
-                    path,
-                },
+                kind: SourceObjectKind::Http { client, url },
             });
         }
-        let path = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
+        let path = policy
+            .local
+            .check(location)
+            .map_err(|refusal| JobError::Denied {
+                rule: refusal.rule(),
+                message: refusal.to_string(),
+            })?;
         Ok(Self {
             display,
-            kind: SourceObjectKind::Local(path),
+            kind: SourceObjectKind::Local {
+                path,
+                roots: policy.local.clone(),
+            },
         })
     }
 
@@ -158,9 +173,8 @@ impl SourceObject {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Box<dyn BufRead + Send>> {
         match &self.kind {
-            SourceObjectKind::Local(path) => {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| JobError::io(format!("opening {}", self.display), e))?;
+            SourceObjectKind::Local { .. } => {
+                let file = self.open_local()?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
             }
             SourceObjectKind::Remote { store, path } => {
@@ -172,15 +186,63 @@ impl SourceObject {
                     SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone());
                 Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
             }
+            SourceObjectKind::Http { client, url } => {
+                let response = runtime
+                    .block_on(client.get(url.clone()).send())
+                    .map_err(|e| self.http_error(&e))?;
+                if !response.status().is_success() {
+                    return Err(JobError::Http {
+                        context: format!("reading {}", self.display),
+                        message: format!("HTTP {}", response.status()),
+                    });
+                }
+                let stream = response.bytes_stream().map_err(std::io::Error::other);
+                let reader =
+                    SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone());
+                Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+            }
         }
     }
 
-    /// A local file with the object's bytes: the path itself, or a temporary copy streamed to disk.
-    /// Formats that need random access (Excel) read through this.
+    /// A local file of the data roots, opened and checked again (see `LocalRoots::open`).
+    fn open_local(&self) -> Result<std::fs::File> {
+        let SourceObjectKind::Local { path, roots } = &self.kind else {
+            unreachable!("open_local on a remote object");
+        };
+        roots.open(&self.display, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                JobError::Denied {
+                    rule: "outside the data roots",
+                    message: format!("opening {}: {e}", self.display),
+                }
+            } else {
+                JobError::io(format!("opening {}", self.display), e)
+            }
+        })
+    }
+
+    fn http_error(&self, error: &reqwest::Error) -> JobError {
+        // The innermost cause says why (refused address, timeout, TLS); the URL is ours already.
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        JobError::Http {
+            context: format!("reading {}", self.display),
+            message: cause.to_string(),
+        }
+    }
+
+    /// A local file with the object's bytes: the file itself (kept open, so the checked file is
+    /// the one read), or a temporary copy streamed to disk. Formats that need random access
+    /// (Excel) read through this.
     pub fn local_copy(&self, runtime: &tokio::runtime::Handle) -> Result<LocalCopy> {
         match &self.kind {
-            SourceObjectKind::Local(path) => Ok(LocalCopy::Original(path.clone())),
-            SourceObjectKind::Remote { .. } => {
+            SourceObjectKind::Local { path, .. } => Ok(LocalCopy::Original {
+                file: self.open_local()?,
+                path: path.clone(),
+            }),
+            SourceObjectKind::Remote { .. } | SourceObjectKind::Http { .. } => {
                 let mut temp = tempfile::NamedTempFile::new()
                     .map_err(|e| JobError::io("creating a temporary file", e))?;
                 let mut reader = self.open_blocking(runtime)?;
@@ -193,15 +255,19 @@ impl SourceObject {
 }
 
 pub enum LocalCopy {
-    Original(PathBuf),
+    Original { file: std::fs::File, path: PathBuf },
     Temporary(tempfile::NamedTempFile),
 }
 
 impl LocalCopy {
-    pub fn path(&self) -> &FsPath {
-        match self {
-            LocalCopy::Original(path) => path,
-            LocalCopy::Temporary(temp) => temp.path(),
-        }
+    /// A readable copy of the bytes: the open file (not its path, which could have been swapped
+    /// since it was checked), or the temporary file.
+    pub fn file(&self) -> Result<std::fs::File> {
+        let (file, context) = match self {
+            LocalCopy::Original { file, path } => (file, path.display().to_string()),
+            LocalCopy::Temporary(temp) => (temp.as_file(), temp.path().display().to_string()),
+        };
+        file.try_clone()
+            .map_err(|e| JobError::io(format!("reading {context}"), e))
     }
 }

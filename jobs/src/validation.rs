@@ -118,6 +118,9 @@ pub struct ValidationReport {
     pub duplicate_keys: Option<DuplicateKeys>,
     pub timestamp: Option<TimestampCoverage>,
     pub schema_changes: Vec<String>,
+    /// What the run did that an operator should know about but that did not fail it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Accumulates the batch-level checks as valid rows stream past.
@@ -356,6 +359,7 @@ impl BatchChecks {
                     every_row_has_timestamp: missing == 0,
                 }),
             schema_changes: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -381,6 +385,7 @@ impl ValidationReport {
             duplicate_keys: None,
             timestamp: None,
             schema_changes: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }

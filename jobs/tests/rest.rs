@@ -385,7 +385,10 @@ fn lab(api: &Api) -> Lab {
             "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
             "token_url": format!("{}/oauth/token", api.base),
         },
-        "wrong": {"token": "wr0ng-t0ken-value", "api_key": "wr0ng-k3y-value"},
+        "wrong": {
+            "token": "wr0ng-t0ken-value", "api_key": "wr0ng-k3y-value",
+            "allowed_hosts": [api.base.trim_start_matches("http://")],
+        },
     });
     lab.settings.secrets_file = lab.write("secrets.json", secrets.to_string());
     lab

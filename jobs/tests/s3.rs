@@ -95,6 +95,8 @@ async fn scenarios() {
     };
     settings.s3.endpoint = Some(endpoint());
     settings.s3.allow_http = true;
+    // moto serves objects by URL on loopback too.
+    settings.sources.allow_private_networks = Some(true);
     let engine = Engine::new(settings.clone()).unwrap();
 
     // CSV streamed from S3, written to S3 in several parts.

@@ -43,6 +43,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard",
         include_str!("../../migrations/0002_dashboard.sql"),
     ),
+    (
+        3,
+        "retries",
+        include_str!("../../migrations/0003_retries.sql"),
+    ),
 ];
 
 /// The embedded mode's file: the catalog and the queue's tables (`queue::sqlite`).
@@ -56,6 +61,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "queue",
         include_str!("../../migrations/sqlite/0002_queue.sql"),
+    ),
+    (
+        3,
+        "retries",
+        include_str!("../../migrations/sqlite/0003_retries.sql"),
     ),
 ];
 
@@ -103,6 +113,9 @@ pub struct RunRecord {
     pub requested_by: Option<String>,
     /// The run that a dashboard retry started in this one's place.
     pub retried_as: Option<String>,
+    /// A retrying run: when its next attempt is due, and how many attempts it has in all.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub max_attempts: Option<i32>,
 }
 
 /// What the run history is searched by.
@@ -472,7 +485,8 @@ impl Catalog {
                      attempts, started_at, worker, enqueued_at)
                  VALUES ($1, $2, $3, $4, $5, 'running', $6, $8, $7, $8)
                  ON CONFLICT (run_id) DO UPDATE SET state = 'running', attempts = $6,
-                     started_at = COALESCE(dataset_runs.started_at, $8), worker = $7, error = NULL",
+                     started_at = COALESCE(dataset_runs.started_at, $8), worker = $7, error = NULL,
+                     next_attempt_at = NULL",
             )
             .bind(&job.run_id)
             .bind(&job.dataset_id)
@@ -488,18 +502,44 @@ impl Catalog {
         Ok(())
     }
 
-    pub async fn run_retrying(&self, run_id: &str, attempts: i32, error: &str) -> Result<()> {
+    /// An attempt failed and the job went back to the queue for attempt `attempts + 1` at
+    /// `next_at` (of `max_attempts`); the error shows until the next attempt starts.
+    pub async fn run_retrying(
+        &self,
+        run_id: &str,
+        attempts: i32,
+        max_attempts: i32,
+        next_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "UPDATE dataset_runs SET state = 'retrying', attempts = $2, error = $3 WHERE run_id = $1",
+                "UPDATE dataset_runs SET state = 'retrying', attempts = $2, error = $3,
+                     next_attempt_at = $4, max_attempts = $5, worker = NULL
+                 WHERE run_id = $1",
             )
             .bind(run_id)
             .bind(attempts)
             .bind(error)
+            .bind(next_at)
+            .bind(max_attempts)
             .execute(pool)
             .await?;
         });
         Ok(())
+    }
+
+    /// The dataset's oldest run still waiting in the queue for its first attempt.
+    pub async fn queued_run(&self, dataset_id: &str) -> Result<Option<String>> {
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT run_id FROM dataset_runs WHERE dataset_id = $1 AND state = 'queued'
+                 ORDER BY enqueued_at LIMIT 1",
+            )
+            .bind(dataset_id)
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     pub async fn run_finished(
@@ -512,7 +552,7 @@ impl Catalog {
             sqlx::query(
                 "UPDATE dataset_runs SET state = $2, attempts = $3, finished_at = $11, rows_written = $4,
                      bytes_written = $5, manifest_url = $6, report_url = $7, watermark_before = $8,
-                     watermark_after = $9, error = $10
+                     watermark_after = $9, error = $10, next_attempt_at = NULL
                  WHERE run_id = $1",
             )
             .bind(run_id)
@@ -836,6 +876,7 @@ where
     /// A 32-bit column (`INTEGER` on PostgreSQL).
     fn small_integer(&self, column: &str) -> sqlx::Result<i32>;
     fn optional_integer(&self, column: &str) -> sqlx::Result<Option<i64>>;
+    fn optional_small_integer(&self, column: &str) -> sqlx::Result<Option<i32>>;
     fn flag(&self, column: &str) -> sqlx::Result<bool>;
     fn json(&self, column: &str) -> sqlx::Result<serde_json::Value>;
 }
@@ -869,6 +910,9 @@ where
         self.try_get(column)
     }
     fn optional_integer(&self, column: &str) -> sqlx::Result<Option<i64>> {
+        self.try_get(column)
+    }
+    fn optional_small_integer(&self, column: &str) -> sqlx::Result<Option<i32>> {
         self.try_get(column)
     }
     fn flag(&self, column: &str) -> sqlx::Result<bool> {
@@ -927,6 +971,8 @@ where
         error: row.optional_text("error")?,
         requested_by: row.optional_text("requested_by")?,
         retried_as: row.optional_text("retried_as")?,
+        next_attempt_at: row.optional_time("next_attempt_at")?,
+        max_attempts: row.optional_small_integer("max_attempts")?,
     })
 }
 

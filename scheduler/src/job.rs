@@ -14,6 +14,14 @@ pub struct ExtractionJob {
     pub scheduled_for: Option<DateTime<Utc>>,
     /// Who asked for it (on-demand runs).
     pub requested_by: Option<String>,
+    /// Which attempt the next take is (1 first): a failed attempt goes back to the queue as a
+    /// delayed job with this raised, so no worker sleeps through a backoff.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +50,15 @@ impl ExtractionJob {
             reason,
             scheduled_for: None,
             requested_by: None,
+            attempt: 1,
+        }
+    }
+
+    /// The same job, for its next attempt.
+    pub fn next_attempt(&self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self.clone()
         }
     }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use carga_config::Settings;
+use carga_jobs::access::AccessPolicy;
 use carga_jobs::storage::Bucket;
 use carga_scheduler::api::{self, ApiState, auth::Role};
-use carga_scheduler::metrics::Metrics;
 use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
 use clap::{Parser, Subcommand};
@@ -67,6 +67,8 @@ enum Command {
         /// Seconds between catalog re-reads.
         #[arg(long, default_value_t = 10)]
         refresh_seconds: u64,
+        #[command(flatten)]
+        api: api::ApiArgs,
     },
     /// Apply the catalog migrations and exit.
     Migrate,
@@ -106,6 +108,7 @@ async fn main() -> Result<()> {
             no_scheduler,
             no_api,
             refresh_seconds,
+            api: api_args,
         } => {
             let queue = JobQueue::connect(&QueueSettings {
                 redis_url: cli.redis_url.clone(),
@@ -129,14 +132,16 @@ async fn main() -> Result<()> {
             }
             if !no_api {
                 let settings = Settings::load(cli.settings.as_deref())?;
-                let state = Arc::new(ApiState {
-                    catalog: catalog.clone(),
-                    metrics: Metrics::new(queue.clone()),
-                    queue: queue.clone(),
-                    secrets: carga_jobs::secrets::provider(&settings).await,
-                    bucket: Bucket::open(&settings)?,
-                    s3: settings.s3.clone(),
-                });
+                // Specs come from editors: only the roots and networks the settings open.
+                let access = AccessPolicy::for_server(&settings, &[], &[]);
+                let state = ApiState::new(
+                    catalog.clone(),
+                    queue.clone(),
+                    carga_jobs::secrets::provider(&settings).await,
+                    Bucket::open(&settings)?,
+                    access,
+                );
+                let state = Arc::new(api_args.apply(state).map_err(anyhow::Error::msg)?);
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("listening on {listen}"))?;

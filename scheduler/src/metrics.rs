@@ -4,10 +4,10 @@
 
 use crate::queue::{JobQueue, QueueError, QueueStats};
 
-const COUNTERS: &str = "carga:metrics:counters";
-const DURATION: &str = "carga:metrics:run_duration";
+const COUNTERS: &str = "metrics:counters";
+const DURATION: &str = "metrics:run_duration";
 /// Rows and extraction seconds per source format (`rows:csv`, `seconds:postgres`, ...).
-const SOURCES: &str = "carga:metrics:sources";
+const SOURCES: &str = "metrics:sources";
 /// Upper bounds (seconds) of the run-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,

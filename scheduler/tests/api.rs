@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Method, Request, StatusCode};
 use carga_config::Settings;
+use carga_jobs::access::AccessPolicy;
 use carga_jobs::storage::Bucket;
 use carga_scheduler::api::{self, ApiState};
-use carga_scheduler::metrics::Metrics;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -27,6 +27,7 @@ fn services_available() -> bool {
 
 struct Api {
     _dir: tempfile::TempDir,
+    settings: Settings,
     router: axum::Router,
     catalog: Catalog,
     queue: JobQueue,
@@ -55,18 +56,19 @@ impl Api {
             r#"{"sales-db": {"url": "postgres://reader:s3cr3t-value@db.example:5432/sales"}}"#,
         )
         .unwrap();
-        let state = Arc::new(ApiState {
-            catalog: catalog.clone(),
-            metrics: Metrics::new(queue.clone()),
-            queue: queue.clone(),
-            secrets: carga_jobs::secrets::provider(&settings).await,
-            bucket: Bucket::open(&settings).unwrap(),
-            s3: settings.s3.clone(),
-        });
+        let access = AccessPolicy::for_server(&settings, &[dir.path().to_owned()], &[]);
+        let state = Arc::new(ApiState::new(
+            catalog.clone(),
+            queue.clone(),
+            carga_jobs::secrets::provider(&settings).await,
+            Bucket::open(&settings).unwrap(),
+            access,
+        ));
         let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
         let router = api::router(state).layer(MockConnectInfo(peer));
         Self {
             _dir: dir,
+            settings,
             router,
             catalog,
             queue,
@@ -80,9 +82,26 @@ impl Api {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        self.call_as(method, path, authorization.as_deref(), &[], body)
+            .await
+    }
+
+    /// A call with the `Authorization` header as given (or none) and extra headers.
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
@@ -419,6 +438,231 @@ async fn test_connection_previews_a_draft_without_writing() {
     assert_eq!(
         previews.iter().filter(|r| **r == "denied").count(),
         1,
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specs_reach_only_the_data_roots_and_every_refusal_is_audited() {
+    if !services_available() {
+        return;
+    }
+    let api = Api::new().await;
+    let editor = api.catalog.create_token("eddie", "editor").await.unwrap();
+    let admin = api.catalog.create_token("ada", "admin").await.unwrap();
+    let root = api._dir.path();
+    std::fs::write(root.join("ok.csv"), "id\n1\n").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("private.csv"), "secret\n42\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("private.csv"), root.join("link.csv")).unwrap();
+    let locations = [
+        "/etc/passwd".to_owned(),
+        "file:///etc/passwd".to_owned(),
+        format!("{}/../../../../../../etc/hostname", root.display()),
+        root.join("link.csv").display().to_string(),
+        api.settings.key_file.display().to_string(),
+        api.settings.secrets_file.display().to_string(),
+        "/proc/self/environ".to_owned(),
+        "http://127.0.0.1:6379/".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ];
+    let spec = |location: &str| {
+        format!(
+            "id: probe\nsource: {{format: csv, location: '{location}', csv: {{delimiter: ';'}}}}\ntrigger: callback\n"
+        )
+    };
+    for location in &locations {
+        for path in ["/datasets/probe", "/datasets/probe/preview"] {
+            let method = if path.ends_with("preview") {
+                Method::POST
+            } else {
+                Method::PUT
+            };
+            let (status, body) = api
+                .call(method, path, Some(&editor), Some(&spec(location)))
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path} {location}: {body}");
+            let message = error_of(&body);
+            assert!(
+                !message.contains("root:") && !message.contains("42"),
+                "file content leaked: {body}"
+            );
+        }
+    }
+    // A stored spec whose file is fine previews; the same preview of a stored spec pointing
+    // outside (stored by an admin before the roots narrowed) is refused too.
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/datasets/probe",
+            Some(&admin),
+            Some(&spec(&root.join("ok.csv").display().to_string())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(Method::POST, "/datasets/probe/preview", Some(&editor), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut stored = carga_config::DatasetSpec::from_yaml(&spec("/etc/passwd")).unwrap();
+    stored.id = "stale".into();
+    api.catalog
+        .upsert_dataset(&stored, "ada", true)
+        .await
+        .unwrap();
+    let (status, _) = api
+        .call(Method::POST, "/datasets/stale/preview", Some(&editor), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Requests without a usable token are refused and audited with the peer's address; a
+    // forwarded address from an untrusted peer is not believed.
+    for authorization in [
+        None,
+        Some("bearer"),
+        Some("Basic dXNlcjpwYXNz"),
+        Some("Bearer "),
+    ] {
+        let (status, _) = api
+            .call_as(
+                Method::GET,
+                "/datasets",
+                authorization,
+                &[("x-forwarded-for", "6.6.6.6")],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+    }
+    let (_, audit) = api
+        .call(Method::GET, "/audit?limit=500", Some(&admin), None)
+        .await;
+    let entries = audit.as_array().unwrap();
+    let denied = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["result"] == "denied")
+            .count()
+    };
+    assert_eq!(
+        denied("write_config"),
+        locations.len(),
+        "every refused spec audited: {audit}"
+    );
+    assert_eq!(denied("preview"), locations.len() + 1, "{audit}");
+    let anonymous = entries
+        .iter()
+        .filter(|e| e["subject"] == "anonymous" && e["result"] == "denied")
+        .count();
+    assert_eq!(anonymous, 4, "{audit}");
+    assert!(
+        entries.iter().all(|e| e["source_ip"] != "6.6.6.6"),
+        "{audit}"
+    );
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e["result"] == "denied" && e["action"] == "write_config")
+            .all(|e| e["detail"].as_str().is_some_and(|d| !d.is_empty())),
+        "refusals say why"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_triggers_leave_one_queued_run_and_a_token_is_rate_limited() {
+    if !services_available() {
+        return;
+    }
+    let api = Api::new().await;
+    let admin = api.catalog.create_token("ada", "admin").await.unwrap();
+    let callback = "id: pedidos\nsource: {format: postgres, table: public.orders}\nconnection_id: sales-db\ntrigger: callback\n";
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/datasets/pedidos",
+            Some(&admin),
+            Some(callback),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Fifty clients, each with its own token, press "run" at once.
+    let mut tokens = Vec::new();
+    for i in 0..50 {
+        tokens.push(
+            api.catalog
+                .create_token(&format!("client-{i}"), "editor")
+                .await
+                .unwrap(),
+        );
+    }
+    let calls = tokens
+        .iter()
+        .map(|token| api.call(Method::POST, "/datasets/pedidos/runs", Some(token), None));
+    let answers = futures::future::join_all(calls).await;
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .count();
+    let joined = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    assert_eq!((created, joined), (1, 49), "{answers:?}");
+    let ids: std::collections::BTreeSet<&str> = answers
+        .iter()
+        .map(|(_, body)| body["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "every caller got the same run");
+    let queued = api
+        .catalog
+        .runs(Some("pedidos"), Some("queued"), 100)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(api.queue.stats().await.unwrap().queued, 1);
+    // `force` enqueues another.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/datasets/pedidos/runs?force=true",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(api.queue.stats().await.unwrap().queued, 2);
+
+    // One token pressing again and again: past its burst, 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/datasets/pedidos/runs",
+                Some(&tokens[0]),
+                None,
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let (_, audit) = api
+        .call(Method::GET, "/audit?limit=500", Some(&admin), None)
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "trigger"
+                && e["result"] == "denied"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("rate limited")),
         "{audit}"
     );
 }

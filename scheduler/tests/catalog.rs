@@ -109,10 +109,33 @@ async fn exercise(catalog: &Catalog) {
     assert_eq!(run.reason, "trigger");
 
     catalog.run_started(&jobs[0], "w1", 1).await.unwrap();
+    let next_at = Utc::now() + Duration::seconds(30);
     catalog
-        .run_retrying(&jobs[0].run_id, 1, "timeout")
+        .run_retrying(&jobs[0].run_id, 1, 5, next_at, "timeout")
         .await
         .unwrap();
+    let retrying = catalog.run(&jobs[0].run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            retrying.state.as_str(),
+            retrying.attempts,
+            retrying.max_attempts
+        ),
+        ("retrying", 1, Some(5))
+    );
+    assert_eq!(
+        retrying.next_attempt_at.map(|t| t.timestamp()),
+        Some(next_at.timestamp())
+    );
+    assert_eq!(
+        retrying.worker, None,
+        "waiting in the queue, not in a worker"
+    );
+    assert_eq!(
+        catalog.queued_run(&jobs[0].dataset_id).await.unwrap(),
+        None,
+        "a retrying run is not waiting for its first attempt"
+    );
     catalog.run_started(&jobs[0], "w2", 2).await.unwrap();
     let running = catalog.run(&jobs[0].run_id).await.unwrap().unwrap();
     assert_eq!((running.state.as_str(), running.attempts), ("running", 2));

@@ -25,7 +25,7 @@ impl DatasetLock {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<Self>, QueueError> {
-        let key = format!("carga:lock:dataset:{dataset}");
+        let key = format!("lock:dataset:{dataset}");
         let token = format!("{holder}:{}", uuid::Uuid::now_v7());
         let deadline = tokio::time::Instant::now() + wait;
         while !queue.try_lock(&key, &token, ttl).await? {

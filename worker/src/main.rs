@@ -7,15 +7,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-mod embedded_worker;
 mod lock;
 mod notify;
 mod queue_worker;
 mod serve;
+mod take_loop;
 
 use anyhow::Result;
 use arrow::util::pretty::pretty_format_batches;
 use carga_config::{DatasetSpec, Settings, SourceFormat};
+use carga_jobs::access::AccessPolicy;
 use carga_jobs::encryption::MasterKeyring;
 use carga_jobs::secrets;
 use carga_jobs::{Engine, discovery, read};
@@ -203,8 +204,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let settings = Settings::load(cli.settings.as_deref())?;
             let secrets = carga_jobs::secrets::provider(&settings).await;
             let spec = DatasetSpec::from_file(&dataset)?;
+            let policy = AccessPolicy::for_command(&settings, Some(&dataset));
             let preview =
-                carga_jobs::preview::preview(&spec, &settings.s3, secrets.as_ref(), rows).await?;
+                carga_jobs::preview::preview(&spec, &policy, secrets.as_ref(), rows).await?;
             println!("{}", serde_json::to_string_pretty(&preview)?);
             Ok(())
         }
@@ -256,7 +258,8 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     let settings = Settings::load(settings_path)?;
     let key_file = settings.key_file.clone();
     let master_key_id = settings.master_key_id.clone();
-    let engine = Engine::from_settings(settings).await?;
+    let policy = AccessPolicy::for_command(&settings, Some(spec_path));
+    let engine = Engine::from_settings(settings).await?.with_access(policy);
     // A multi-table dataset runs table by table; one table's failure does not stop the others.
     let mut failed = Vec::new();
     for spec in DatasetSpec::from_file(spec_path)?.per_table() {
@@ -425,7 +428,9 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
     use std::time::Duration;
 
     let settings = Settings::load(settings_path)?;
-    let engine = Engine::from_settings(settings).await?;
+    // A worker runs specs editors wrote: only the roots and networks the settings open.
+    let policy = AccessPolicy::for_server(&settings, &[], &[]);
+    let engine = Engine::from_settings(settings).await?.with_access(policy);
     let catalog = Catalog::connect(&args.catalog_url).await?;
     catalog.migrate().await?;
     let queue = JobQueue::connect(&QueueSettings {
@@ -446,7 +451,7 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
         settings: args.jobs.worker_settings(name.clone()),
     });
     eprintln!("worker '{name}' taking jobs from '{}'", args.queue);
-    queue_worker::run(shared, Shutdown::on_signals().wait()).await?;
+    take_loop::run(shared, Shutdown::on_signals().wait()).await?;
     eprintln!("worker '{name}' stopped");
     Ok(())
 }

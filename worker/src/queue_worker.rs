@@ -1,29 +1,33 @@
-//! `carga worker`: takes extraction jobs from the queue and runs them.
+//! What a worker does with one job it took (`carga worker` on Redis, `carga serve` on SQLite;
+//! `take_loop` takes the jobs): resolve the dataset, take its lock, run one attempt, record the
+//! end in the catalog, announce it, and say where the job goes next:
 //!
-//! - On Redis, apalis-redis gives the take side: one job per fetch, a heartbeat per worker, and jobs held
-//!   by a worker whose heartbeats stop are put back for another worker.
-//! - Retries are ours: apalis-redis 1.0 reschedules every failure up to 25 times a second apart
-//!   whatever the task's limit, so the handler retries transient failures itself with
-//!   exponential backoff, and after the last attempt (or at once for a validation failure) ends
-//!   the job with an `AbortError`, which apalis puts in its dead set.
-//! - One extraction per dataset at a time (`lock`); SIGTERM stops taking jobs and lets the
-//!   running ones finish.
-//! - In the embedded mode the queue is the SQLite file and `embedded_worker` takes the jobs;
-//!   what a job does once taken (`handle_job`) is the same.
+//! - done (committed, or failed for good with its history recorded);
+//! - dead (a validation failure, or the last attempt failed);
+//! - back in the queue: a transient failure waits out its backoff there as a delayed job with its
+//!   attempt number raised, so no worker slot sleeps through it; a busy dataset or an unreachable
+//!   catalog comes back shortly.
+//!
+//! A job taken again after its run committed (its worker was killed, or the queue lost its end)
+//! finds its manifest by run id and is done without running again.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use carga_jobs::{Engine, RunFailure, RunOutcome};
 use carga_scheduler::catalog::{Catalog, RunResult};
 use carga_scheduler::metrics::{Counter, Metrics};
-use carga_scheduler::queue::RedisQueue;
+use carga_scheduler::queue::Settlement;
 use carga_scheduler::{ExtractionJob, JobQueue};
 use tracing::Instrument;
 
 use crate::lock::DatasetLock;
 use crate::notify::{Notification, Notifier};
+
+/// Times a job may go back to the queue without an attempt (busy dataset, unreachable catalog)
+/// before it is dead, as apalis-redis does.
+const MAX_PUT_BACKS: usize = 25;
+/// When a job put back without an attempt is due again.
+const PUT_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// How failed attempts are retried.
 #[derive(Debug, Clone)]
@@ -66,62 +70,44 @@ pub struct Shared {
     pub settings: WorkerSettings,
 }
 
-/// Runs the worker until `shutdown` resolves, then waits for the running jobs.
-pub async fn run(
-    shared: Arc<Shared>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    match shared.queue.clone() {
-        JobQueue::Redis(queue) => run_on_redis(shared, queue, shutdown).await,
-        JobQueue::Embedded(queue) => crate::embedded_worker::run(shared, queue, shutdown).await,
-    }
-}
-
-async fn run_on_redis(
-    shared: Arc<Shared>,
-    queue: RedisQueue,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let worker = WorkerBuilder::new(shared.settings.name.clone())
-        .backend(queue.storage())
-        .data(shared.clone())
-        .concurrency(shared.settings.concurrency)
-        .build(handle);
-    worker
-        .run_until(async move {
-            shutdown.await;
-            Ok::<(), std::io::Error>(())
-        })
-        .await?;
-    Ok(())
-}
-
-/// apalis' entry point for a job.
-async fn handle(
-    job: ExtractionJob,
-    shared: Data<Arc<Shared>>,
-    taken: Attempt,
-) -> Result<(), BoxDynError> {
-    handle_job(&job, &shared, taken.current()).await
-}
-
-/// One job: resolve the dataset, take its lock, run with retries, record and announce the end.
-/// `Ok`: done; an `AbortError`: gave up (the dead set); another error: back to the queue.
-pub(crate) async fn handle_job(
-    job: &ExtractionJob,
-    shared: &Shared,
-    taken: usize,
-) -> Result<(), BoxDynError> {
+/// One job taken for the `takes`-th time: where it goes next.
+pub(crate) async fn handle_job(job: &ExtractionJob, shared: &Shared, takes: usize) -> Settlement {
     let span = tracing::info_span!("job", run_id = %job.run_id, dataset = %job.dataset_id);
-    handle_in_span(job, shared, taken).instrument(span).await
+    async {
+        match handle_in_span(job, shared, takes).await {
+            Ok(settlement) => settlement,
+            // The catalog or the queue failed under us: nothing was decided, so the job comes
+            // back (and is dead only after many put-backs without an attempt).
+            Err(fault) => put_back(job, takes, format!("catalog or queue unreachable: {fault}")),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+type Fault = Box<dyn std::error::Error + Send + Sync>;
+
+/// Back to the queue without an attempt made.
+fn put_back(job: &ExtractionJob, takes: usize, reason: String) -> Settlement {
+    let put_backs = takes.saturating_sub(job.attempt as usize);
+    if put_backs >= MAX_PUT_BACKS {
+        tracing::error!(takes, %reason, "job put back too often; it is dead");
+        return Settlement::Dead(format!("put back {put_backs} times; last: {reason}"));
+    }
+    tracing::info!(%reason, "the job goes back to the queue");
+    Settlement::Later {
+        delay: PUT_BACK_DELAY,
+        reason,
+        job: None,
+    }
 }
 
 async fn handle_in_span(
     job: &ExtractionJob,
     shared: &Shared,
-    taken: usize,
-) -> Result<(), BoxDynError> {
-    tracing::info!(taken, "job taken");
+    takes: usize,
+) -> Result<Settlement, Fault> {
+    tracing::info!(takes, attempt = job.attempt, "job taken");
     if shared.queue.is_cancelled(&job.run_id).await? {
         // Killed from the dashboard after a worker had already fetched it.
         shared
@@ -129,7 +115,7 @@ async fn handle_in_span(
             .run_killed(&job.run_id, "an operator")
             .await?;
         tracing::warn!("job was killed before it started");
-        return Ok(());
+        return Ok(Settlement::Done);
     }
     let record = shared.catalog.dataset(&job.dataset_id).await?;
     let spec = match record {
@@ -142,10 +128,13 @@ async fn handle_in_span(
             };
             shared
                 .catalog
-                .run_started(job, &shared.settings.name, 0)
+                .run_started(job, &shared.settings.name, job.attempt as i32)
                 .await?;
-            finish_failed(shared, job, 0, "failed", reason).await;
-            return Err(AbortError::new(format!("dataset '{}': {reason}", job.dataset_id)).into());
+            finish_failed(shared, job, "failed", reason).await;
+            return Ok(Settlement::Dead(format!(
+                "dataset '{}': {reason}",
+                job.dataset_id
+            )));
         }
     };
     let lock = DatasetLock::acquire(
@@ -157,26 +146,27 @@ async fn handle_in_span(
     )
     .await?;
     let Some(lock) = lock else {
-        // Back to the queue (apalis reschedules a plain error): another run still holds it.
-        tracing::info!("another run of the dataset is in progress; the job goes back to the queue");
-        return Err(format!(
-            "dataset '{}' is being extracted by another run",
-            job.dataset_id
-        )
-        .into());
+        return Ok(put_back(
+            job,
+            takes,
+            format!(
+                "dataset '{}' is being extracted by another run",
+                job.dataset_id
+            ),
+        ));
     };
-    let result = tokio::select! {
-        result = run_with_retries(shared, job, &spec) => result,
+    let ended = tokio::select! {
+        ended = attempt(shared, job, &spec) => ended,
         () = cancelled(shared, &job.run_id) => {
             // Dropping the run stops it: nothing was committed, so nothing becomes visible, and
             // the watermark does not move (its uploaded parts stay unreferenced).
             shared.catalog.run_killed(&job.run_id, "an operator").await?;
             tracing::warn!("job killed by an operator; its uncommitted output is discarded");
-            Ok(())
+            Ok(Settlement::Done)
         }
     };
     lock.release().await;
-    result
+    ended
 }
 
 /// Resolves when an operator asks to kill the job (checked every second).
@@ -189,61 +179,82 @@ async fn cancelled(shared: &Shared, run_id: &str) {
     }
 }
 
-async fn run_with_retries(
+/// One attempt of the job: every table not committed yet (by this run id) runs once.
+async fn attempt(
     shared: &Shared,
     job: &ExtractionJob,
     spec: &carga_config::DatasetSpec,
-) -> Result<(), BoxDynError> {
+) -> Result<Settlement, Fault> {
     let policy = &shared.settings.retry;
-    let tables = spec.per_table();
-    let mut committed: Vec<RunOutcome> = Vec::new();
+    let attempt = job.attempt.max(1);
     let started = Instant::now();
-    let mut attempt = 1;
-    loop {
-        shared
-            .catalog
-            .run_started(job, &shared.settings.name, attempt as i32)
-            .await?;
-        shared.metrics.add(Counter::JobsStarted, 1).await;
-        // Tables committed by an earlier attempt of this job are not run again.
-        let mut failure: Option<RunFailure> = None;
-        for table in &tables {
-            if committed.iter().any(|o| o.manifest.dataset == table.id) {
+    shared
+        .catalog
+        .run_started(job, &shared.settings.name, attempt as i32)
+        .await?;
+    shared.metrics.add(Counter::JobsStarted, 1).await;
+    let mut outcomes: Vec<RunOutcome> = Vec::new();
+    let mut failure: Option<RunFailure> = None;
+    for table in spec.per_table() {
+        match shared.engine.committed(&table, &job.run_id).await {
+            Ok(Some(done)) => {
+                tracing::info!(dataset = %table.id, "already committed by this run; not run again");
+                outcomes.push(done);
                 continue;
             }
-            match shared.engine.run_as(table, &job.run_id).await {
-                Ok(outcome) => committed.push(outcome),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+            Ok(None) => {}
+            Err(e) => {
+                failure = Some(RunFailure {
+                    error: e,
+                    report_url: None,
+                });
+                break;
             }
         }
-        let Some(failure) = failure else {
-            finish_succeeded(shared, job, attempt, &committed, started.elapsed()).await;
-            return Ok(());
-        };
-        let message = failure.to_string();
-        let validation = failure.error.is_validation();
-        if validation || attempt >= policy.max_attempts {
-            let state = if validation { "failed" } else { "dead" };
-            shared
-                .metrics
-                .observe_run_duration(started.elapsed().as_secs_f64())
-                .await;
-            finish_failed(shared, job, attempt, state, &message).await;
-            return Err(AbortError::new(message).into());
+        match shared.engine.run_as(&table, &job.run_id).await {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
         }
-        let wait = policy.backoff(attempt + 1);
-        tracing::warn!(attempt, error = %message, retry_in = ?wait, "attempt failed; retrying");
-        shared.metrics.add(Counter::JobsRetried, 1).await;
-        shared
-            .catalog
-            .run_retrying(&job.run_id, attempt as i32, &message)
-            .await?;
-        tokio::time::sleep(wait).await;
-        attempt += 1;
     }
+    let took = started.elapsed();
+    let Some(failure) = failure else {
+        finish_succeeded(shared, job, attempt, &outcomes, took).await;
+        return Ok(Settlement::Done);
+    };
+    let message = failure.to_string();
+    let validation = failure.error.is_validation();
+    if validation || attempt >= policy.max_attempts {
+        let state = if validation { "failed" } else { "dead" };
+        shared
+            .metrics
+            .observe_run_duration(took.as_secs_f64())
+            .await;
+        finish_failed(shared, job, state, &message).await;
+        return Ok(Settlement::Dead(message));
+    }
+    let wait = policy.backoff(attempt + 1);
+    let next_at = chrono::Utc::now()
+        + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(60));
+    tracing::warn!(attempt, error = %message, retry_at = %next_at, "attempt failed; the job waits in the queue for the next one");
+    shared.metrics.add(Counter::JobsRetried, 1).await;
+    shared
+        .catalog
+        .run_retrying(
+            &job.run_id,
+            attempt as i32,
+            policy.max_attempts as i32,
+            next_at,
+            &message,
+        )
+        .await?;
+    Ok(Settlement::Later {
+        delay: wait,
+        reason: message,
+        job: Some(job.next_attempt()),
+    })
 }
 
 async fn finish_succeeded(
@@ -325,13 +336,8 @@ async fn finish_succeeded(
     publish(notifier, "notification.upload_success", &note).await;
 }
 
-async fn finish_failed(
-    shared: &Shared,
-    job: &ExtractionJob,
-    attempt: u32,
-    state: &'static str,
-    reason: &str,
-) {
+async fn finish_failed(shared: &Shared, job: &ExtractionJob, state: &'static str, reason: &str) {
+    let attempt = job.attempt.max(1);
     let result = RunResult {
         state,
         error: Some(reason.to_owned()),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use carga_config::{DatasetSpec, Settings};
 use carga_jobs::Engine;
+use carga_jobs::access::AccessPolicy;
 use carga_jobs::secrets::SecretsProvider;
 use carga_jobs::storage::Bucket;
 use carga_scheduler::api::{self, ApiState};
@@ -25,7 +26,8 @@ use carga_scheduler::queue::SqliteQueue;
 use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
 
-use crate::queue_worker::{self, Shared};
+use crate::queue_worker::Shared;
+use crate::take_loop;
 use crate::{JobArgs, default_worker_name, notify};
 
 /// Who the embedded mode's own changes are recorded as in the audit log.
@@ -55,6 +57,8 @@ pub struct ServeArgs {
     /// Seconds between catalog re-reads by the scheduler.
     #[arg(long, default_value_t = 5)]
     refresh_seconds: u64,
+    #[command(flatten)]
+    api: api::ApiArgs,
 }
 
 pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> {
@@ -81,8 +85,29 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
     ));
     let metrics = Metrics::new(queue.clone());
     let secrets = carga_jobs::secrets::provider(&settings).await;
+    // Specs may read files only under the folders their specs were loaded from (or the roots the
+    // settings name), never the state folder; no private networks unless the settings allow.
+    let roots: Vec<PathBuf> = args
+        .datasets
+        .iter()
+        .map(|p| {
+            if p.is_dir() {
+                p.clone()
+            } else {
+                p.parent().map(Path::to_owned).unwrap_or_default()
+            }
+        })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p
+            }
+        })
+        .collect();
+    let access = AccessPolicy::for_server(&settings, &roots, &[&args.state_dir]);
     for path in &args.datasets {
-        load_datasets(&catalog, secrets.as_ref(), path).await?;
+        load_datasets(&catalog, secrets.as_ref(), &access, path).await?;
     }
     let token = admin_token(&catalog, &args.state_dir).await?;
 
@@ -91,14 +116,14 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let api_state = Arc::new(ApiState {
-        catalog: catalog.clone(),
-        queue: queue.clone(),
-        metrics: metrics.clone(),
+    let api_state = ApiState::new(
+        catalog.clone(),
+        queue.clone(),
         secrets,
-        bucket: Bucket::open(&settings)?,
-        s3: settings.s3.clone(),
-    });
+        Bucket::open(&settings)?,
+        access.clone(),
+    );
+    let api_state = Arc::new(args.api.apply(api_state).map_err(anyhow::Error::msg)?);
     let stopped = shutdown.wait();
     tasks.spawn(async move {
         if let Err(e) = api::serve(api_state, listener, stopped).await {
@@ -123,14 +148,14 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
     });
     let bucket = settings.bucket.clone();
     let shared = Arc::new(Shared {
-        engine: Engine::from_settings(settings).await?,
+        engine: Engine::from_settings(settings).await?.with_access(access),
         catalog,
         queue,
         metrics,
         notifier: args.amqp_url.as_deref().map(notify::Notifier::new),
         settings: args.jobs.worker_settings(default_worker_name()),
     });
-    tasks.spawn(queue_worker::run(shared, shutdown.wait()));
+    tasks.spawn(take_loop::run(shared, shutdown.wait()));
 
     println!("carga is serving in this process (scheduler, API, workers):");
     println!(
@@ -166,6 +191,7 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
 async fn load_datasets(
     catalog: &Catalog,
     secrets: &dyn SecretsProvider,
+    access: &AccessPolicy,
     path: &Path,
 ) -> Result<()> {
     let files: Vec<PathBuf> = if path.is_dir() {
@@ -183,7 +209,7 @@ async fn load_datasets(
         let absolute = std::fs::canonicalize(&file)
             .with_context(|| format!("dataset spec {}", file.display()))?;
         let spec = DatasetSpec::from_file(&absolute)?;
-        api::check_spec(secrets, &spec)
+        api::check_spec(secrets, access, &spec)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let current = catalog.dataset(&spec.id).await?;

@@ -23,6 +23,8 @@ struct Embedded {
     port: u16,
     process: Option<Child>,
     starts: usize,
+    /// How jobs are retried (`carga serve`'s job flags).
+    retry_args: Vec<&'static str>,
 }
 
 impl Embedded {
@@ -40,6 +42,7 @@ impl Embedded {
             port,
             process: None,
             starts: 0,
+            retry_args: vec!["--max-attempts", "2", "--backoff-seconds", "0.2"],
         }
     }
 
@@ -71,12 +74,14 @@ impl Embedded {
             .args(["--datasets", &self.path("specs").display().to_string()])
             .args(["--heartbeat-seconds", "0.5", "--missed-heartbeats", "2"])
             .args(["--lock-ttl-seconds", "2", "--lock-wait-seconds", "20"])
-            .args(["--max-attempts", "2", "--backoff-seconds", "0.2"])
+            .args(&self.retry_args)
             .args(["--refresh-seconds", "1"])
             .current_dir(self.dir.path())
             .env("CARGA_BUCKET", self.path("bucket"))
             .env("CARGA_KEY_FILE", self.path("keys.json"))
             .env("CARGA_SECRETS_FILE", self.path("secrets.json"))
+            // The slow REST source is a listener on loopback: tests opt in to private networks.
+            .env("CARGA_ALLOW_PRIVATE_NETWORKS", "true")
             .env("RUST_LOG", "info")
             .env_remove("CARGA_SETTINGS")
             .env_remove("CARGA_AMQP_URL")
@@ -430,4 +435,82 @@ async fn the_admin_token_is_private_and_survives_a_restart() {
     assert_eq!(carga.token(), first);
     let (status, _) = carga.call(reqwest::Method::GET, "/datasets").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_job_waits_in_the_queue_not_in_a_worker_slot() {
+    let mut lab = Embedded::new();
+    // Two slots; two datasets whose API is down back off for a minute between attempts.
+    lab.retry_args = vec![
+        "--concurrency",
+        "2",
+        "--max-attempts",
+        "5",
+        "--backoff-seconds",
+        "60",
+    ];
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for name in ["down1", "down2"] {
+        lab.add_spec(
+            name,
+            &format!(
+                "id: {name}\nsource:\n  format: rest\n  location: http://127.0.0.1:{closed}/items\n  rest: {{max_attempts: 1}}\ntrigger: callback\n"
+            ),
+        );
+    }
+    // Beside the specs: the folder `--datasets` names is the data root.
+    let csv = lab.path("specs").join("ok.csv");
+    std::fs::write(&csv, "id,v\n1,a\n2,b\n").unwrap();
+    lab.add_spec(
+        "ok",
+        &format!(
+            "id: ok\nsource: {{format: csv, location: '{}'}}\ntrigger: callback\n",
+            csv.display()
+        ),
+    );
+    lab.start();
+    lab.wait_until_ready().await;
+    let down: Vec<String> = vec![lab.trigger("down1").await, lab.trigger("down2").await];
+    for run_id in &down {
+        let run = lab
+            .wait_for_run(run_id, &["retrying"], Duration::from_secs(30))
+            .await;
+        assert_eq!(
+            (run["attempts"].as_i64(), run["max_attempts"].as_i64()),
+            (Some(1), Some(5))
+        );
+        assert!(run["next_attempt_at"].is_string(), "{run}");
+        assert!(run["worker"].is_null(), "no worker holds it: {run}");
+        assert!(
+            run["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("connection"),
+            "{run}"
+        );
+    }
+    let (_, queue) = lab.call(reqwest::Method::GET, "/queue").await;
+    assert_eq!(
+        (queue["running"].as_u64(), queue["scheduled"].as_u64()),
+        (Some(0), Some(2)),
+        "{queue}"
+    );
+
+    // Both slots are free: a third dataset's run starts at once.
+    let ok = lab.trigger("ok").await;
+    let run = lab
+        .wait_for_run(&ok, &["succeeded"], Duration::from_secs(10))
+        .await;
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(run[field].as_str().unwrap()).unwrap();
+    let waited = at("started_at") - at("enqueued_at");
+    assert!(
+        waited < chrono::Duration::seconds(3),
+        "waited {waited} in the queue"
+    );
+    assert_eq!(lab.stop().code(), Some(0), "{}", lab.logs());
 }

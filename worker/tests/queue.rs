@@ -1,8 +1,9 @@
 //! The scheduler, the Redis queue and `carga worker` processes against the real PostgreSQL,
 //! Redis and RabbitMQ: a cron fires and the job commits; two schedulers enqueue a time once; a
 //! worker killed with SIGKILL mid-job is replaced by another with no duplicate output; a failing
-//! source lands in the dead set after its retries. Each test has its own catalog database and
-//! queue name, so they run side by side.
+//! source lands in the dead set after its retries; twenty runs survive a Redis restart and a
+//! killed worker with no one stepping in. Each test has its own catalog database and queue name,
+//! so they run side by side.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -23,6 +24,23 @@ use lapin::types::FieldTable;
 const REQUIRE_ALL: &str = "CARGA_TEST_REQUIRE_ALL";
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// True when `probe` runs; otherwise a skip notice, or a failure under `CARGA_TEST_REQUIRE_ALL`.
+fn skip_unless_tool(name: &str, probe: &mut Command) -> bool {
+    if probe
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return true;
+    }
+    let why = format!("{name} is not installed");
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+        panic!("{why}, and {REQUIRE_ALL}=1 forbids skipping");
+    }
+    eprintln!("SKIPPED: {why} (set {REQUIRE_ALL}=1 to make this a failure)");
+    false
+}
 
 fn services_available() -> bool {
     let down: Vec<&str> = [
@@ -62,6 +80,11 @@ struct Lab {
 
 impl Lab {
     async fn new(name: &str) -> Self {
+        Self::with_redis(name, &QueueSettings::default().redis_url).await
+    }
+
+    /// A lab whose queue lives on the Redis at `redis_url`.
+    async fn with_redis(name: &str, redis_url: &str) -> Self {
         let unique = format!("{name}_{}", uuid::Uuid::now_v7().simple());
         let admin = sqlx::PgPool::connect(ADMIN_URL).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -74,6 +97,7 @@ impl Lab {
         let catalog = Catalog::connect(&catalog_url).await.unwrap();
         catalog.migrate().await.unwrap();
         let queue_settings = QueueSettings {
+            redis_url: redis_url.to_owned(),
             name: format!("carga-test:{unique}"),
             heartbeat: Duration::from_secs(1),
             missed_heartbeats: 2,
@@ -118,11 +142,14 @@ impl Lab {
             .args(["--lock-ttl-seconds", "2", "--lock-wait-seconds", "20"])
             .args(extra)
             .env("CARGA_CATALOG_URL", &self.catalog_url)
+            .env("CARGA_REDIS_URL", &self.queue_settings.redis_url)
             .env("CARGA_QUEUE", &self.queue_settings.name)
             .env("CARGA_AMQP_URL", AMQP_URL)
             .env("CARGA_BUCKET", &self.settings.bucket)
             .env("CARGA_KEY_FILE", &self.settings.key_file)
             .env("CARGA_SECRETS_FILE", &self.settings.secrets_file)
+            // A worker reads files only under its data roots: the lab folder.
+            .env("CARGA_LOCAL_ROOTS", self.dir.path())
             .env("RUST_LOG", "info")
             .envs(self.worker_env.iter().copied())
             .env_remove("CARGA_SETTINGS")
@@ -657,14 +684,17 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     std::fs::write(&missing, "id,total\n9,1\n").unwrap();
 
     // The API with the dashboard, on a real port.
-    let state = std::sync::Arc::new(carga_scheduler::api::ApiState {
-        catalog: lab.catalog.clone(),
-        metrics: carga_scheduler::metrics::Metrics::new(lab.queue.clone()),
-        queue: lab.queue.clone(),
-        secrets: carga_jobs::secrets::provider(&lab.settings).await,
-        bucket: Bucket::open(&lab.settings).unwrap(),
-        s3: lab.settings.s3.clone(),
-    });
+    let state = std::sync::Arc::new(carga_scheduler::api::ApiState::new(
+        lab.catalog.clone(),
+        lab.queue.clone(),
+        carga_jobs::secrets::provider(&lab.settings).await,
+        Bucket::open(&lab.settings).unwrap(),
+        carga_jobs::access::AccessPolicy::for_server(
+            &lab.settings,
+            &[lab.dir.path().to_owned()],
+            &[],
+        ),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(carga_scheduler::api::serve(
@@ -875,4 +905,199 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     assert_eq!(count("kill_job", "rejected"), 1);
     assert_eq!(count("delete_job", "denied"), 1);
     assert_eq!(count("delete_job", "ok"), 1);
+}
+
+/// A Redis of the test's own on a free port, keeping its data on disk (AOF, fsync always) as a
+/// production queue's Redis must, so it can be stopped and started again under the workers.
+struct OwnRedis {
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            process: None,
+        };
+        redis.up();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM (Redis writes what it holds and exits), and wait for it.
+    fn down(&mut self) {
+        let mut child = self.process.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_runs_survive_a_redis_restart_and_a_killed_worker() {
+    if !services_available()
+        || !skip_unless_tool(
+            "redis-server",
+            Command::new("redis-server").arg("--version"),
+        )
+    {
+        return;
+    }
+    let mut redis = OwnRedis::start();
+    let mut lab = Lab::with_redis("faults", &redis.url()).await;
+    // A source that takes about a second a run: 50 rows, 20 ms each.
+    sqlx::raw_sql(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, 50) g;
+         CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
+         CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
+    )
+    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
+    .await
+    .unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        lab.add_dataset(&format!(
+            "id: f{i}\nsource: {{format: postgres, table: public.slow_events}}\nconnection_id: catalog-db\n\
+             mode: complete\ntrigger: callback\nkey: [id]\n"
+        ))
+        .await;
+        jobs.push(carga_scheduler::ExtractionJob::new(
+            &format!("f{i}"),
+            carga_scheduler::RunReason::Trigger,
+        ));
+    }
+    let retry = [
+        "--max-attempts",
+        "10",
+        "--backoff-seconds",
+        "0.5",
+        "--max-backoff-seconds",
+        "2",
+    ];
+    let w1 = lab.start_worker("w1", &retry);
+    let w2 = lab.start_worker("w2", &retry);
+    for job in &jobs {
+        lab.submit(job).await;
+    }
+    // Two runs in, Redis goes away for five seconds and comes back.
+    lab.wait_for_run(&jobs[0].run_id, &["running"], Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.down();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.up();
+    // Then one worker dies while it holds a job.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = lab
+            .catalog
+            .runs(None, Some("running"), 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.worker.as_deref() == Some("w1"));
+        if held {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w1 took no job after the restart:\n{}",
+            lab.workers_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lab.workers[w1].kill().unwrap();
+    lab.workers[w1].wait().unwrap();
+
+    // Nobody steps in: w2 alone finishes everything, each run committed once, every row once.
+    for job in &jobs {
+        let run = lab
+            .wait_for_run(
+                &job.run_id,
+                &["succeeded", "failed", "dead"],
+                Duration::from_secs(120),
+            )
+            .await;
+        assert_eq!(run.state, "succeeded", "{run:#?}\n{}", lab.workers_logs());
+        let manifests = lab.manifests(&job.dataset_id).await;
+        assert_eq!(
+            manifests.len(),
+            1,
+            "{} committed {} times",
+            job.dataset_id,
+            manifests.len()
+        );
+        assert_eq!(manifests[0].rows, 50);
+        assert_eq!(manifests[0].run_id, job.run_id);
+    }
+    assert!(
+        lab.workers[w2].try_wait().unwrap().is_none(),
+        "the surviving worker is still running:\n{}",
+        lab.workers_logs()
+    );
+    // The worker saw the outage (calls failed, or stalled while the client reconnected).
+    let log = lab.worker_log("w2");
+    assert!(
+        log.contains("retrying until the queue answers") || log.contains("the queue stalled"),
+        "{log}"
+    );
+    // The test's own connection saw the restart too: its first call after it may fail once.
+    let stats = match lab.queue.stats().await {
+        Ok(stats) => stats,
+        Err(_) => lab.queue.stats().await.unwrap(),
+    };
+    assert_eq!((stats.dead, stats.queued, stats.running), (0, 0, 0));
 }

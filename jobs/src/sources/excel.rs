@@ -5,14 +5,64 @@
 //! at 65,536 rows). A remote workbook is first streamed to a temporary file, as the zip needs seeks.
 //! Cells become text and share the CSV typing path, so types, inference and errors behave alike.
 
-use calamine::{DataType as CellValue, Reader, Sheets, open_workbook_auto};
+use std::io::BufReader;
+
+use calamine::{
+    DataType as CellValue, Ods, Reader, Sheets, Xls, Xlsb, Xlsx, open_workbook_from_rs,
+};
 use carga_config::ExcelOptions;
 
 use super::ReadContext;
 use super::table::TableAssembler;
 use crate::error::Result;
-use crate::storage::SourceObject;
+use crate::storage::{LocalCopy, SourceObject};
 use crate::validation::ReadStats;
+
+type Workbook = Sheets<BufReader<std::fs::File>>;
+
+/// Opens the workbook from the open file (never its path again), by the format its extension
+/// names, or by trying each format when it names none.
+fn open_workbook(copy: &LocalCopy, extension: Option<&str>) -> Result<Workbook, String> {
+    let reader = || copy.file().map(BufReader::new).map_err(|e| e.to_string());
+    let named = match extension {
+        Some("xls" | "xla") => Some(
+            open_workbook_from_rs::<Xls<_>, _>(reader()?)
+                .map(Sheets::Xls)
+                .map_err(|e| e.to_string()),
+        ),
+        Some("xlsx" | "xlsm" | "xlam") => Some(
+            open_workbook_from_rs::<Xlsx<_>, _>(reader()?)
+                .map(Sheets::Xlsx)
+                .map_err(|e| e.to_string()),
+        ),
+        Some("xlsb") => Some(
+            open_workbook_from_rs::<Xlsb<_>, _>(reader()?)
+                .map(Sheets::Xlsb)
+                .map_err(|e| e.to_string()),
+        ),
+        Some("ods") => Some(
+            open_workbook_from_rs::<Ods<_>, _>(reader()?)
+                .map(Sheets::Ods)
+                .map_err(|e| e.to_string()),
+        ),
+        _ => None,
+    };
+    if let Some(opened) = named {
+        return opened;
+    }
+    if let Ok(w) = open_workbook_from_rs::<Xlsx<_>, _>(reader()?) {
+        return Ok(Sheets::Xlsx(w));
+    }
+    if let Ok(w) = open_workbook_from_rs::<Xls<_>, _>(reader()?) {
+        return Ok(Sheets::Xls(w));
+    }
+    if let Ok(w) = open_workbook_from_rs::<Xlsb<_>, _>(reader()?) {
+        return Ok(Sheets::Xlsb(w));
+    }
+    open_workbook_from_rs::<Ods<_>, _>(reader()?)
+        .map(Sheets::Ods)
+        .map_err(|_| "cannot detect the workbook format (xlsx, xlsm, xlsb, xls or ods)".into())
+}
 
 pub(crate) fn read(
     object: &SourceObject,
@@ -20,7 +70,11 @@ pub(crate) fn read(
     ctx: ReadContext,
 ) -> Result<ReadStats> {
     let copy = object.local_copy(&ctx.runtime)?;
-    let mut workbook = open_workbook_auto(copy.path())
+    let extension = std::path::Path::new(&object.display)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let mut workbook = open_workbook(&copy, extension.as_deref())
         .map_err(|e| ctx.bad_input(format!("not a readable Excel/ODS workbook: {e}")))?;
     let sheets = workbook.sheet_names();
     let sheet = match &opts.sheet {

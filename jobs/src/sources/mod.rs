@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use carga_config::{DatasetSpec, MalformedRowPolicy, S3Settings, SourceFormat, SourceSpec};
+use carga_config::{DatasetSpec, MalformedRowPolicy, SourceFormat, SourceSpec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::access::{AccessPolicy, NetworkPolicy};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
 use crate::secrets::ConnectionSecret;
@@ -54,6 +55,8 @@ pub(crate) struct ReadContext {
     pub batch_rows: usize,
     pub policy: MalformedRowPolicy,
     pub hints: TypeHints,
+    /// Which addresses an HTTP source may reach.
+    pub network: NetworkPolicy,
     schema_tx: Option<oneshot::Sender<SchemaRef>>,
     batch_tx: mpsc::Sender<Result<RecordBatch>>,
     pub runtime: tokio::runtime::Handle,
@@ -183,7 +186,7 @@ pub struct SourceAccess {
 /// Opens the dataset's source and starts reading it. Returns once the schema is known.
 pub async fn open(
     spec: &DatasetSpec,
-    s3: &S3Settings,
+    policy: &AccessPolicy,
     batch_rows: usize,
     hints: TypeHints,
     access: SourceAccess,
@@ -195,6 +198,7 @@ pub async fn open(
         batch_rows,
         policy: spec.on_malformed_row,
         hints,
+        network: policy.network,
         schema_tx: Some(schema_tx),
         batch_tx,
         runtime: tokio::runtime::Handle::current(),
@@ -213,6 +217,14 @@ pub async fn open(
         })?;
         let spec = spec.clone();
         match spec.source.format {
+            SourceFormat::Postgres => tokio::spawn(postgres::read(
+                spec,
+                secret,
+                access.floor,
+                access.lookback,
+                access.chunk,
+                ctx,
+            )),
             SourceFormat::Mysql => tokio::spawn(mysql::read(
                 spec,
                 secret,
@@ -234,14 +246,9 @@ pub async fn open(
                 access.lookback,
                 ctx,
             )),
-            _ => tokio::spawn(postgres::read(
-                spec,
-                secret,
-                access.floor,
-                access.lookback,
-                access.chunk,
-                ctx,
-            )),
+            SourceFormat::Csv | SourceFormat::Json | SourceFormat::Excel | SourceFormat::Rest => {
+                unreachable!("is_database() lists the database formats")
+            }
         }
     } else if spec.source.format == SourceFormat::Rest {
         ctx.location = spec.source.location.clone();
@@ -253,7 +260,7 @@ pub async fn open(
             ctx,
         ))
     } else {
-        let object = SourceObject::resolve(&spec.source.location, s3)?;
+        let object = SourceObject::resolve(&spec.source.location, policy)?;
         ctx.location = object.display.clone();
         let source = spec.source.clone();
         tokio::task::spawn_blocking(move || read_file(&object, &source, ctx))

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use carga_config::{DatasetSpec, Settings};
+use carga_config::{DatasetSpec, Settings, SourceAccessSettings};
 use carga_jobs::manifest::{Manifest, ManifestLog};
 use carga_jobs::{Engine, read};
 
@@ -50,6 +50,16 @@ impl Lab {
             batch_rows: 64,
             rows_per_file: 500,
             rows_per_row_group: 128,
+            // The lab folder and the repository's samples are the data roots; REST tests serve
+            // on loopback.
+            sources: SourceAccessSettings {
+                local_roots: Some(vec![
+                    dir.path().to_owned(),
+                    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../samples")),
+                    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests")),
+                ]),
+                allow_private_networks: Some(true),
+            },
             ..Settings::default()
         };
         Self { dir, settings }

@@ -3,19 +3,24 @@
 //! every change (and every refused attempt) is written to the audit log.
 
 pub mod auth;
+pub mod client;
 mod dashboard;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use carga_config::{DatasetSpec, S3Settings, Trigger};
+use carga_config::{DatasetSpec, SourceFormat, Trigger};
+use carga_jobs::JobError;
+use carga_jobs::access::AccessPolicy;
 use carga_jobs::secrets::SecretsProvider;
-use carga_jobs::storage::Bucket;
+use carga_jobs::storage::{Bucket, SourceObject};
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -26,6 +31,8 @@ use crate::metrics::{Counter, Metrics};
 use crate::queue::JobQueue;
 use crate::schedule::CronSchedule;
 use auth::{Action, Role};
+use client::TrustedProxies;
+use limits::TriggerLimit;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -34,8 +41,68 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub secrets: Arc<dyn SecretsProvider>,
     pub bucket: Bucket,
-    /// Where file sources on S3 are read from (for previews).
-    pub s3: S3Settings,
+    /// What a spec may reach (data roots, networks, the S3 endpoint): checked when a spec is
+    /// stored and when a preview opens it.
+    pub access: AccessPolicy,
+    /// Whose `X-Forwarded-For` names the client in the audit log.
+    pub trusted_proxies: TrustedProxies,
+    /// Triggers per token.
+    pub trigger_limit: TriggerLimit,
+}
+
+/// The API's own flags, shared by `carga-scheduler serve` and `carga serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For names the
+    /// client in the audit log; from anyone else the header is ignored.
+    #[arg(long, env = "CARGA_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Run triggers per token per minute (bursts of up to a sixth of it, at least 1).
+    #[arg(long, env = "CARGA_TRIGGERS_PER_MINUTE", default_value_t = 60)]
+    pub triggers_per_minute: u32,
+}
+
+impl ApiArgs {
+    /// `state` with these flags applied.
+    pub fn apply(&self, state: ApiState) -> Result<ApiState, String> {
+        let proxies = TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| format!("--trusted-proxies: {e}"))?;
+        let burst = (self.triggers_per_minute / 6).max(1);
+        Ok(state
+            .with_trusted_proxies(proxies)
+            .with_trigger_limit(TriggerLimit::new(self.triggers_per_minute, burst)))
+    }
+}
+
+impl ApiState {
+    pub fn new(
+        catalog: Catalog,
+        queue: JobQueue,
+        secrets: Arc<dyn SecretsProvider>,
+        bucket: Bucket,
+        access: AccessPolicy,
+    ) -> Self {
+        Self {
+            catalog,
+            metrics: Metrics::new(queue.clone()),
+            queue,
+            secrets,
+            bucket,
+            access,
+            trusted_proxies: TrustedProxies::default(),
+            trigger_limit: TriggerLimit::default(),
+        }
+    }
+
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
+    pub fn with_trigger_limit(mut self, limit: TriggerLimit) -> Self {
+        self.trigger_limit = limit;
+        self
+    }
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -109,6 +176,8 @@ struct Caller {
     subject: String,
     role: Role,
     source_ip: String,
+    /// The token's hash: what per-token limits count by.
+    token_key: String,
 }
 
 impl Caller {
@@ -125,16 +194,25 @@ impl Caller {
     }
 }
 
-fn source_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_else(|| peer.ip().to_string())
+/// The bearer token of a request, or why there is none.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err("missing bearer token (Authorization: Bearer <token>)");
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or("malformed Authorization header (expected: Bearer <token>)")
 }
 
-/// Checks the bearer token and the role; refusals of anything but reads are audited.
+/// Checks the bearer token and the role. Every refusal is audited, with the caller's address.
 async fn authorize(
     state: &ApiState,
     headers: &HeaderMap,
@@ -142,17 +220,26 @@ async fn authorize(
     action: Action,
     dataset: Option<&str>,
 ) -> ApiResult<Caller> {
-    let ip = source_ip(headers, peer);
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token>)",
-        ));
+    let ip = state.trusted_proxies.client_ip(headers, peer);
+    let refusal = |subject: &str, why: &str| AuditEntry {
+        subject: subject.into(),
+        role: None,
+        action: action.as_str().into(),
+        dataset_id: dataset.map(str::to_owned),
+        source_ip: Some(ip.clone()),
+        result: "denied",
+        detail: Some(why.to_owned()),
+    };
+    let token = match bearer_token(headers) {
+        Ok(token) => token,
+        Err(why) => {
+            state
+                .catalog
+                .audit(&refusal("anonymous", why))
+                .await
+                .map_err(ApiError::internal)?;
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
+        }
     };
     let found = state
         .catalog
@@ -160,30 +247,20 @@ async fn authorize(
         .await
         .map_err(ApiError::internal)?;
     let Some((subject, role)) = found else {
-        let entry = AuditEntry {
-            subject: "unknown".into(),
-            role: None,
-            action: action.as_str().into(),
-            dataset_id: dataset.map(str::to_owned),
-            source_ip: Some(ip),
-            result: "denied",
-            detail: Some("unknown or revoked token".into()),
-        };
+        let why = "unknown or revoked token";
         state
             .catalog
-            .audit(&entry)
+            .audit(&refusal("unknown", why))
             .await
             .map_err(ApiError::internal)?;
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown or revoked token",
-        ));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
     };
     let role = Role::parse(&role).ok_or_else(|| ApiError::internal("token with unknown role"))?;
     let caller = Caller {
         subject,
         role,
         source_ip: ip,
+        token_key: crate::catalog::token_hash(token),
     };
     if !action.allows(role) {
         let mut entry = caller.audit(action.as_str(), dataset, "denied");
@@ -305,15 +382,15 @@ async fn put_dataset(
     let caller = authorize(&state, &headers, peer, Action::WriteConfig, Some(&id)).await?;
     let spec = match validate_spec(&state, &id, &body).await {
         Ok(spec) => spec,
-        Err(message) => {
-            let mut entry = caller.audit("write_config", Some(&id), "rejected");
-            entry.detail = Some(message.clone());
+        Err(problem) => {
+            let mut entry = caller.audit("write_config", Some(&id), problem.audit_result());
+            entry.detail = Some(problem.to_string());
             state
                 .catalog
                 .audit(&entry)
                 .await
                 .map_err(ApiError::internal)?;
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
+            return Err(ApiError::new(problem.status(), problem.to_string()));
         }
     };
     let record = state
@@ -347,14 +424,17 @@ async fn preview_dataset(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let caller = authorize(&state, &headers, peer, Action::Preview, Some(&id)).await?;
-    let spec = if body.iter().all(u8::is_ascii_whitespace) {
+    let checked = if body.iter().all(u8::is_ascii_whitespace) {
         match state
             .catalog
             .dataset(&id)
             .await
             .map_err(ApiError::internal)?
         {
-            Some(record) => record.spec,
+            // A stored spec is checked again: the roots may have narrowed since it was stored.
+            Some(record) => check_spec(state.secrets.as_ref(), &state.access, &record.spec)
+                .await
+                .map(|()| record.spec),
             None => {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -363,17 +443,32 @@ async fn preview_dataset(
             }
         }
     } else {
-        validate_spec(&state, &id, &body)
-            .await
-            .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))?
+        validate_spec(&state, &id, &body).await
+    };
+    let spec = match checked {
+        Ok(spec) => spec,
+        Err(problem) => {
+            let mut entry = caller.audit("preview", Some(&id), problem.audit_result());
+            entry.detail = Some(problem.to_string());
+            state
+                .catalog
+                .audit(&entry)
+                .await
+                .map_err(ApiError::internal)?;
+            return Err(ApiError::new(problem.status(), problem.to_string()));
+        }
     };
     let rows = query.rows.unwrap_or(10).clamp(1, 100);
-    let result = carga_jobs::preview::preview(&spec, &state.s3, state.secrets.as_ref(), rows).await;
-    let mut entry = caller.audit(
-        "preview",
-        Some(&id),
-        if result.is_ok() { "ok" } else { "error" },
-    );
+    let result =
+        carga_jobs::preview::preview(&spec, &state.access, state.secrets.as_ref(), rows).await;
+    let (status, result_name) = match &result {
+        Ok(_) => (StatusCode::OK, "ok"),
+        Err(JobError::Denied { .. }) => (StatusCode::FORBIDDEN, "denied"),
+        Err(e) if e.is_validation() => (StatusCode::UNPROCESSABLE_ENTITY, "error"),
+        // The source could not be reached or refused us.
+        Err(_) => (StatusCode::BAD_GATEWAY, "error"),
+    };
+    let mut entry = caller.audit("preview", Some(&id), result_name);
     entry.detail = result.as_ref().err().map(|e| e.to_string());
     state
         .catalog
@@ -382,12 +477,7 @@ async fn preview_dataset(
         .map_err(ApiError::internal)?;
     match result {
         Ok(preview) => Ok(Json(preview).into_response()),
-        Err(e) if e.is_validation() => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            e.to_string(),
-        )),
-        // The source could not be reached or refused us.
-        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+        Err(e) => Err(ApiError::new(status, e.to_string())),
     }
 }
 
@@ -408,53 +498,130 @@ async fn enqueue_now(state: &ApiState, job: &ExtractionJob) -> ApiResult<()> {
     Ok(())
 }
 
+/// Why a configuration was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpecProblem {
+    /// It does not parse or breaks a rule (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names something this installation may not reach (403; audited as denied).
+    #[error("{message}")]
+    Denied { rule: &'static str, message: String },
+}
+
+impl SpecProblem {
+    fn status(&self) -> StatusCode {
+        match self {
+            SpecProblem::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            SpecProblem::Denied { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn audit_result(&self) -> &'static str {
+        match self {
+            SpecProblem::Invalid(_) => "rejected",
+            SpecProblem::Denied { .. } => "denied",
+        }
+    }
+}
+
 /// The checks a configuration must pass: it parses (JSON or YAML), names the dataset in the
-/// path, passes the spec's own rules (delta needs timestamp and key, ...), has a valid cron and
-/// time zone, and names a connection the secrets provider knows.
-async fn validate_spec(state: &ApiState, id: &str, body: &[u8]) -> Result<DatasetSpec, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_owned())?;
+/// path, and passes `check_spec`.
+async fn validate_spec(
+    state: &ApiState,
+    id: &str,
+    body: &[u8],
+) -> Result<DatasetSpec, SpecProblem> {
+    let invalid = SpecProblem::Invalid;
+    let text = std::str::from_utf8(body).map_err(|_| invalid("body is not UTF-8".to_owned()))?;
     let spec: DatasetSpec = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| format!("dataset spec: {e}"))?
+        serde_json::from_str(text).map_err(|e| invalid(format!("dataset spec: {e}")))?
     } else {
-        DatasetSpec::from_yaml(text).map_err(|e| e.to_string())?
+        DatasetSpec::from_yaml(text).map_err(|e| invalid(e.to_string()))?
     };
     if spec.id != id {
-        return Err(format!(
+        return Err(invalid(format!(
             "the spec's id '{}' differs from the dataset in the path '{id}'",
             spec.id
-        ));
+        )));
     }
-    check_spec(state.secrets.as_ref(), &spec).await?;
+    check_spec(state.secrets.as_ref(), &state.access, &spec).await?;
     Ok(spec)
 }
 
 /// The checks on a parsed configuration: the spec's own rules (delta needs timestamp and key,
-/// ...), a valid cron and time zone, and a connection the secrets provider knows.
-pub async fn check_spec(secrets: &dyn SecretsProvider, spec: &DatasetSpec) -> Result<(), String> {
+/// ...), a valid cron and time zone, a connection the secrets provider knows, a source this
+/// installation may reach, and credentials sent only to the hosts their connection names.
+pub async fn check_spec(
+    secrets: &dyn SecretsProvider,
+    access: &AccessPolicy,
+    spec: &DatasetSpec,
+) -> Result<(), SpecProblem> {
+    let invalid = SpecProblem::Invalid;
     let id = &spec.id;
     if spec.id.contains('/') {
-        return Err("a configured dataset id may not contain '/'".into());
+        return Err(invalid(
+            "a configured dataset id may not contain '/'".into(),
+        ));
     }
-    spec.validate().map_err(|e| e.to_string())?;
+    spec.validate().map_err(|e| invalid(e.to_string()))?;
     if spec.trigger == Trigger::TimedPull {
         let cron = spec.cron.as_deref().unwrap_or_default();
         CronSchedule::parse(cron, spec.time_zone.as_deref())
-            .map_err(|e| format!("dataset '{id}': {e}"))?;
+            .map_err(|e| invalid(format!("dataset '{id}': {e}")))?;
     } else if let Some(zone) = &spec.time_zone {
-        CronSchedule::parse("0 0 * * *", Some(zone)).map_err(|e| format!("dataset '{id}': {e}"))?;
-    }
-    if let Some(connection) = &spec.connection_id
-        && let Err(e) = secrets.connection(connection).await
-    {
-        // The provider's message may say why (missing, access denied); it never holds a value.
-        return Err(format!(
-            "dataset '{id}': unknown connection id '{connection}' ({e})"
-        ));
+        CronSchedule::parse("0 0 * * *", Some(zone))
+            .map_err(|e| invalid(format!("dataset '{id}': {e}")))?;
     }
     if spec.source.format.is_database() && spec.connection_id.is_none() {
-        return Err(format!(
+        return Err(invalid(format!(
             "dataset '{id}': a database source needs `connection_id`"
-        ));
+        )));
+    }
+    let secret = match &spec.connection_id {
+        None => None,
+        // The provider's message may say why (missing, access denied); it never holds a value.
+        Some(connection) => Some(secrets.connection(connection).await.map_err(|e| {
+            invalid(format!(
+                "dataset '{id}': unknown connection id '{connection}' ({e})"
+            ))
+        })?),
+    };
+    let denied = |rule: &'static str, message: String| SpecProblem::Denied {
+        rule,
+        message: format!("dataset '{id}': {message}"),
+    };
+    match spec.source.format {
+        format if format.is_database() => {}
+        SourceFormat::Rest => {
+            let url = url::Url::parse(&spec.source.location)
+                .map_err(|e| invalid(format!("dataset '{id}': source.location: {e}")))?;
+            access.network.check_url(&url).map_err(|why| {
+                denied(
+                    "private network",
+                    format!("{why}, which this installation may not reach"),
+                )
+            })?;
+            if let Some(secret) = secret
+                .as_ref()
+                .filter(|_| spec.source.rest.auth != carga_config::RestAuth::None)
+                && !secret.may_send_to(&url)
+            {
+                return Err(denied(
+                    "outbound policy",
+                    format!(
+                        "connection '{}' may not send its credentials to {} (the secret's allowed_hosts names where they may go)",
+                        secret.id(),
+                        url.host_str().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        _ => match SourceObject::resolve(&spec.source.location, access) {
+            Ok(_) => {}
+            Err(JobError::Denied { rule, message }) => return Err(denied(rule, message)),
+            Err(e) => return Err(invalid(format!("dataset '{id}': {e}"))),
+        },
     }
     Ok(())
 }
@@ -541,14 +708,49 @@ async fn delete_dataset(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The on-demand ("callback") trigger: enqueues a run now and returns its id.
+#[derive(Debug, Default, Deserialize)]
+struct TriggerQuery {
+    /// Enqueue a new run even when one is already waiting.
+    #[serde(default)]
+    force: bool,
+}
+
+/// How long concurrent triggers of one dataset wait for each other (they are serialised so that
+/// only one of them enqueues).
+const TRIGGER_LOCK_WAIT: Duration = Duration::from_secs(5);
+const TRIGGER_LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// The on-demand ("callback") trigger: enqueues a run now and returns its id (202), or, when the
+/// dataset already has a run waiting in the queue, returns that one (200) unless `?force=true`.
+/// Each token may trigger a limited number of times a minute (429 with `Retry-After` beyond).
 async fn trigger_run(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<TriggerQuery>,
 ) -> ApiResult<Response> {
     let caller = authorize(&state, &headers, peer, Action::Trigger, Some(&id)).await?;
+    if let Err(wait) = state.trigger_limit.check(&caller.token_key) {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut entry = caller.audit("trigger", Some(&id), "denied");
+        entry.detail = Some(format!("rate limited; retry after {seconds} s"));
+        state
+            .catalog
+            .audit(&entry)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many triggers from this token; retry after {seconds} s"),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+        return Ok(response);
+    }
     let dataset = state
         .catalog
         .dataset(&id)
@@ -575,21 +777,114 @@ async fn trigger_run(
             .map_err(ApiError::internal)?;
         return Err(ApiError::new(status, message));
     }
-    let mut job = ExtractionJob::new(&id, RunReason::Trigger);
-    job.requested_by = Some(caller.subject.clone());
-    enqueue_now(&state, &job).await?;
+    let lock = TriggerLock::take(&state.queue, &id).await?;
+    let waiting = if query.force {
+        Ok(None)
+    } else {
+        waiting_run(&state, &id).await
+    };
+    let result = match waiting {
+        Ok(Some(run_id)) => Ok((run_id, false)),
+        Ok(None) => {
+            let mut job = ExtractionJob::new(&id, RunReason::Trigger);
+            job.requested_by = Some(caller.subject.clone());
+            enqueue_now(&state, &job).await.map(|()| (job.run_id, true))
+        }
+        Err(e) => Err(e),
+    };
+    lock.release(&state.queue).await;
+    let (run_id, new) = result?;
     let mut entry = caller.audit("trigger", Some(&id), "ok");
-    entry.detail = Some(format!("run {}", job.run_id));
+    entry.detail = Some(if new {
+        format!("run {run_id}")
+    } else {
+        format!("run {run_id} was already queued; no new run")
+    });
     state
         .catalog
         .audit(&entry)
         .await
         .map_err(ApiError::internal)?;
+    let status = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "run_id": job.run_id, "dataset_id": id, "state": "queued" })),
+        status,
+        Json(json!({ "run_id": run_id, "dataset_id": id, "state": "queued", "new": new })),
     )
         .into_response())
+}
+
+/// The dataset's run still waiting for its first attempt, if the queue still holds it. A run the
+/// catalog says is queued but the queue lost (a Redis that kept nothing across a restart) is
+/// ended as dead with the reason, so it cannot hold every later trigger back.
+async fn waiting_run(state: &ApiState, id: &str) -> ApiResult<Option<String>> {
+    let Some(run_id) = state
+        .catalog
+        .queued_run(id)
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(None);
+    };
+    if state
+        .queue
+        .contains(&run_id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok(Some(run_id));
+    }
+    let lost = crate::catalog::RunResult {
+        state: "dead",
+        error: Some("the queue no longer holds this run (lost in a queue restart)".into()),
+        ..Default::default()
+    };
+    state
+        .catalog
+        .run_finished(&run_id, 0, &lost)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(None)
+}
+
+/// Serialises the triggers of one dataset across API replicas (a lock where the queue keeps its
+/// state), so that of many simultaneous triggers one enqueues and the others find its run.
+struct TriggerLock {
+    key: String,
+    token: String,
+}
+
+impl TriggerLock {
+    async fn take(queue: &JobQueue, dataset: &str) -> ApiResult<Self> {
+        let key = format!("lock:trigger:{dataset}");
+        let token = uuid::Uuid::now_v7().to_string();
+        let deadline = tokio::time::Instant::now() + TRIGGER_LOCK_WAIT;
+        loop {
+            if queue
+                .try_lock(&key, &token, TRIGGER_LOCK_TTL)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                return Ok(Self { key, token });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("dataset '{dataset}' is being triggered by another request; try again"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn release(self, queue: &JobQueue) {
+        if let Err(e) = queue.release_lock(&self.key, &self.token).await {
+            tracing::warn!(key = %self.key, error = %e, "trigger lock not released; it expires on its own");
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

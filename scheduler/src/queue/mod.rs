@@ -70,6 +70,30 @@ pub struct QueueStats {
     pub workers: u64,
 }
 
+/// How a taken job ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    /// Finished (committed, or failed for good with its history recorded): the job is removed.
+    Done,
+    /// Gave up: kept in the dead set with the reason.
+    Dead(String),
+    /// Back in the queue, due after `delay`: the dataset was busy, the catalog unreachable, or an
+    /// attempt failed and the next one waits out its backoff there (not in a worker's slot).
+    /// `job` replaces the queued body (the next attempt's number).
+    Later {
+        delay: Duration,
+        reason: String,
+        job: Option<ExtractionJob>,
+    },
+}
+
+/// A job as a worker takes it: the job and how many times it has been taken (this time included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakenJob {
+    pub job: ExtractionJob,
+    pub takes: usize,
+}
+
 /// A worker as the queue sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerInfo {
@@ -100,6 +124,50 @@ impl JobQueue {
     /// The production queue on Redis.
     pub async fn connect(settings: &QueueSettings) -> Result<Self> {
         Ok(Self::Redis(RedisQueue::connect(settings).await?))
+    }
+
+    /// Takes the oldest due job for `worker` (registering it as alive). `None` when nothing is due.
+    pub async fn take(&self, worker: &str) -> Result<Option<TakenJob>> {
+        on_queue!(self, |q| q.take(worker).await)
+    }
+
+    /// Records how a job `worker` took ended.
+    pub async fn settle(&self, worker: &str, run_id: &str, settlement: &Settlement) -> Result<()> {
+        on_queue!(self, |q| q.settle(worker, run_id, settlement).await)
+    }
+
+    /// Marks `worker` alive now (registering it again if the queue forgot it).
+    pub async fn heartbeat(&self, worker: &str) -> Result<()> {
+        on_queue!(self, |q| q.heartbeat(worker).await)
+    }
+
+    /// Puts back the jobs of workers (other than `worker`) whose heartbeats stopped; each job is
+    /// handed back once. Returns their run ids.
+    pub async fn recover_orphans(&self, worker: &str) -> Result<Vec<String>> {
+        on_queue!(self, |q| q.recover_orphans(worker).await)
+    }
+
+    /// A worker leaving cleanly, holding no job.
+    pub async fn deregister(&self, worker: &str) -> Result<()> {
+        on_queue!(self, |q| q.deregister(worker).await)
+    }
+
+    /// Waits until work may be there: a push in this process (embedded) or `at_most`.
+    pub async fn wait_for_work(&self, at_most: Duration) {
+        match self {
+            JobQueue::Redis(_) => tokio::time::sleep(at_most).await,
+            JobQueue::Embedded(q) => q.wait_for_push(at_most).await,
+        }
+    }
+
+    /// The queue's settings (heartbeats, name).
+    pub fn settings(&self) -> &QueueSettings {
+        on_queue!(self, |q| q.settings())
+    }
+
+    /// Whether the queue still holds the job (queued, delayed, running or dead).
+    pub async fn contains(&self, run_id: &str) -> Result<bool> {
+        on_queue!(self, |q| q.contains(run_id).await)
     }
 
     /// Pushes jobs and returns, for each, whether this call enqueued it (false: the same

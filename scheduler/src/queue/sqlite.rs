@@ -15,19 +15,8 @@ use chrono::Utc;
 use sqlx::SqlitePool;
 use tokio::sync::Notify;
 
-use super::{QueueError, QueueSettings, QueueStats, Result, WorkerInfo};
+use super::{QueueError, QueueSettings, QueueStats, Result, Settlement, TakenJob, WorkerInfo};
 use crate::job::ExtractionJob;
-
-/// How a taken job ended, as the worker reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Settlement {
-    /// Finished (committed, or failed for good with its history recorded): the job is removed.
-    Done,
-    /// Gave up: kept in the dead set with the reason.
-    Dead(String),
-    /// Could not run now (e.g. another run of the dataset holds its lock): back in the queue.
-    Later { delay: Duration, reason: String },
-}
 
 #[derive(Clone)]
 pub struct SqliteQueue {
@@ -104,7 +93,8 @@ impl SqliteQueue {
 
     /// Takes the oldest due job for `worker`, with how many times it has been taken (this time
     /// included). `None` when nothing is due.
-    pub async fn take(&self, worker: &str) -> Result<Option<(ExtractionJob, usize)>> {
+    pub async fn take(&self, worker: &str) -> Result<Option<TakenJob>> {
+        self.heartbeat(worker).await?;
         let taken: Option<(String, String, i64)> = sqlx::query_as(
             "UPDATE queue_jobs SET state = 'running', worker = $1, taken = taken + 1
              WHERE run_id = (SELECT run_id FROM queue_jobs WHERE state = 'queued' AND run_at <= $2
@@ -122,40 +112,60 @@ impl SqliteQueue {
             run_id,
             message: e.to_string(),
         })?;
-        Ok(Some((job, usize::try_from(taken).unwrap_or(usize::MAX))))
+        Ok(Some(TakenJob {
+            job,
+            takes: usize::try_from(taken).unwrap_or(usize::MAX),
+        }))
     }
 
-    /// Records how a taken job ended.
-    pub async fn settle(&self, run_id: &str, settlement: &Settlement) -> Result<()> {
+    /// Records how a job `worker` took ended; a job another worker holds now is left alone.
+    pub async fn settle(&self, worker: &str, run_id: &str, settlement: &Settlement) -> Result<()> {
         match settlement {
             Settlement::Done => {
-                sqlx::query("DELETE FROM queue_jobs WHERE run_id = $1")
+                sqlx::query("DELETE FROM queue_jobs WHERE run_id = $1 AND (worker = $2 OR state <> 'running')")
                     .bind(run_id)
+                    .bind(worker)
                     .execute(&self.pool)
                     .await?;
             }
             Settlement::Dead(reason) => {
                 sqlx::query(
-                    "UPDATE queue_jobs SET state = 'dead', worker = NULL, error = $2 WHERE run_id = $1",
+                    "UPDATE queue_jobs SET state = 'dead', worker = NULL, error = $2
+                     WHERE run_id = $1 AND (worker = $3 OR state <> 'running')",
                 )
                 .bind(run_id)
                 .bind(reason)
+                .bind(worker)
                 .execute(&self.pool)
                 .await?;
             }
-            Settlement::Later { delay, reason } => {
+            Settlement::Later { delay, reason, job } => {
+                let body = job
+                    .as_ref()
+                    .map(|j| serde_json::to_string(j).expect("a job serializes"));
                 sqlx::query(
-                    "UPDATE queue_jobs SET state = 'queued', worker = NULL, run_at = $2, error = $3
-                     WHERE run_id = $1",
+                    "UPDATE queue_jobs SET state = 'queued', worker = NULL, run_at = $2, error = $3,
+                         job = COALESCE($5, job)
+                     WHERE run_id = $1 AND (worker = $4 OR state <> 'running')",
                 )
                 .bind(run_id)
                 .bind(now_ms() + millis(*delay))
                 .bind(reason)
+                .bind(worker)
+                .bind(body)
                 .execute(&self.pool)
                 .await?;
             }
         }
         Ok(())
+    }
+
+    pub async fn contains(&self, run_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM queue_jobs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Waits until a job is pushed in this process or `at_most` passes.
@@ -193,8 +203,9 @@ impl SqliteQueue {
 
     /// Puts back the jobs held by workers whose heartbeat is older than the missed-heartbeat
     /// allowance (a process killed mid-run), and forgets workers gone for a day. Returns the run
-    /// ids handed back.
-    pub async fn recover_orphans(&self) -> Result<Vec<String>> {
+    /// ids handed back. (`worker`, the caller, is alive: it just beat.)
+    pub async fn recover_orphans(&self, worker: &str) -> Result<Vec<String>> {
+        let _ = worker;
         let now = now_ms();
         let alive_after = self.alive_after(now);
         let orphans: Vec<(String,)> = sqlx::query_as(

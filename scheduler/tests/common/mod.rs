@@ -1,4 +1,5 @@
 //! What the scheduler's test files share: the check that the servers a test needs are up.
+#![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::time::Duration;

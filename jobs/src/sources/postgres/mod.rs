@@ -248,12 +248,12 @@ mod tests {
         let watermark = Watermark {
             columns: vec!["ts".into(), "id".into()],
             lookback_seconds: None,
-            recent: Vec::new(),
             values: [
                 ("ts".to_string(), "2026-01-01T10:00:00.000001".to_string()),
                 ("id".to_string(), "7".to_string()),
             ]
             .into(),
+            ..Watermark::default()
         };
         assert_eq!(
             cursor_predicate(&watermark, None, &columns).unwrap(),

@@ -11,6 +11,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 use url::Url;
 
+use crate::access::NetworkPolicy;
+use crate::redact::Redactor;
 use crate::secrets::ConnectionSecret;
 
 /// The longest `Retry-After` we wait for; a server asking for more fails the run instead of
@@ -20,6 +22,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A token is renewed this long before the expiry its server announced.
 const TOKEN_MARGIN: Duration = Duration::from_secs(30);
+/// How much of a failed response's body a message quotes (redacted): enough to see the API's
+/// reason, too little to carry a page of echoed request data.
+const SNIPPET_CHARS: usize = 120;
 
 /// Why a request did not return a usable page. Messages carry no secret.
 #[derive(Debug)]
@@ -28,6 +33,8 @@ pub(crate) enum FetchError {
     Http(String),
     /// The page arrived but is not one we can use (too large).
     Page(String),
+    /// The request was not sent: the address or the credentials' host is not allowed.
+    Denied(String),
 }
 
 /// A page as received.
@@ -40,6 +47,8 @@ pub(crate) struct RestClient {
     http: reqwest::Client,
     options: RestOptions,
     secret: Option<ConnectionSecret>,
+    redactor: Redactor,
+    network: NetworkPolicy,
     pacer: Pacer,
     token: Option<Token>,
     /// Requests sent (every attempt), for the run's log line.
@@ -54,8 +63,24 @@ struct Token {
 }
 
 impl RestClient {
-    pub fn new(options: &RestOptions, secret: Option<ConnectionSecret>) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        options: &RestOptions,
+        secret: Option<ConnectionSecret>,
+        network: NetworkPolicy,
+    ) -> Result<Self, String> {
+        // Credentials follow a redirect only to a host the connection names.
+        let bound = (options.auth != RestAuth::None)
+            .then(|| secret.clone())
+            .flatten();
+        let http = network
+            .client_builder_checking(move |url| match &bound {
+                Some(secret) if !secret.may_send_to(url) => Err(format!(
+                    "{} is not a host connection '{}' may send its credentials to",
+                    url.host_str().unwrap_or_default(),
+                    secret.id()
+                )),
+                _ => Ok(()),
+            })
             .timeout(Duration::from_secs(options.timeout_seconds))
             .user_agent(concat!("carga/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -63,10 +88,16 @@ impl RestClient {
         if options.auth != RestAuth::None && secret.is_none() {
             return Err("rest.auth is set but the connection has no secret".into());
         }
+        let redactor = secret
+            .as_ref()
+            .map(ConnectionSecret::redactor)
+            .unwrap_or_default();
         Ok(Self {
             http,
             options: options.clone(),
             secret,
+            redactor,
+            network,
             pacer: Pacer::new(options.requests_per_second),
             token: None,
             requests: 0,
@@ -78,6 +109,7 @@ impl RestClient {
     pub async fn get(&mut self, url: &Url) -> Result<Response, FetchError> {
         let mut attempt = 1;
         let mut renewed_after_401 = false;
+        self.may_request(url)?;
         loop {
             self.pacer.wait().await;
             let request = self
@@ -107,6 +139,8 @@ impl RestClient {
                         retry_after,
                     }
                 }
+                // A refused redirect is the policy's answer: trying again changes nothing.
+                Err(e) if e.is_redirect() => return Err(FetchError::Denied(describe(&e))),
                 Err(e) => Failure {
                     message: describe(&e),
                     retry_after: None,
@@ -134,6 +168,40 @@ impl RestClient {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// Refuses a URL this process may not reach, and one the connection's credentials may not
+    /// be sent to (every page, `next` URLs and token URLs alike), before anything is sent.
+    fn may_request(&self, url: &Url) -> Result<(), FetchError> {
+        self.network.check_url(url).map_err(|why| {
+            FetchError::Denied(format!(
+                "{why}, which this process may not reach (sources.allow_private_networks)"
+            ))
+        })?;
+        if self.options.auth == RestAuth::None {
+            return Ok(());
+        }
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        if secret.may_send_to(url) {
+            return Ok(());
+        }
+        let allowed: Vec<String> = secret
+            .allowed_hosts()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Err(FetchError::Denied(format!(
+            "connection '{}' may send its credentials only to {}; {} is not one of them (the secret's allowed_hosts names where they may go)",
+            secret.id(),
+            if allowed.is_empty() {
+                "no host".to_owned()
+            } else {
+                allowed.join(", ")
+            },
+            url.host_str().unwrap_or("a URL without a host"),
+        )))
     }
 
     fn is_oauth2(&self) -> bool {
@@ -226,6 +294,9 @@ impl RestClient {
         };
         let client_id = self.field("client_id")?;
         let client_secret = self.field("client_secret")?;
+        let token_endpoint = Url::parse(&token_url)
+            .map_err(|e| FetchError::Http(format!("OAuth2 token_url is not a URL: {e}")))?;
+        self.may_request(&token_endpoint)?;
         let mut form = vec![("grant_type", "client_credentials".to_owned())];
         if !scopes.is_empty() {
             form.push(("scope", scopes.join(" ")));
@@ -335,16 +406,16 @@ impl RestClient {
     /// The start of an error body, for the message; secret values masked.
     async fn snippet(&self, response: reqwest::Response) -> String {
         let text = response.text().await.unwrap_or_default();
-        let text: String = text.chars().take(200).collect();
-        let text = text.trim();
-        if text.is_empty() {
+        // Masked before it is cut, so a cut cannot split a secret into unmasked halves.
+        let text = self.redactor.redact(&text);
+        let mut excerpt: String = text.trim().chars().take(SNIPPET_CHARS).collect();
+        if excerpt.is_empty() {
             return String::new();
         }
-        let text = match &self.secret {
-            Some(secret) => secret.redact(text),
-            None => text.to_owned(),
-        };
-        format!(": {text}")
+        if text.trim().chars().count() > SNIPPET_CHARS {
+            excerpt.push('…');
+        }
+        format!(": {excerpt}")
     }
 }
 

@@ -37,7 +37,7 @@ pub(crate) async fn read(
 ) -> Result<ReadStats> {
     let rest = &spec.source.rest;
     let first = first_url(&spec, floor.as_ref(), lookback).map_err(|m| ctx.bad_input(m))?;
-    let mut client = RestClient::new(rest, secret).map_err(|m| ctx.bad_input(m))?;
+    let mut client = RestClient::new(rest, secret, ctx.network).map_err(|m| ctx.bad_input(m))?;
     let mut pager = Pager::new(first, &rest.pagination);
     let mut stats = ReadStats::default();
     let mut pending: Vec<Pending> = Vec::new();
@@ -124,6 +124,10 @@ async fn fetch_page(
             message,
         },
         FetchError::Page(message) => ctx.bad_input(format!("{where_}: {message}")),
+        FetchError::Denied(message) => JobError::Denied {
+            rule: "outbound policy",
+            message: format!("{}, {where_}: {message}", ctx.location),
+        },
     })?;
     let mut body: Value = serde_json::from_slice(&response.body)
         .map_err(|e| ctx.bad_input(format!("{where_}: the body is not JSON: {e}")))?;

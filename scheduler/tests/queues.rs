@@ -1,14 +1,16 @@
-//! The embedded mode's queue (SQLite) keeps the promises the Redis queue keeps: a scheduled time
-//! is enqueued once, one taker per job, a stopped worker's jobs go back, dead jobs stay with their
-//! reason, kills, locks, counters, and two schedulers over one file. Needs no server.
+//! Both queues (Redis in production, SQLite in the embedded mode) keep the same promises: a
+//! scheduled time is enqueued once, one taker per job, a retry waits in the queue, a stopped
+//! worker's jobs go back once, dead jobs stay with their reason; and the SQLite file's kills,
+//! locks, counters, and two schedulers over one file. The SQLite half needs no server.
 
 use std::time::Duration;
 
 use carga_config::DatasetSpec;
-use carga_scheduler::queue::sqlite::Settlement;
-use carga_scheduler::queue::{JobQueue, QueueSettings, SqliteQueue};
+use carga_scheduler::queue::{JobQueue, QueueSettings, Settlement, SqliteQueue};
 use carga_scheduler::{Catalog, ExtractionJob, RunReason, Scheduler, SchedulerSettings};
 use chrono::Utc;
+
+mod common;
 
 struct Embedded {
     _dir: tempfile::TempDir,
@@ -43,130 +45,191 @@ fn scheduled_job(dataset: &str, at: i64) -> ExtractionJob {
     job
 }
 
+/// The production queue on the local Redis, under a name of its own.
+async fn redis(heartbeat: Duration) -> JobQueue {
+    JobQueue::connect(&QueueSettings {
+        name: format!("carga-test:queues-{}", uuid::Uuid::now_v7().simple()),
+        heartbeat,
+        missed_heartbeats: 2,
+        ..QueueSettings::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn redis_available() -> bool {
+    common::services_available(&[("Redis", "127.0.0.1:6379")])
+}
+
 #[tokio::test]
 async fn a_scheduled_time_is_enqueued_once_and_taken_by_one_worker() {
     let lab = embedded(Duration::from_secs(10)).await;
+    enqueue_take_and_settle(JobQueue::Embedded(lab.queue.clone())).await;
+}
+
+#[tokio::test]
+async fn on_redis_a_scheduled_time_is_enqueued_once_and_taken_by_one_worker() {
+    if !redis_available() {
+        return;
+    }
+    enqueue_take_and_settle(redis(Duration::from_secs(10)).await).await;
+}
+
+#[tokio::test]
+async fn the_jobs_of_a_worker_that_stopped_beating_go_back_to_the_queue() {
+    let lab = embedded(Duration::from_millis(500)).await;
+    hand_over(JobQueue::Embedded(lab.queue.clone())).await;
+}
+
+#[tokio::test]
+async fn on_redis_the_jobs_of_a_worker_that_stopped_beating_go_back_to_the_queue() {
+    if !redis_available() {
+        return;
+    }
+    hand_over(redis(Duration::from_millis(500)).await).await;
+}
+
+/// One taker per job, oldest first; done leaves the queue; a job put back (busy dataset, or a
+/// retry with its next attempt) waits out its delay in the queue; dead keeps the reason.
+async fn enqueue_take_and_settle(queue: JobQueue) {
     let (first, again) = (
         scheduled_job("orders", 1_800_000_000),
         scheduled_job("orders", 1_800_000_000),
     );
     let on_demand = ExtractionJob::new("orders", RunReason::Trigger);
     assert_eq!(
-        lab.queue
+        queue
             .enqueue(&[first.clone(), on_demand.clone()])
             .await
             .unwrap(),
         [true, true]
     );
     assert_eq!(
-        lab.queue.enqueue(&[again]).await.unwrap(),
+        queue.enqueue(&[again]).await.unwrap(),
         [false],
         "same time, other run id"
     );
     assert_eq!(
-        lab.queue
-            .enqueue(std::slice::from_ref(&first))
-            .await
-            .unwrap(),
+        queue.enqueue(std::slice::from_ref(&first)).await.unwrap(),
         [false]
     );
-    let stats = lab.queue.stats().await.unwrap();
+    let stats = queue.stats().await.unwrap();
     assert_eq!((stats.queued, stats.running), (2, 0));
+    assert!(queue.contains(&first.run_id).await.unwrap());
 
     // Oldest first, each job to one taker, with its take count.
-    let (taken, count) = lab.queue.take("w1").await.unwrap().unwrap();
-    assert_eq!((taken.run_id.as_str(), count), (first.run_id.as_str(), 1));
-    assert_eq!(taken, first);
-    let (second, _) = lab.queue.take("w2").await.unwrap().unwrap();
-    assert_eq!(second.run_id, on_demand.run_id);
-    assert!(lab.queue.take("w3").await.unwrap().is_none());
-    lab.queue.heartbeat("w1").await.unwrap();
-    lab.queue.heartbeat("w2").await.unwrap();
-    let stats = lab.queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.running, stats.workers), (0, 2, 2));
-    let workers = lab.queue.workers(Duration::from_secs(30)).await.unwrap();
-    assert_eq!(workers.len(), 2);
-    assert_eq!(workers[0].running, std::slice::from_ref(&first.run_id));
+    let taken = queue.take("w1").await.unwrap().unwrap();
+    assert_eq!((&taken.job, taken.takes), (&first, 1));
+    let second = queue.take("w2").await.unwrap().unwrap();
+    assert_eq!(second.job.run_id, on_demand.run_id);
+    assert!(queue.take("w3").await.unwrap().is_none());
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.running, stats.workers), (0, 2, 3));
+    let workers = queue.workers(Duration::from_secs(30)).await.unwrap();
+    let w1 = workers.iter().find(|w| w.name == "w1").unwrap();
+    assert_eq!(w1.running, std::slice::from_ref(&first.run_id));
     assert!(workers.iter().all(|w| w.alive));
 
-    // Done leaves the queue; put back waits its delay; dead keeps the reason until forgotten.
-    lab.queue
-        .settle(&first.run_id, &Settlement::Done)
+    // Done leaves the queue; a retry waits its delay with its next attempt's number.
+    queue
+        .settle("w1", &first.run_id, &Settlement::Done)
         .await
         .unwrap();
-    lab.queue
+    assert!(!queue.contains(&first.run_id).await.unwrap());
+    queue
         .settle(
+            "w2",
             &on_demand.run_id,
             &Settlement::Later {
-                delay: Duration::from_millis(300),
-                reason: "dataset busy".into(),
+                delay: Duration::from_millis(1500),
+                reason: "connection refused".into(),
+                job: Some(on_demand.next_attempt()),
             },
         )
         .await
         .unwrap();
-    assert_eq!(lab.queue.stats().await.unwrap().scheduled, 1);
-    assert!(lab.queue.take("w1").await.unwrap().is_none(), "not due yet");
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let (back, count) = lab.queue.take("w1").await.unwrap().unwrap();
+    let stats = queue.stats().await.unwrap();
     assert_eq!(
-        (back.run_id.as_str(), count),
-        (on_demand.run_id.as_str(), 2)
+        (stats.scheduled, stats.running),
+        (1, 0),
+        "waiting, not running"
     );
-    lab.queue
-        .settle(&back.run_id, &Settlement::Dead("source missing".into()))
+    assert!(queue.take("w1").await.unwrap().is_none(), "not due yet");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let back = queue.take("w1").await.unwrap().unwrap();
+    assert_eq!(back.job.run_id, on_demand.run_id);
+    assert_eq!((back.job.attempt, back.takes), (2, 2));
+    // A worker that lost the job (it was handed to another) cannot settle it.
+    queue
+        .settle("w2", &back.job.run_id, &Settlement::Done)
         .await
         .unwrap();
-    assert!(lab.queue.is_dead(&back.run_id).await.unwrap());
-    assert_eq!(
-        lab.queue.dead_jobs().await.unwrap(),
-        std::slice::from_ref(&back.run_id)
+    assert!(
+        queue.contains(&back.job.run_id).await.unwrap(),
+        "w1 holds it"
     );
+    queue
+        .settle(
+            "w1",
+            &back.job.run_id,
+            &Settlement::Dead("source missing".into()),
+        )
+        .await
+        .unwrap();
+    assert!(queue.is_dead(&back.job.run_id).await.unwrap());
     assert_eq!(
-        JobQueue::Embedded(lab.queue.clone())
-            .stats()
-            .await
-            .unwrap()
-            .dead,
-        1
+        queue.dead_jobs().await.unwrap(),
+        std::slice::from_ref(&back.job.run_id)
     );
-    lab.queue.forget(&back.run_id).await.unwrap();
-    assert!(lab.queue.dead_jobs().await.unwrap().is_empty());
-    let stats = lab.queue.stats().await.unwrap();
+    assert_eq!(queue.stats().await.unwrap().dead, 1);
+    queue.forget(&back.job.run_id).await.unwrap();
+    assert!(queue.dead_jobs().await.unwrap().is_empty());
+    let stats = queue.stats().await.unwrap();
     assert_eq!(
         (stats.queued, stats.scheduled, stats.running, stats.dead),
         (0, 0, 0, 0)
     );
 }
 
-#[tokio::test]
-async fn the_jobs_of_a_worker_that_stopped_beating_go_back_to_the_queue() {
-    let lab = embedded(Duration::from_millis(100)).await;
+/// A worker that stops beating (killed) loses its jobs to the others, each handed back once; a
+/// worker the queue forgot (a Redis restart) is registered again by its next heartbeat.
+async fn hand_over(queue: JobQueue) {
     let job = ExtractionJob::new("orders", RunReason::Trigger);
-    lab.queue.enqueue(std::slice::from_ref(&job)).await.unwrap();
-    lab.queue.heartbeat("victim").await.unwrap();
-    lab.queue.take("victim").await.unwrap().unwrap();
+    queue.enqueue(std::slice::from_ref(&job)).await.unwrap();
+    queue.take("victim").await.unwrap().unwrap();
+    queue.heartbeat("rescuer").await.unwrap();
     // Alive: nothing to recover.
-    assert!(lab.queue.recover_orphans().await.unwrap().is_empty());
+    assert!(queue.recover_orphans("rescuer").await.unwrap().is_empty());
     // Killed: no heartbeat for more than two intervals.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    lab.queue.heartbeat("rescuer").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    queue.heartbeat("rescuer").await.unwrap();
     assert_eq!(
-        lab.queue.recover_orphans().await.unwrap(),
+        queue.recover_orphans("rescuer").await.unwrap(),
         std::slice::from_ref(&job.run_id)
     );
-    let (again, count) = lab.queue.take("rescuer").await.unwrap().unwrap();
-    assert_eq!((again.run_id, count), (job.run_id, 2));
-    let workers = lab.queue.workers(Duration::from_millis(200)).await.unwrap();
-    let victim = workers.iter().find(|w| w.name == "victim").unwrap();
-    assert!(!victim.alive && victim.running.is_empty());
-    lab.queue.deregister("victim").await.unwrap();
-    assert_eq!(
-        lab.queue
-            .workers(Duration::from_secs(1))
+    assert!(
+        queue.recover_orphans("other").await.unwrap().is_empty(),
+        "handed back once"
+    );
+    let again = queue.take("rescuer").await.unwrap().unwrap();
+    assert_eq!((again.job.run_id, again.takes), (job.run_id, 2));
+    let workers = queue.workers(Duration::from_millis(1000)).await.unwrap();
+    assert!(
+        workers
+            .iter()
+            .filter(|w| w.name == "victim")
+            .all(|w| !w.alive && w.running.is_empty())
+    );
+    queue.deregister("victim").await.unwrap();
+    // A heartbeat after the queue forgot the worker registers it again.
+    queue.heartbeat("victim").await.unwrap();
+    assert!(
+        queue
+            .workers(Duration::from_secs(5))
             .await
             .unwrap()
-            .len(),
-        1
+            .iter()
+            .any(|w| w.name == "victim" && w.alive)
     );
 }
 

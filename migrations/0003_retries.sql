@@ -1,0 +1,5 @@
+-- Retries go back to the queue: a run waiting for its next attempt says when that is and how
+-- many attempts it has in all (the dashboard's "attempt 2 of 5, next at ...").
+ALTER TABLE dataset_runs ADD COLUMN next_attempt_at TIMESTAMPTZ;
+ALTER TABLE dataset_runs ADD COLUMN max_attempts INTEGER;
+CREATE INDEX dataset_runs_queued ON dataset_runs (dataset_id) WHERE state = 'queued';
