@@ -32,6 +32,10 @@ pub struct DatasetSpec {
     /// What to do when the source grows a column the previous runs did not have.
     #[serde(default, alias = "IgnoreColumns")]
     pub new_columns: NewColumnPolicy,
+    /// What to do when a column of the previous runs is missing from the source (a renamed
+    /// header, a dropped column).
+    #[serde(default)]
+    pub missing_columns: MissingColumnPolicy,
     /// Columns whose values identify a row; used for duplicate detection and the delta cursor tie-break.
     #[serde(default)]
     pub key: Vec<String>,
@@ -234,7 +238,7 @@ impl Default for CsvOptions {
             has_header: true,
             encoding: Encoding::Utf8,
             null_values: Vec::new(),
-            infer_rows: 1000,
+            infer_rows: 10_000,
         }
     }
 }
@@ -257,6 +261,9 @@ pub struct JsonOptions {
     pub infer_records: usize,
     /// A single record larger than this is refused (protects memory).
     pub max_record_bytes: usize,
+    /// A top-level field that is an object or array in some records and something else in
+    /// others: `string` writes it as JSON text, `fail` refuses the run naming the field.
+    pub mixed_types: MixedTypesPolicy,
 }
 
 impl Default for JsonOptions {
@@ -264,6 +271,7 @@ impl Default for JsonOptions {
         Self {
             infer_records: 1000,
             max_record_bytes: 64 * 1024 * 1024,
+            mixed_types: MixedTypesPolicy::String,
         }
     }
 }
@@ -426,19 +434,93 @@ fn default_incremental_format() -> String {
 pub struct ExcelOptions {
     /// Sheet name; the first sheet when absent.
     pub sheet: Option<String>,
-    /// 1-based row number of the header row; rows above it are skipped.
-    pub header_row: u32,
+    /// The header row: `auto` (the first row holding a value; columns start at its first
+    /// value) or a 1-based row number; rows above it are skipped.
+    pub header_row: HeaderRow,
     pub infer_rows: usize,
+    /// A cell holding an Excel error (`#DIV/0!`, `#N/A`): written as null and counted in the
+    /// report (`null`, as pandas and polars read them), or the run fails (`fail`).
+    pub error_cells: ErrorCellPolicy,
+    /// A value in a column beyond the header's: left out and counted in the report with a
+    /// warning (`ignore`), or the run fails (`fail`).
+    pub extra_cells: ExtraCellPolicy,
 }
 
 impl Default for ExcelOptions {
     fn default() -> Self {
         Self {
             sheet: None,
-            header_row: 1,
+            header_row: HeaderRow::Auto,
             infer_rows: 1000,
+            error_cells: ErrorCellPolicy::Null,
+            extra_cells: ExtraCellPolicy::Ignore,
         }
     }
+}
+
+/// Where a sheet's header is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeaderRow {
+    /// The first row holding a value.
+    #[default]
+    Auto,
+    /// A 1-based row number.
+    Row(u32),
+}
+
+impl Serialize for HeaderRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HeaderRow::Auto => serializer.serialize_str("auto"),
+            HeaderRow::Row(row) => serializer.serialize_u32(*row),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Row(u32),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Row(row) => Ok(HeaderRow::Row(row)),
+            Raw::Text(text) if text == "auto" => Ok(HeaderRow::Auto),
+            Raw::Text(text) => text.parse().map(HeaderRow::Row).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "excel.header_row '{text}' is neither `auto` nor a row number"
+                ))
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorCellPolicy {
+    #[default]
+    Null,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraCellPolicy {
+    #[default]
+    Ignore,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingColumnPolicy {
+    /// The run fails naming the columns (a renamed header must not replace a snapshot with nulls).
+    #[default]
+    Fail,
+    /// The missing columns are written as nulls and listed in the report.
+    Null,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -603,7 +685,7 @@ impl DatasetSpec {
         if let Some(text) = &self.lookback {
             if parse_duration_seconds(text).is_none() {
                 return Err(invalid(format!(
-                    "lookback '{text}' is not a duration like 90s, 15m, 2h or 1d"
+                    "lookback '{text}' is not a duration like 90s, 15m, 2h or 1d, of at most 366d"
                 )));
             }
             if self.timestamp_column.is_none() {
@@ -652,11 +734,12 @@ impl DatasetSpec {
                 "csv.delimiter and csv.quote must be single ASCII characters".into(),
             ));
         }
-        if self.source.excel.header_row == 0 {
+        if self.source.excel.header_row == HeaderRow::Row(0) {
             return Err(invalid(
                 "excel.header_row is 1-based; 0 is not a row".into(),
             ));
         }
+        self.refuse_foreign_options().map_err(invalid)?;
         Ok(())
     }
 
@@ -715,6 +798,66 @@ impl DatasetSpec {
         Ok(())
     }
 
+    /// Option blocks belong to one format: a `csv:` block on a postgres source (or a `table` on a
+    /// file) is a mistake to name, not to ignore.
+    fn refuse_foreign_options(&self) -> Result<(), String> {
+        use SourceFormat::*;
+        let source = &self.source;
+        let format = source.format;
+        let blocks: [(&str, bool, bool); 6] = [
+            ("csv", source.csv != CsvOptions::default(), format == Csv),
+            (
+                "json",
+                source.json != JsonOptions::default(),
+                format == Json,
+            ),
+            (
+                "excel",
+                source.excel != ExcelOptions::default(),
+                format == Excel,
+            ),
+            (
+                "postgres",
+                source.postgres != PostgresOptions::default(),
+                format == Postgres,
+            ),
+            (
+                "mongodb",
+                source.mongodb != MongoOptions::default(),
+                format == Mongodb,
+            ),
+            (
+                "rest",
+                source.rest != RestOptions::default(),
+                format == Rest,
+            ),
+        ];
+        let name = serde_json::to_value(format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        for (block, given, belongs) in blocks {
+            if given && !belongs {
+                return Err(format!(
+                    "source.{block} does not apply to a {name} source; remove it (or fix source.format)"
+                ));
+            }
+        }
+        if !format.is_database() {
+            let table = source.table.is_some() || !source.tables.is_empty();
+            if table || !source.columns.is_empty() {
+                return Err(format!(
+                    "source.table, tables and columns apply to database sources, not to a {name} source"
+                ));
+            }
+        } else if !source.location.is_empty() {
+            return Err(format!(
+                "source.location does not apply to a {name} source (its connection_id says where it is)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The lookback window in seconds, if one is set (validated in `validate`).
     pub fn lookback_seconds(&self) -> Option<u64> {
         self.lookback.as_deref().and_then(parse_duration_seconds)
@@ -743,8 +886,13 @@ fn parse_duration_seconds(text: &str) -> Option<u64> {
         "d" => 86_400,
         _ => return None,
     };
-    number.checked_mul(unit_seconds).filter(|&s| s > 0)
+    number
+        .checked_mul(unit_seconds)
+        .filter(|&s| s > 0 && s <= MAX_LOOKBACK_SECONDS)
 }
+
+/// A lookback longer than a year is a typo (and would overflow the microsecond arithmetic).
+const MAX_LOOKBACK_SECONDS: u64 = 366 * 86_400;
 
 fn is_local_relative(location: &str) -> bool {
     !location.contains("://") && !Path::new(location).is_absolute()
@@ -792,6 +940,9 @@ mod tests {
         assert!(DatasetSpec::from_yaml(&format!("{base}lookback: soon\n")).is_err());
         assert!(DatasetSpec::from_yaml(&format!("{base}lookback: 0s\n")).is_err());
         assert_eq!(parse_duration_seconds("2d"), Some(172_800));
+        let huge = DatasetSpec::from_yaml(&format!("{base}lookback: 99999999999999999d\n"));
+        assert!(huge.unwrap_err().to_string().contains("at most 366d"));
+        assert_eq!(parse_duration_seconds("367d"), None);
     }
 
     #[test]
@@ -854,6 +1005,58 @@ mod tests {
         assert!(DatasetSpec::from_yaml(&format!("{MINIMAL}moda: delta\n")).is_err());
         let bad_id = MINIMAL.replace("ventas", "../etc");
         assert!(DatasetSpec::from_yaml(&bad_id).is_err());
+    }
+
+    #[test]
+    fn option_blocks_of_another_format_are_refused_by_name() {
+        let pg = "id: p\nsource: {format: postgres, table: t, csv: {delimiter: ';'}}\nconnection_id: c\ntrigger: callback\n";
+        let err = DatasetSpec::from_yaml(pg).unwrap_err().to_string();
+        assert!(
+            err.contains("source.csv does not apply to a postgres source"),
+            "{err}"
+        );
+        let file_with_table =
+            "id: f\nsource: {format: csv, location: a.csv, table: t}\ntrigger: callback\n";
+        let err = DatasetSpec::from_yaml(file_with_table)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apply to database sources"), "{err}");
+        let rest_on_json = "id: j\nsource: {format: json, location: a.json, rest: {max_pages: 3}}\ntrigger: callback\n";
+        assert!(
+            DatasetSpec::from_yaml(rest_on_json)
+                .unwrap_err()
+                .to_string()
+                .contains("source.rest")
+        );
+        DatasetSpec::from_yaml("id: c\nsource: {format: csv, location: a.csv, csv: {delimiter: ';'}}\ntrigger: callback\n").unwrap();
+    }
+
+    #[test]
+    fn excel_header_row_is_auto_or_a_number() {
+        let spec = |extra: &str| {
+            DatasetSpec::from_yaml(&format!(
+                "id: x\nsource: {{format: excel, location: a.xlsx{extra}}}\ntrigger: callback\n"
+            ))
+        };
+        assert_eq!(spec("").unwrap().source.excel.header_row, HeaderRow::Auto);
+        assert_eq!(
+            spec(", excel: {header_row: 3}")
+                .unwrap()
+                .source
+                .excel
+                .header_row,
+            HeaderRow::Row(3)
+        );
+        assert_eq!(
+            spec(", excel: {header_row: auto}")
+                .unwrap()
+                .source
+                .excel
+                .header_row,
+            HeaderRow::Auto
+        );
+        assert!(spec(", excel: {header_row: 0}").is_err());
+        assert!(spec(", excel: {header_row: top}").is_err());
     }
 
     #[test]

@@ -6,10 +6,10 @@ mod error;
 mod settings;
 
 pub use dataset::{
-    CsvOptions, DatasetSpec, Encoding, ExcelOptions, IncrementalParam, JsonOptions,
-    MalformedRowPolicy, MixedTypesPolicy, Mode, MongoOptions, NestedPolicy, NewColumnPolicy,
-    Pagination, PartitionSpec, PostgresOptions, RestAuth, RestOptions, SourceFormat, SourceSpec,
-    Trigger,
+    CsvOptions, DatasetSpec, Encoding, ErrorCellPolicy, ExcelOptions, ExtraCellPolicy, HeaderRow,
+    IncrementalParam, JsonOptions, MalformedRowPolicy, MissingColumnPolicy, MixedTypesPolicy, Mode,
+    MongoOptions, NestedPolicy, NewColumnPolicy, Pagination, PartitionSpec, PostgresOptions,
+    RestAuth, RestOptions, SourceFormat, SourceSpec, Trigger,
 };
 pub use error::ConfigError;
 pub use settings::{Compression, S3Settings, SecretsProvider, Settings, SourceAccessSettings};

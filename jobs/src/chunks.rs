@@ -26,7 +26,7 @@ use crate::sink::{PartFile, PartSink};
 use crate::sources::postgres::partition::{Chunk, plan_chunks};
 use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
 use crate::storage::Bucket;
-use crate::validation::{BatchChecks, ReadStats};
+use crate::validation::{BatchChecks, ReadProgress, ReadStats};
 
 /// Pause before a chunk's second attempt; doubles for each further one.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -79,6 +79,7 @@ struct Shared {
     policy: crate::access::AccessPolicy,
     /// The previous run's lookback window, which every chunk's cursor must recognise.
     delivered: Vec<RecordBatch>,
+    progress: Arc<ReadProgress>,
     dir: Path,
     attempts: u32,
     faults: ChunkFaults,
@@ -119,7 +120,13 @@ async fn extract_chunks(
         engine.policy(),
         settings.batch_rows,
         hints.clone(),
-        chunk_access(&secret, access.floor.as_ref(), access.lookback, &chunks[0]),
+        chunk_access(
+            &secret,
+            access.floor.as_ref(),
+            access.lookback,
+            &chunks[0],
+            &access.progress,
+        ),
     )
     .await?;
     let plan = Arc::new(SchemaPlan::new(
@@ -127,6 +134,7 @@ async fn extract_chunks(
         &first_reader.schema,
         previous_schema,
         spec.new_columns,
+        spec.missing_columns,
     )?);
     let shared = Arc::new(Shared {
         spec: spec.clone(),
@@ -145,6 +153,7 @@ async fn extract_chunks(
         settings,
         policy: engine.policy().clone(),
         delivered: delivered.to_vec(),
+        progress: access.progress.clone(),
         dir: dir.clone(),
         attempts: partitions.attempts,
         faults: engine.chunk_faults().clone(),
@@ -230,12 +239,14 @@ fn chunk_access(
     floor: Option<&Watermark>,
     lookback: Option<u64>,
     chunk: &Chunk,
+    progress: &Arc<ReadProgress>,
 ) -> SourceAccess {
     SourceAccess {
         secret: Some(secret.clone()),
         floor: floor.cloned(),
         lookback,
         chunk: Some(chunk.clone()),
+        progress: progress.clone(),
     }
 }
 
@@ -281,6 +292,7 @@ async fn attempt_chunk(
                 shared.floor.as_ref(),
                 shared.lookback,
                 chunk,
+                &shared.progress,
             );
             sources::open(
                 &shared.spec,

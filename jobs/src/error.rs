@@ -64,6 +64,20 @@ pub enum JobError {
     #[error("{message}")]
     Denied { rule: &'static str, message: String },
 
+    /// A column inferred from the sample does not fit a later value: the run reads the source
+    /// again with `column` as `data_type` (never seen outside a run unless widening gave up).
+    #[error("{message}")]
+    Reread {
+        column: String,
+        data_type: arrow::datatypes::DataType,
+        message: String,
+    },
+
+    /// A bug or an unexpected stop inside Carga (a reader thread that panicked): not the input's
+    /// fault; the message names the dataset.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// An error whose text had to be masked: what it said, with the secrets taken out.
     #[error("{message}")]
     Masked { message: String, validation: bool },
@@ -83,6 +97,7 @@ impl JobError {
                 | JobError::SchemaDrift { .. }
                 | JobError::Refused { .. }
                 | JobError::Denied { .. }
+                | JobError::Reread { .. }
                 | JobError::Masked {
                     validation: true,
                     ..

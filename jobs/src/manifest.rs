@@ -40,6 +40,9 @@ pub struct Manifest {
     pub watermark: Option<WatermarkRange>,
     /// Path of the run's validation report inside the bucket.
     pub validation_report: String,
+    /// SHA-256 of the report's bytes, so a reader can tell it is the one this commit wrote.
+    #[serde(default)]
+    pub validation_report_sha256: Option<String>,
     pub encryption: EncryptionInfo,
 }
 

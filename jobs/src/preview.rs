@@ -73,7 +73,7 @@ async fn read_first_rows(
     };
     let hints = TypeHints {
         explicit,
-        previous: None,
+        ..TypeHints::default()
     };
     let mut reader = sources::open(&spec, policy, rows.max(1), hints, access).await?;
     let columns = reader

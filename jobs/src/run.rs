@@ -11,6 +11,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
+use sha2::Digest;
 use tracing::Instrument;
 
 use crate::access::AccessPolicy;
@@ -27,7 +28,10 @@ use crate::sink::{PartFile, PartSink};
 use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
-use crate::validation::{BatchChecks, ReadStats, RunStatus, ValidationReport};
+use crate::validation::{BatchChecks, ReadProgress, ReadStats, RunStatus, ValidationReport};
+
+/// Columns a run may widen and read again for (a file with more surprises is better declared).
+const MAX_WIDENED_COLUMNS: usize = 8;
 
 /// What a committed run produced.
 #[derive(Debug)]
@@ -258,9 +262,10 @@ impl Engine {
                 Ok(Some(secret)) => secret.redactor(),
                 _ => Redactor::none(),
             };
+            let progress = Arc::new(ReadProgress::default());
             let executed = match secret {
                 Ok(secret) => {
-                    self.execute(spec, &run_id, &log, &report_path, secret)
+                    self.execute(spec, &run_id, &log, &report_path, secret, progress.clone())
                         .await
                 }
                 Err(e) => Err(e),
@@ -276,14 +281,21 @@ impl Engine {
                     Ok(outcome)
                 }
                 Err(error) => {
-                    tracing::error!(%error, "run failed; nothing committed");
+                    // Said once by whoever ran it (the command's error line, the worker's "job
+                    // failed"); here only for the run's own trace.
+                    tracing::info!(%error, "run failed; nothing committed");
                     let report = ValidationReport::failed_early(
                         &spec.id,
                         &run_id,
                         &spec.source.describe(),
                         error.to_string(),
+                        &progress,
                     );
-                    let report_url = self.write_report(&report_path, &report).await.ok();
+                    let report_url = self
+                        .write_report(&report_path, &report)
+                        .await
+                        .ok()
+                        .map(|(url, _)| url);
                     Err(RunFailure { error, report_url })
                 }
             }
@@ -299,6 +311,7 @@ impl Engine {
         log: &ManifestLog,
         report_path: &Path,
         secret: Option<ConnectionSecret>,
+        progress: Arc<ReadProgress>,
     ) -> Result<RunOutcome> {
         spec.validate()?;
         if !spec.source.tables.is_empty() {
@@ -313,6 +326,7 @@ impl Engine {
         let hints = TypeHints {
             explicit: explicit_types(spec)?,
             previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
+            ..TypeHints::default()
         };
         let floor = match spec.mode {
             Mode::Delta => previous.as_ref().and_then(Manifest::next_watermark),
@@ -324,6 +338,7 @@ impl Engine {
             floor: floor.cloned(),
             lookback: effective_lookback(floor, spec.lookback_seconds()),
             chunk: None,
+            progress,
         };
         let ingest_date = started_at.date_naive().to_string();
         let dir = self.bucket.path(&format!(
@@ -362,8 +377,8 @@ impl Engine {
                 "the lookback window held more tuples than its memory budget: the oldest were let go and the next run re-reads a narrower window (see the watermark's lookback_seconds)".into(),
             );
         }
-        let report_url = match self.write_report(report_path, &report).await {
-            Ok(url) => url,
+        let (report_url, report_sha256) = match self.write_report(report_path, &report).await {
+            Ok(written) => written,
             Err(e) => {
                 delete_parts(&self.bucket, &files).await;
                 return Err(e);
@@ -413,6 +428,7 @@ impl Engine {
                 to: highest,
             }),
             validation_report: report_path.to_string(),
+            validation_report_sha256: Some(report_sha256),
             encryption: EncryptionInfo {
                 algorithm: "AES_GCM_V1".into(),
                 master_key_id: self.settings.master_key_id.clone(),
@@ -447,45 +463,83 @@ impl Engine {
         delivered: &[RecordBatch],
     ) -> Result<Extracted> {
         let floor = access.floor.clone();
-        let reader =
-            sources::open(spec, &self.policy, self.settings.batch_rows, hints, access).await?;
-        let plan = Arc::new(SchemaPlan::new(
-            &spec.id,
-            &reader.schema,
-            previous_schema,
-            spec.new_columns,
-        )?);
-        let mut checks =
-            BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
-        let mut cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
-        let mut sink = PartSink::new(
-            self.bucket.clone(),
-            dir.clone(),
-            plan.output.clone(),
-            self.encryptor.clone(),
-            &self.settings,
-        )?;
-        // Until the parts are complete, any failure removes what this run uploaded.
-        let streamed =
-            match stream(reader, &plan, &mut checks, cursor.as_mut(), &mut sink, None).await {
+        let mut hints = hints;
+        let mut warnings = Vec::new();
+        // A column inferred too narrowly from the sample (an int column with text at row
+        // 30,000) makes the file be read again with the column widened: a valid file is never
+        // unreadable because of where its first odd value sits.
+        loop {
+            let reader = sources::open(
+                spec,
+                &self.policy,
+                self.settings.batch_rows,
+                hints.clone(),
+                access.clone(),
+            )
+            .await?;
+            let plan = Arc::new(SchemaPlan::new(
+                &spec.id,
+                &reader.schema,
+                previous_schema,
+                spec.new_columns,
+                spec.missing_columns,
+            )?);
+            let mut checks =
+                BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
+            let mut cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
+            let mut sink = PartSink::new(
+                self.bucket.clone(),
+                dir.clone(),
+                plan.output.clone(),
+                self.encryptor.clone(),
+                &self.settings,
+            )?;
+            // Until the parts are complete, any failure removes what this run uploaded.
+            let streamed = match stream(
+                reader,
+                &plan,
+                &mut checks,
+                cursor.as_mut(),
+                &mut sink,
+                None,
+            )
+            .await
+            {
                 Ok(streamed) => streamed,
+                Err(JobError::Reread {
+                    column,
+                    data_type,
+                    message,
+                }) if hints.widened.len() < MAX_WIDENED_COLUMNS => {
+                    sink.abort().await;
+                    warnings.push(format!(
+                        "{message}: the file was read again with '{column}' as {}",
+                        crate::typing::describe(&data_type)
+                    ));
+                    tracing::info!(%column, "a column inferred too narrowly; reading the file again");
+                    hints.widened.insert(column, data_type);
+                    access.progress.restart();
+                    continue;
+                }
                 Err(e) => {
                     sink.abort().await;
                     return Err(e);
                 }
             };
-        let files = sink.finish().await?;
-        let (rows, stats) = streamed;
-        Extracted {
-            plan,
-            checks,
-            cursor,
-            rows,
-            stats,
-            files,
+            let files = sink.finish().await?;
+            let (rows, mut stats) = streamed;
+            stats.warnings.extend(warnings);
+            return Extracted {
+                plan,
+                checks,
+                cursor,
+                rows,
+                stats,
+                files,
+            }
+            .checked(spec, &self.bucket, floor.is_some())
+            .await;
         }
-        .checked(spec, &self.bucket, floor.is_some())
-        .await
     }
 
     /// The tuples the previous run delivered inside its lookback window, read back from its side
@@ -542,19 +596,25 @@ impl Engine {
         sink.finish().await.map_err(|e| (e, Vec::new()))
     }
 
-    async fn write_report(&self, path: &Path, report: &ValidationReport) -> Result<String> {
+    /// Writes the report; its address and the SHA-256 of what was written.
+    async fn write_report(
+        &self,
+        path: &Path,
+        report: &ValidationReport,
+    ) -> Result<(String, String)> {
         let mut report = report.clone();
         if report.error.is_some() {
             report.status = RunStatus::Failed;
         }
         let body = serde_json::to_vec_pretty(&report)
             .map_err(|e| JobError::bad_input("validation report", e.to_string()))?;
+        let sha256 = hex::encode(sha2::Sha256::digest(&body));
         self.bucket
             .store
             .put(path, PutPayload::from(body))
             .await
             .map_err(|e| JobError::store(format!("writing {}", self.bucket.display(path)), e))?;
-        Ok(self.bucket.display(path))
+        Ok((self.bucket.display(path), sha256))
     }
 }
 
@@ -647,10 +707,11 @@ pub(crate) fn run_rules(
         return Err(JobError::Refused {
             dataset: spec.id.clone(),
             message: format!(
-                "{} has no data rows ({} read, {} empty, {} rejected); set allow_empty: true if that is expected",
+                "{} has no data rows ({} read, {} empty, {} blank lines, {} rejected); set allow_empty: true if that is expected",
                 spec.source.describe(),
                 stats.rows_read,
                 stats.empty_rows,
+                stats.blank_lines,
                 stats.rejected_rows
             ),
         });

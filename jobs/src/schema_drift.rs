@@ -1,12 +1,13 @@
 //! Schema drift between runs. New source columns are ignored or added as the dataset says;
-//! columns that disappeared are kept and filled with nulls; a changed type is an error,
-//! never a silent cast.
+//! columns that disappeared fail the run (a renamed header must not replace a snapshot with
+//! nulls) or, with `missing_columns: null`, are kept and filled with nulls; a changed type is an
+//! error, never a silent cast.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use carga_config::NewColumnPolicy;
+use carga_config::{MissingColumnPolicy, NewColumnPolicy};
 
 use crate::error::{JobError, Result};
 use crate::typing::describe;
@@ -27,6 +28,7 @@ impl SchemaPlan {
         source: &Schema,
         previous: Option<&Schema>,
         policy: NewColumnPolicy,
+        missing: MissingColumnPolicy,
     ) -> Result<Self> {
         let Some(previous) = previous else {
             return Ok(Self {
@@ -39,6 +41,7 @@ impl SchemaPlan {
         let mut sources = Vec::new();
         let mut changes = Vec::new();
         let mut type_errors = Vec::new();
+        let mut missing_columns = Vec::new();
         for old in previous.fields() {
             match source.index_of(old.name()) {
                 Ok(i) => {
@@ -64,6 +67,7 @@ impl SchemaPlan {
                     }
                 }
                 Err(_) => {
+                    missing_columns.push(old.name().clone());
                     changes.push(format!(
                         "column '{}' is missing from the source; written as nulls",
                         old.name()
@@ -79,6 +83,30 @@ impl SchemaPlan {
                 message: format!(
                     "{} (fix the source, or pin the type in the spec's `schema:` section)",
                     type_errors.join("; ")
+                ),
+            });
+        }
+        if !missing_columns.is_empty() && missing == MissingColumnPolicy::Fail {
+            let new: Vec<&str> = source
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .filter(|n| previous.index_of(n).is_err())
+                .collect();
+            let renamed = if new.is_empty() {
+                String::new()
+            } else {
+                format!(" (the source has new columns {}: renamed?)", new.join(", "))
+            };
+            return Err(JobError::SchemaDrift {
+                dataset: dataset.to_owned(),
+                message: format!(
+                    "column(s) {} of the previous runs are missing from the source{renamed}; fix the source, or set missing_columns: null to write them as nulls",
+                    missing_columns
+                        .iter()
+                        .map(|c| format!("'{c}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -138,6 +166,7 @@ fn compatible(old: &DataType, new: &DataType) -> bool {
 mod tests {
     use super::*;
     use arrow::array::{Array, Int64Array, StringArray};
+    use carga_config::MissingColumnPolicy;
 
     fn schema(fields: &[(&str, DataType)]) -> Schema {
         Schema::new(
@@ -164,11 +193,24 @@ mod tests {
     fn new_columns_are_ignored_or_added_as_configured() {
         let previous = schema(&[("id", DataType::Int64)]);
         let source = schema(&[("id", DataType::Int64), ("extra", DataType::Utf8)]);
-        let ignore =
-            SchemaPlan::new("d", &source, Some(&previous), NewColumnPolicy::Ignore).unwrap();
+        let ignore = SchemaPlan::new(
+            "d",
+            &source,
+            Some(&previous),
+            NewColumnPolicy::Ignore,
+            MissingColumnPolicy::Null,
+        )
+        .unwrap();
         assert_eq!(ignore.apply(&batch(&source)).unwrap().num_columns(), 1);
         assert!(ignore.changes[0].contains("ignored"));
-        let add = SchemaPlan::new("d", &source, Some(&previous), NewColumnPolicy::Add).unwrap();
+        let add = SchemaPlan::new(
+            "d",
+            &source,
+            Some(&previous),
+            NewColumnPolicy::Add,
+            MissingColumnPolicy::Null,
+        )
+        .unwrap();
         let out = add.apply(&batch(&source)).unwrap();
         assert_eq!(out.schema().field(1).name(), "extra");
     }
@@ -177,18 +219,51 @@ mod tests {
     fn missing_columns_become_nulls_in_the_old_position() {
         let previous = schema(&[("id", DataType::Int64), ("name", DataType::Utf8)]);
         let source = schema(&[("name", DataType::Utf8)]);
-        let plan = SchemaPlan::new("d", &source, Some(&previous), NewColumnPolicy::Ignore).unwrap();
+        let plan = SchemaPlan::new(
+            "d",
+            &source,
+            Some(&previous),
+            NewColumnPolicy::Ignore,
+            MissingColumnPolicy::Null,
+        )
+        .unwrap();
         let out = plan.apply(&batch(&source)).unwrap();
         assert_eq!(out.schema().field(0).name(), "id");
         assert_eq!(out.column(0).null_count(), 2);
     }
 
     #[test]
+    fn missing_columns_fail_by_default_naming_them_and_the_new_ones() {
+        let previous = schema(&[("ciudad", DataType::Utf8), ("cantidad", DataType::Int64)]);
+        let source = schema(&[("city", DataType::Utf8), ("qty", DataType::Int64)]);
+        let err = SchemaPlan::new(
+            "ventas",
+            &source,
+            Some(&previous),
+            NewColumnPolicy::Ignore,
+            MissingColumnPolicy::Fail,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("'ciudad', 'cantidad'") && err.contains("city, qty: renamed?"),
+            "{err}"
+        );
+        assert!(err.contains("missing_columns: null"), "{err}");
+    }
+
+    #[test]
     fn type_changes_are_errors_naming_the_column() {
         let previous = schema(&[("id", DataType::Int64)]);
         let source = schema(&[("id", DataType::Utf8)]);
-        let err =
-            SchemaPlan::new("ventas", &source, Some(&previous), NewColumnPolicy::Add).unwrap_err();
+        let err = SchemaPlan::new(
+            "ventas",
+            &source,
+            Some(&previous),
+            NewColumnPolicy::Add,
+            MissingColumnPolicy::Null,
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("ventas") && msg.contains("'id'") && msg.contains("int64"),

@@ -176,7 +176,13 @@ impl PartSink {
         let properties = WriterProperties::builder()
             .set_compression(self.compression)
             .set_max_row_group_row_count(Some(self.rows_per_row_group))
-            .set_created_by(concat!("carga ", env!("CARGO_PKG_VERSION")).to_owned())
+            // `<app> version <x> (...)`: the form parquet-mr's VersionParser accepts, so readers
+            // trust the statistics.
+            .set_created_by(format!(
+                "carga version {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                parquet::file::properties::DEFAULT_CREATED_BY
+            ))
             .with_file_encryption_properties(self.encryptor.file_encryption()?)
             .build();
         let tally = Arc::new(Mutex::new(Tally::default()));

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::Schema;
@@ -28,6 +29,12 @@ pub struct ReadStats {
     pub rejected_samples: Vec<RejectedRow>,
     /// Cells that did not parse as their column's type, per column.
     pub type_mismatches: BTreeMap<String, u64>,
+    /// Lines with nothing on them between records (CSV): not rows, but counted.
+    #[serde(default)]
+    pub blank_lines: u64,
+    /// What the reader did that an operator should know (cells written as null, left out).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,6 +60,8 @@ impl ReadStats {
         for (column, n) in other.type_mismatches {
             *self.type_mismatches.entry(column).or_default() += n;
         }
+        self.blank_lines += other.blank_lines;
+        self.warnings.extend(other.warnings);
     }
 
     /// Records a rejected row. `kind` groups reasons in the report (e.g. "ragged row").
@@ -98,8 +107,17 @@ pub enum RunStatus {
     Failed,
 }
 
+/// The report's layout: 2 added the version, the time, blank lines, warnings and partial counts
+/// of failed runs.
+pub const REPORT_VERSION: u32 = 2;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ValidationReport {
+    #[serde(default = "first_report_version")]
+    pub format_version: u32,
+    /// When the report was written.
+    #[serde(default)]
+    pub generated_at: Option<chrono::DateTime<chrono::Utc>>,
     pub dataset: String,
     pub run_id: String,
     pub source: String,
@@ -111,6 +129,9 @@ pub struct ValidationReport {
     pub rows_valid: u64,
     pub rows_written: u64,
     pub empty_rows: u64,
+    /// Lines with nothing on them (CSV): skipped, not rows.
+    #[serde(default)]
+    pub blank_lines: u64,
     pub rejected_rows: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub rejected_samples: Vec<RejectedRow>,
@@ -121,6 +142,10 @@ pub struct ValidationReport {
     /// What the run did that an operator should know about but that did not fail it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+fn first_report_version() -> u32 {
+    1
 }
 
 /// Accumulates the batch-level checks as valid rows stream past.
@@ -331,6 +356,8 @@ impl BatchChecks {
             })
             .collect();
         ValidationReport {
+            format_version: REPORT_VERSION,
+            generated_at: Some(chrono::Utc::now()),
             dataset: dataset.to_owned(),
             run_id: run_id.to_owned(),
             source: source.to_owned(),
@@ -341,6 +368,7 @@ impl BatchChecks {
             rows_valid: self.rows,
             rows_written,
             empty_rows: stats.empty_rows,
+            blank_lines: stats.blank_lines,
             rejected_rows: stats.rejected_rows,
             rejected_by_reason: stats.rejected_by_reason,
             rejected_samples: stats.rejected_samples,
@@ -359,26 +387,37 @@ impl BatchChecks {
                     every_row_has_timestamp: missing == 0,
                 }),
             schema_changes: Vec::new(),
-            warnings: Vec::new(),
+            warnings: stats.warnings,
         }
     }
 }
 
 impl ValidationReport {
-    /// A report for a run that failed before any batch-level check could run.
-    pub fn failed_early(dataset: &str, run_id: &str, source: &str, error: String) -> Self {
+    /// A report for a run that failed before its checks finished: what had been read until then
+    /// (`progress`) and the error.
+    pub fn failed_early(
+        dataset: &str,
+        run_id: &str,
+        source: &str,
+        error: String,
+        progress: &ReadProgress,
+    ) -> Self {
+        let (rows_read, rejected_rows) = progress.counts();
         Self {
+            format_version: REPORT_VERSION,
+            generated_at: Some(chrono::Utc::now()),
             dataset: dataset.to_owned(),
             run_id: run_id.to_owned(),
             source: source.to_owned(),
             status: RunStatus::Failed,
             error: Some(error),
             header_problems: Vec::new(),
-            rows_read: 0,
-            rows_valid: 0,
+            rows_read,
+            rows_valid: rows_read.saturating_sub(rejected_rows),
             rows_written: 0,
             empty_rows: 0,
-            rejected_rows: 0,
+            blank_lines: 0,
+            rejected_rows,
             rejected_by_reason: BTreeMap::new(),
             rejected_samples: Vec::new(),
             columns: Vec::new(),
@@ -387,6 +426,46 @@ impl ValidationReport {
             schema_changes: Vec::new(),
             warnings: Vec::new(),
         }
+    }
+}
+
+/// Rows a reader has read and rejected so far, shared with the run while it streams: what a
+/// failed run's report says it got through, and what live progress shows.
+#[derive(Debug, Default)]
+pub struct ReadProgress {
+    /// Rows in batches handed to the pipeline.
+    sent: AtomicU64,
+    /// The reader's own totals, as of its last rejected row.
+    read: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl ReadProgress {
+    pub fn sent(&self, rows: u64) {
+        self.sent.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// The reader's totals so far (they only grow).
+    pub fn reported(&self, rows_read: u64, rows_rejected: u64) {
+        self.read.fetch_max(rows_read, Ordering::Relaxed);
+        self.rejected.fetch_max(rows_rejected, Ordering::Relaxed);
+    }
+
+    /// Starts over (the source is read again from the start).
+    pub fn restart(&self) {
+        self.sent.store(0, Ordering::Relaxed);
+        self.read.store(0, Ordering::Relaxed);
+        self.rejected.store(0, Ordering::Relaxed);
+    }
+
+    /// (rows read, rows rejected) as far as is known.
+    pub fn counts(&self) -> (u64, u64) {
+        let rejected = self.rejected.load(Ordering::Relaxed);
+        let read = self
+            .read
+            .load(Ordering::Relaxed)
+            .max(self.sent.load(Ordering::Relaxed) + rejected);
+        (read, rejected)
     }
 }
 

@@ -232,8 +232,9 @@ async fn excel_errors_name_the_sheet_and_cell() {
         "{err}"
     );
 
+    // Error cells are nulls by default (messy_inputs.rs); here they are refused.
     let fail = lab.spec(&format!(
-        "id: x\nsource: {{format: excel, location: {fixture}}}\ntrigger: callback\n"
+        "id: x\nsource: {{format: excel, location: {fixture}, excel: {{error_cells: fail}}}}\ntrigger: callback\n"
     ));
     let err = lab.engine().run(&fail).await.unwrap_err().to_string();
     assert!(
@@ -241,7 +242,7 @@ async fn excel_errors_name_the_sheet_and_cell() {
         "{err}"
     );
 
-    let skip = lab.spec(&format!("id: x\nsource: {{format: excel, location: {fixture}}}\ntrigger: callback\non_malformed_row: skip\n"));
+    let skip = lab.spec(&format!("id: x\nsource: {{format: excel, location: {fixture}, excel: {{error_cells: fail}}}}\ntrigger: callback\non_malformed_row: skip\n"));
     let outcome = lab.engine().run(&skip).await.unwrap();
     assert_eq!(outcome.manifest.rows, 2);
     assert_eq!(outcome.report.rejected_rows, 1);

@@ -114,7 +114,22 @@ async fn values_that_do_not_fit_the_inferred_type_name_row_column_and_value() {
     lab.write("in.csv", &csv);
     let small_sample = "source: {format: csv, location: in.csv, csv: {infer_rows: 10}}";
     let spec = csv_spec("").replace("source: {format: csv, location: in.csv}", small_sample);
-    let err = run_err(&lab, &spec).await;
+    // By default the file is read again with the column widened, and the report says why.
+    let outcome = lab.engine().run(&lab.spec(&spec)).await.unwrap();
+    assert_eq!(outcome.manifest.rows, 51);
+    let warning = outcome.report.warnings.join("\n");
+    assert!(
+        warning.contains("row 52")
+            && warning.contains("'qty'")
+            && warning.contains("'muchos'")
+            && warning.contains("int64"),
+        "{warning}"
+    );
+    // A declared type is not widened: the value names itself.
+    let declared = format!("{spec}schema: {{qty: int64}}\n");
+    let lab = Lab::new();
+    lab.write("in.csv", &csv);
+    let err = run_err(&lab, &declared).await;
     assert!(
         err.contains("row 52")
             && err.contains("'qty'")

@@ -448,6 +448,77 @@ async fn a_bulk_update_inside_the_lookback_window_commits_and_keeps_manifests_sm
 }
 
 #[tokio::test]
+async fn numerics_at_38_digits_and_scale_above_precision_round_trip_exactly() {
+    let Some((lab, mut conn)) = setup("carga_num38").await else {
+        return;
+    };
+    conn.execute(
+        "CREATE TABLE carga_num38.t (id int8 PRIMARY KEY, a numeric(38,10), b numeric(38,2), c numeric(38,0), d numeric(2,5));
+         INSERT INTO carga_num38.t VALUES
+           (1, 1234567890123456789012345678.0123456789, 123456789012345678901234567890123456.78,
+               99999999999999999999999999999999999999, 0.00012),
+           (2, 9999999999999999999999999999.9999999999, 999999999999999999999999999999999999.99,
+               -99999999999999999999999999999999999999, -0.00099),
+           (3, -9999999999999999999999999999.9999999999, -999999999999999999999999999999999999.99,
+               0, 0),
+           (4, 0.0000000001, 123456789012345678901234567890123456.00, 1, 0.00001)",
+    )
+    .await
+    .unwrap();
+    let spec = spec(&lab, "num38", "carga_num38.t", "");
+    lab.engine().run(&spec).await.unwrap();
+    let batches = lab.batches("num38").await;
+    let schema = batches[0].schema();
+    use arrow::datatypes::DataType::Decimal128;
+    assert_eq!(
+        schema.field_with_name("a").unwrap().data_type(),
+        &Decimal128(38, 10)
+    );
+    assert_eq!(
+        schema.field_with_name("d").unwrap().data_type(),
+        &Decimal128(5, 5)
+    );
+    let shown = |name: &str| -> Vec<String> {
+        let options = arrow::util::display::FormatOptions::default();
+        let mut out = Vec::new();
+        for batch in &batches {
+            let column = batch.column_by_name(name).unwrap();
+            let f = arrow::util::display::ArrayFormatter::try_new(column, &options).unwrap();
+            out.extend((0..batch.num_rows()).map(|i| f.value(i).to_string()));
+        }
+        out
+    };
+    assert_eq!(
+        shown("a"),
+        [
+            "1234567890123456789012345678.0123456789",
+            "9999999999999999999999999999.9999999999",
+            "-9999999999999999999999999999.9999999999",
+            "0.0000000001",
+        ]
+    );
+    assert_eq!(
+        shown("b"),
+        [
+            "123456789012345678901234567890123456.78",
+            "999999999999999999999999999999999999.99",
+            "-999999999999999999999999999999999999.99",
+            "123456789012345678901234567890123456.00",
+        ]
+    );
+    assert_eq!(
+        shown("c"),
+        [
+            "99999999999999999999999999999999999999",
+            "-99999999999999999999999999999999999999",
+            "0",
+            "1",
+        ]
+    );
+    assert_eq!(shown("d"), ["0.00012", "-0.00099", "0.00000", "0.00001"]);
+}
+
+#[tokio::test]
 async fn discovery_lists_tables_columns_types_and_primary_keys() {
     let Some((_lab, mut conn)) = setup("carga_disc").await else {
         return;

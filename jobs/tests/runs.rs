@@ -191,9 +191,14 @@ async fn new_columns_are_ignored_or_added_and_type_changes_refused() {
             outcome.report.schema_changes
         );
 
-        // A column that disappears is kept, as nulls.
+        // A column that disappears fails the run by default; with `missing_columns: null` it
+        // is kept, as nulls.
         lab.write("d.csv", "id\n3\n");
-        let outcome = lab.engine().run(&spec).await.unwrap();
+        let err = lab.engine().run(&spec).await.unwrap_err().to_string();
+        assert!(err.contains("'a'") && err.contains("missing"), "{err}");
+        let mut nulls = spec.clone();
+        nulls.missing_columns = carga_config::MissingColumnPolicy::Null;
+        let outcome = lab.engine().run(&nulls).await.unwrap();
         assert!(outcome.manifest.schema.field_with_name("a").is_ok());
         assert_eq!(lab.rows("d").await, vec![json!({"id": 3})]);
     }

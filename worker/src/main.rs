@@ -181,10 +181,23 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the message already holds (as
+/// `cannot read x: No such file` holds its io error) is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 /// A reader that stopped reading (`carga read | head`) is not an error.
@@ -211,7 +224,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Check { dataset } => {
-            let spec = DatasetSpec::from_file(&dataset)?;
+            let spec = load_spec(&dataset)?;
             println!(
                 "{}: dataset '{}' is valid ({:?}, {:?})",
                 dataset.display(),
@@ -260,25 +273,48 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     let master_key_id = settings.master_key_id.clone();
     let policy = AccessPolicy::for_command(&settings, Some(spec_path));
     let engine = Engine::from_settings(settings).await?.with_access(policy);
+    let tables = load_spec(spec_path)?.per_table();
+    // One table: its error is the command's error (one line).
+    if let [spec] = tables.as_slice() {
+        let outcome = engine
+            .run(spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("dataset '{}' was not committed: {e}", spec.id))?;
+        print_outcome(&outcome, spec_path, spec, &key_file, &master_key_id);
+        return Ok(());
+    }
     // A multi-table dataset runs table by table; one table's failure does not stop the others.
     let mut failed = Vec::new();
-    for spec in DatasetSpec::from_file(spec_path)?.per_table() {
-        match engine.run(&spec).await {
-            Ok(outcome) => print_outcome(&outcome, spec_path, &spec, &key_file, &master_key_id),
+    for spec in &tables {
+        match engine.run(spec).await {
+            Ok(outcome) => print_outcome(&outcome, spec_path, spec, &key_file, &master_key_id),
             Err(e) => {
                 eprintln!("error: dataset '{}' was not committed: {e}", spec.id);
-                failed.push(spec.id);
+                failed.push(spec.id.clone());
             }
         }
     }
     if !failed.is_empty() {
         anyhow::bail!(
-            "{} dataset(s) not committed: {}",
+            "{} of {} tables not committed: {}",
             failed.len(),
+            tables.len(),
             failed.join(", ")
         );
     }
     Ok(())
+}
+
+/// A spec file with every check the scheduler makes: its own rules, and a cron and time zone
+/// the scheduler accepts (one cron validation for every entry point).
+fn load_spec(path: &Path) -> Result<DatasetSpec> {
+    let spec = DatasetSpec::from_file(path)?;
+    if spec.trigger == carga_config::Trigger::TimedPull || spec.time_zone.is_some() {
+        let cron = spec.cron.as_deref().unwrap_or("0 0 * * *");
+        carga_scheduler::schedule::CronSchedule::parse(cron, spec.time_zone.as_deref())
+            .map_err(|e| anyhow::anyhow!("{}: dataset '{}': {e}", path.display(), spec.id))?;
+    }
+    Ok(spec)
 }
 
 fn print_outcome(
@@ -322,6 +358,9 @@ fn print_outcome(
     for change in &report.schema_changes {
         println!("  schema:   {change}");
     }
+    for warning in &report.warnings {
+        println!("  warning:  {warning}");
+    }
     if spec.id.contains('/') {
         println!("read it back: carga read --dataset {}", spec.id);
     } else {
@@ -345,6 +384,18 @@ async fn read_back(settings_path: Option<&Path>, dataset: &str, limit: usize) ->
     } else {
         dataset.to_owned()
     };
+    // Before the key: a dataset never committed has nothing to decrypt.
+    let bucket = carga_jobs::storage::Bucket::open(&settings)?;
+    if carga_jobs::manifest::ManifestLog::new(&bucket, &id)
+        .latest()
+        .await?
+        .is_none()
+    {
+        anyhow::bail!(
+            "dataset '{id}' has no committed run yet in {} (run it first: carga run --dataset <spec>)",
+            settings.bucket
+        );
+    }
     let engine = Engine::new(Settings {
         create_key_if_missing: false,
         ..settings

@@ -1,11 +1,16 @@
-//! CSV: streamed through the `csv` crate (records, quoting, escapes), UTF-8 or Latin-1.
+//! CSV: streamed through the `csv` crate (records, quoting, escapes), UTF-8 or Latin-1, or what a
+//! byte-order mark says (UTF-16 included). Line numbers are counted from the bytes, so they are
+//! exact with `\r\n` endings, quoted newlines and blank lines alike.
+//!
+//! Blank lines (nothing on them) are not rows: they are skipped and counted in the report, as
+//! pandas and polars skip them. A line of empty fields (`,,`) is an empty row, counted as such.
 
-use carga_config::{CsvOptions, Encoding};
+use carga_config::CsvOptions;
 use csv::ByteRecord;
-use encoding_rs_io::DecodeReaderBytesBuilder;
 
 use super::ReadContext;
 use super::table::{TableAssembler, truncate};
+use super::text_input::{Detected, LineCounter, utf8_input};
 use crate::error::{JobError, Result};
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
@@ -19,14 +24,8 @@ pub(crate) fn read(
     ctx: ReadContext,
 ) -> Result<ReadStats> {
     let raw = object.open_blocking(&ctx.runtime)?;
-    let input: Box<dyn std::io::Read + Send> = match opts.encoding {
-        Encoding::Utf8 => raw,
-        Encoding::Latin1 => Box::new(
-            DecodeReaderBytesBuilder::new()
-                .encoding(Some(encoding_rs::WINDOWS_1252))
-                .build(raw),
-        ),
-    };
+    let (input, detected) = utf8_input(raw, opts.encoding)
+        .map_err(|e| JobError::io(format!("reading {}", ctx.location), e))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -35,7 +34,7 @@ pub(crate) fn read(
         .escape(opts.escape.map(|c| c as u8))
         .double_quote(opts.escape.is_none())
         .buffer_capacity(1 << 20)
-        .from_reader(input);
+        .from_reader(LineCounter::new(input));
     let location = ctx.location.clone();
     let read_err =
         |e: csv::Error| JobError::io(format!("reading {location}"), std::io::Error::other(e));
@@ -45,9 +44,19 @@ pub(crate) fn read(
         return Err(ctx.bad_input("file is empty: expected a header line"));
     }
     let mut stats = ReadStats::default();
+    if let Some(encoding) = detected.describe() {
+        stats
+            .header_problems
+            .push(format!("the file is {encoding}"));
+    }
+    let hint = if detected == Detected::Declared {
+        " (if the file is Latin-1, set csv.encoding: latin-1)"
+    } else {
+        ""
+    };
     let (names, first_is_data) = if opts.has_header {
         (
-            header_names(&record, &ctx, &mut stats.header_problems)?,
+            header_names(&record, &ctx, &mut stats.header_problems, hint)?,
             false,
         )
     } else {
@@ -60,12 +69,20 @@ pub(crate) fn read(
     let null_values = &opts.null_values;
     let mut table = TableAssembler::new(ctx, names, opts.infer_rows, stats);
     let mut has_row = first_is_data;
+    // Where the previous record ended (its line, plus the newlines inside its quoted fields):
+    // lines between it and the next record are blank.
+    let mut previous_end = match first_is_data {
+        true => 0,
+        false => end_line(&reader, &record),
+    };
     loop {
         if !has_row && !reader.read_byte_record(&mut record).map_err(&read_err)? {
             break;
         }
         has_row = false;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = line_of(&reader, &record);
+        table.blank_lines(line.saturating_sub(previous_end + 1));
+        previous_end = end_line(&reader, &record);
         if record.len() == 1 && record[0].is_empty() && table.width() > 1 {
             table.push_row(line, &vec![None; table.width()])?;
             continue;
@@ -83,7 +100,7 @@ pub(crate) fn read(
             Ok(cells) => table.push_row(line, &cells)?,
             Err(column) => {
                 let reason = format!(
-                    "line {line}: column '{}' is not valid UTF-8 (if the file is Latin-1, set csv.encoding: latin-1)",
+                    "line {line}: column '{}' is not valid UTF-8{hint}",
                     table.names()[column]
                 );
                 table.reject(line, "invalid UTF-8", reason)?;
@@ -93,7 +110,24 @@ pub(crate) fn read(
             break;
         }
     }
+    if !table.is_closed() {
+        // Blank lines after the last record (a final newline is not one).
+        let lines = reader.get_ref().newlines();
+        table.blank_lines(lines.saturating_sub(previous_end));
+    }
     table.finish()
+}
+
+fn line_of<R: std::io::Read>(reader: &csv::Reader<LineCounter<R>>, record: &ByteRecord) -> u64 {
+    record
+        .position()
+        .map_or(0, |p| reader.get_ref().line_of_record(p.byte()))
+}
+
+/// The line a record's last byte is on (its quoted fields may hold newlines).
+fn end_line<R: std::io::Read>(reader: &csv::Reader<LineCounter<R>>, record: &ByteRecord) -> u64 {
+    let inner = memchr::memchr_iter(b'\n', record.as_slice()).count() as u64;
+    line_of(reader, record) + inner
 }
 
 /// Cells as text, `None` for nulls; `Err(column)` names the first field that is not UTF-8.
@@ -117,6 +151,7 @@ fn header_names(
     record: &ByteRecord,
     ctx: &ReadContext,
     problems: &mut Vec<String>,
+    encoding_hint: &str,
 ) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::with_capacity(record.len());
     for (i, raw) in record.iter().enumerate() {
@@ -134,7 +169,7 @@ fn header_names(
         }
         let text = std::str::from_utf8(raw).map_err(|_| {
             ctx.bad_input(format!(
-                "header column {position} is not valid UTF-8 (if the file is Latin-1, set csv.encoding: latin-1)"
+                "header column {position} is not valid UTF-8{encoding_hint}"
             ))
         })?;
         let trimmed = text.trim();

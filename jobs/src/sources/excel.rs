@@ -10,7 +10,7 @@ use std::io::BufReader;
 use calamine::{
     DataType as CellValue, Ods, Reader, Sheets, Xls, Xlsb, Xlsx, open_workbook_from_rs,
 };
-use carga_config::ExcelOptions;
+use carga_config::{ErrorCellPolicy, ExcelOptions, ExtraCellPolicy, HeaderRow};
 
 use super::ReadContext;
 use super::table::TableAssembler;
@@ -194,8 +194,16 @@ fn cell_text<T: CellValue>(cell: &T) -> CellText {
 
 /// Turns sheet rows into table rows: finds the header row, then feeds data rows.
 struct RowFeed {
-    header_row: u32,
+    /// 0-based; `None`: the first row holding a value.
+    header_row: Option<u32>,
     infer_rows: usize,
+    error_cells: ErrorCellPolicy,
+    extra_cells: ExtraCellPolicy,
+    /// Cells written as null because they held an Excel error, and cells left out because they
+    /// lay beyond the header's columns (with the first such column seen).
+    error_cells_nulled: u64,
+    extra_cells_ignored: u64,
+    first_extra: Option<String>,
     location: String,
     ctx: Option<ReadContext>,
     table: Option<TableAssembler>,
@@ -205,8 +213,16 @@ struct RowFeed {
 impl RowFeed {
     fn new(ctx: ReadContext, location: String, opts: &ExcelOptions) -> Self {
         Self {
-            header_row: opts.header_row - 1,
+            header_row: match opts.header_row {
+                HeaderRow::Auto => None,
+                HeaderRow::Row(row) => Some(row.saturating_sub(1)),
+            },
             infer_rows: opts.infer_rows,
+            error_cells: opts.error_cells,
+            extra_cells: opts.extra_cells,
+            error_cells_nulled: 0,
+            extra_cells_ignored: 0,
+            first_extra: None,
             location,
             ctx: Some(ctx),
             table: None,
@@ -224,8 +240,12 @@ impl RowFeed {
 
     /// `row` is 0-based as calamine gives it; messages use Excel's 1-based numbers.
     fn feed(&mut self, row: u32, cells: &[(u32, CellText)]) -> Result<()> {
-        if row < self.header_row {
-            return Ok(());
+        let blank = cells.iter().all(|(_, c)| matches!(c, Ok(None)));
+        match self.header_row {
+            Some(header) if row < header => return Ok(()),
+            // `auto`: rows before the first one holding a value are not the header.
+            None if self.table.is_none() && blank => return Ok(()),
+            _ => {}
         }
         let Some(table) = &mut self.table else {
             return self.start(row, cells);
@@ -238,19 +258,30 @@ impl RowFeed {
                 Ok(None) => continue,
                 Ok(Some(text)) => text.as_str(),
                 Err(error) => {
+                    if self.error_cells == ErrorCellPolicy::Null {
+                        self.error_cells_nulled += 1;
+                        continue;
+                    }
                     let name = name_index
                         .and_then(|i| table.names().get(i).cloned())
                         .unwrap_or_else(|| column_letters(*column));
-                    let reason =
-                        format!("row {excel_row}: column '{name}' holds the Excel error {error}");
+                    let reason = format!(
+                        "row {excel_row}: column '{name}' holds the Excel error {error} (excel.error_cells: null writes such cells as null)"
+                    );
                     return table.reject(excel_row, "cell error", reason);
                 }
             };
             match name_index.filter(|&i| i < values.len()) {
                 Some(i) => values[i] = Some(text),
+                None if self.extra_cells == ExtraCellPolicy::Ignore => {
+                    self.extra_cells_ignored += 1;
+                    if self.first_extra.is_none() {
+                        self.first_extra = Some(format!("{}{excel_row}", column_letters(*column)));
+                    }
+                }
                 None => {
                     let reason = format!(
-                        "row {excel_row}: cell {}{excel_row} has a value outside the header's columns",
+                        "row {excel_row}: cell {}{excel_row} has a value outside the header's columns (excel.extra_cells: ignore leaves such cells out)",
                         column_letters(*column)
                     );
                     return table.reject(excel_row, "value outside header", reason);
@@ -261,10 +292,12 @@ impl RowFeed {
     }
 
     fn start(&mut self, row: u32, cells: &[(u32, CellText)]) -> Result<()> {
-        if row > self.header_row || cells.iter().all(|(_, c)| matches!(c, Ok(None))) {
+        if let Some(header) = self.header_row
+            && (row > header || cells.iter().all(|(_, c)| matches!(c, Ok(None))))
+        {
             return Err(self.bad_input(format!(
-                "header row {} is empty (set excel.header_row to the row holding the column names)",
-                self.header_row + 1
+                "header row {} is empty (set excel.header_row to the row holding the column names, or auto)",
+                header + 1
             )));
         }
         let present: Vec<&(u32, CellText)> = cells
@@ -308,16 +341,28 @@ impl RowFeed {
     }
 
     fn finish(self) -> Result<ReadStats> {
-        match self.table {
-            Some(table) => table.finish(),
-            None => Err(crate::JobError::bad_input(
-                self.location,
-                format!(
-                    "the sheet is empty: no header at row {}",
-                    self.header_row + 1
-                ),
-            )),
+        let Some(table) = self.table else {
+            let message = match self.header_row {
+                Some(header) => format!("the sheet is empty: no header at row {}", header + 1),
+                None => "the sheet is empty: no row holds a value".to_owned(),
+            };
+            return Err(crate::JobError::bad_input(self.location, message));
+        };
+        let mut stats = table.finish()?;
+        if self.error_cells_nulled > 0 {
+            stats.warnings.push(format!(
+                "{} cell(s) held an Excel error (#DIV/0!, #N/A, ...) and were written as null (excel.error_cells: fail refuses them)",
+                self.error_cells_nulled
+            ));
         }
+        if self.extra_cells_ignored > 0 {
+            stats.warnings.push(format!(
+                "{} cell(s) beyond the header's columns were left out, the first at {} (excel.extra_cells: fail refuses them)",
+                self.extra_cells_ignored,
+                self.first_extra.as_deref().unwrap_or("?")
+            ));
+        }
+        Ok(stats)
     }
 }
 

@@ -1,16 +1,24 @@
 //! JSON: a top-level array of objects or NDJSON, decoded by arrow-json. Nested objects become
 //! structs, arrays become lists. Records are split first (see `json_records`), so a bad record is
 //! named by number and line, and with the skip policy only that record is left out.
+//!
+//! Values are never altered silently: a field inferred as text takes numbers and booleans as
+//! their JSON text; a field that is an object or array in some records and a scalar in others is
+//! written as JSON text (`json.mixed_types: string`) or refused (`fail`); integers beyond int64
+//! are exact decimals (or text when they exceed 38 digits or mix with fractions), never floats.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
-use carga_config::JsonOptions;
+use carga_config::{Encoding, JsonOptions, MixedTypesPolicy};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::json_records::{RecordPosition, RecordSplitter};
+use super::text_input::utf8_input;
 use super::{ReadContext, TypeHints};
 use crate::error::{JobError, Result};
 use crate::storage::SourceObject;
@@ -21,19 +29,28 @@ pub(crate) fn read(
     opts: &JsonOptions,
     mut ctx: ReadContext,
 ) -> Result<ReadStats> {
-    let input = object.open_blocking(&ctx.runtime)?;
+    let raw = object.open_blocking(&ctx.runtime)?;
+    let (input, _) = utf8_input(raw, Encoding::Utf8)
+        .map_err(|e| JobError::io(format!("reading {}", ctx.location), e))?;
+    let input = std::io::BufReader::with_capacity(1 << 20, input);
     let mut splitter = RecordSplitter::new(input, opts.max_record_bytes);
     let mut stats = ReadStats::default();
     let mut pending = PendingRecords::default();
 
     // Sample: parse the first records fully to infer the schema; keep their bytes to decode later.
     let mut sample = Vec::new();
+    let mut kinds = FieldKinds::default();
     while sample.len() < opts.infer_records.max(1) {
         let Some(position) = next_record(&mut splitter, &ctx)? else {
             break;
         };
         stats.rows_read += 1;
-        match serde_json::from_slice::<Value>(&splitter.record) {
+        let parsed = serde_json::from_slice::<BTreeMap<String, &RawValue>>(&splitter.record)
+            .and_then(|fields| {
+                kinds.observe(&fields);
+                serde_json::from_slice::<Value>(&splitter.record)
+            });
+        match parsed {
             Ok(value) => {
                 sample.push(value);
                 pending.push(position, &splitter.record);
@@ -46,6 +63,16 @@ pub(crate) fn read(
             )?,
         }
     }
+    let decided = kinds
+        .decide(opts.mixed_types, &ctx.hints)
+        .map_err(|m| ctx.bad_input(m))?;
+    // Fields decided here (mixed, big integers) are left out of arrow's inference, which would
+    // refuse the mixes and round the integers.
+    for value in &mut sample {
+        if let Value::Object(fields) = value {
+            fields.retain(|name, _| !decided.contains_key(name));
+        }
+    }
     let inferred = infer_json_schema_from_iterator(sample.iter().map(Ok)).map_err(|e| {
         ctx.bad_input(format!(
             "cannot infer a schema from the first {} records: {e}",
@@ -53,10 +80,43 @@ pub(crate) fn read(
         ))
     })?;
     drop(sample);
+    let inferred = kinds.in_first_seen_order(inferred, &decided);
     let schema = apply_hints(inferred, &ctx.hints);
+    if schema.fields().is_empty() {
+        return Err(ctx.bad_input("the records have no fields (`{}`): there is no column to write"));
+    }
     ctx.announce_schema(schema.clone());
+    let as_json_text: Vec<String> = decided
+        .iter()
+        .filter(|(name, data_type)| {
+            **data_type == DataType::Utf8 && kinds.nested.contains(name.as_str())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !as_json_text.is_empty() {
+        stats.warnings.push(format!(
+            "field(s) {} are objects or arrays in some records and not in others: written as JSON text (json.mixed_types: fail refuses them)",
+            as_json_text.join(", ")
+        ));
+    }
 
-    let mut batcher = Batcher { schema, ctx, stats };
+    let mut batcher = Batcher {
+        schema,
+        ctx,
+        stats,
+        as_json_text,
+    };
+    // The sample's records were kept as read: their nested values become text too.
+    if !batcher.as_json_text.is_empty() {
+        let mut rewritten = PendingRecords::default();
+        for (position, record) in pending.records() {
+            let record = batcher
+                .nested_as_text(record)
+                .map_err(|e| batcher.ctx.bad_input(invalid(position, &e)))?;
+            rewritten.push(position, &record);
+        }
+        pending = rewritten;
+    }
     loop {
         if pending.len() >= batcher.ctx.batch_rows && !batcher.flush(&mut pending)? {
             return Ok(batcher.stats);
@@ -67,7 +127,19 @@ pub(crate) fn read(
         batcher.stats.rows_read += 1;
         // A cheap syntax check per record, so one bad record cannot poison a whole batch's decode.
         match serde_json::from_slice::<serde::de::IgnoredAny>(&splitter.record) {
-            Ok(_) => pending.push(position, &splitter.record),
+            Ok(_) if batcher.as_json_text.is_empty() => pending.push(position, &splitter.record),
+            Ok(_) => match batcher.nested_as_text(&splitter.record) {
+                Ok(record) => pending.push(position, &record),
+                Err(e) => {
+                    let reason = invalid(position, &e);
+                    batcher.ctx.reject(
+                        &mut batcher.stats,
+                        position.record,
+                        "invalid JSON",
+                        reason,
+                    )?
+                }
+            },
             Err(e) => {
                 let reason = invalid(position, &e);
                 batcher
@@ -160,12 +232,31 @@ struct Batcher {
     schema: SchemaRef,
     ctx: ReadContext,
     stats: ReadStats,
+    /// Text fields whose objects and arrays are written as their JSON text.
+    as_json_text: Vec<String>,
 }
 
 impl Batcher {
+    /// The record with the objects and arrays of `as_json_text` fields replaced by their text.
+    fn nested_as_text(&self, record: &[u8]) -> serde_json::Result<Vec<u8>> {
+        let mut value: Value = serde_json::from_slice(record)?;
+        if let Value::Object(fields) = &mut value {
+            for name in &self.as_json_text {
+                if let Some(field) = fields.get_mut(name)
+                    && (field.is_object() || field.is_array())
+                {
+                    *field = Value::String(field.to_string());
+                }
+            }
+        }
+        serde_json::to_vec(&value)
+    }
+
     fn decoder(&self, rows: usize) -> Result<Decoder> {
+        // Numbers and booleans in a text field are written as their JSON text, not refused.
         ReaderBuilder::new(self.schema.clone())
             .with_batch_size(rows.max(1))
+            .with_coerce_primitive(true)
             .build_decoder()
             .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))
     }
@@ -221,5 +312,109 @@ impl Batcher {
             Some(batch) if batch.num_rows() > 0 => self.ctx.send(batch),
             _ => true,
         })
+    }
+}
+
+/// What the sample showed of each top-level field: the kinds of values it held, and whether it
+/// held integers beyond int64 (and how many digits they have).
+#[derive(Default)]
+struct FieldKinds {
+    /// Field names in the order they were first seen.
+    order: Vec<String>,
+    kinds: BTreeMap<String, BTreeSet<&'static str>>,
+    /// Fields holding an integer outside int64: the most digits seen.
+    big_integers: BTreeMap<String, usize>,
+    /// Fields holding a number with a fraction or an exponent.
+    fractions: BTreeSet<String>,
+    /// Fields whose nested values become text (filled by `decide`).
+    nested: BTreeSet<String>,
+}
+
+impl FieldKinds {
+    fn observe(&mut self, fields: &BTreeMap<String, &RawValue>) {
+        for (name, raw) in fields {
+            let text = raw.get();
+            let kind = match text.as_bytes().first() {
+                Some(b'{') => "object",
+                Some(b'[') => "array",
+                Some(b'"') => "string",
+                Some(b't' | b'f') => "boolean",
+                Some(b'n') => "null",
+                _ => "number",
+            };
+            if !self.kinds.contains_key(name) {
+                self.order.push(name.clone());
+            }
+            self.kinds.entry(name.clone()).or_default().insert(kind);
+            if kind == "number" {
+                if text.contains(['.', 'e', 'E']) {
+                    self.fractions.insert(name.clone());
+                } else if text.parse::<i64>().is_err() {
+                    let digits = text.trim_start_matches('-').len();
+                    let most = self.big_integers.entry(name.clone()).or_default();
+                    *most = (*most).max(digits);
+                }
+            }
+        }
+    }
+
+    /// The types Carga decides itself (arrow's inference would refuse or round them), unless a
+    /// hint names the field's type: mixed nested and scalar values become text (or fail), big
+    /// integers exact decimals (text beyond 38 digits or beside fractions).
+    fn decide(
+        &mut self,
+        policy: MixedTypesPolicy,
+        hints: &TypeHints,
+    ) -> std::result::Result<BTreeMap<String, DataType>, String> {
+        let mut decided = BTreeMap::new();
+        for (name, kinds) in &self.kinds {
+            if hints.for_column(name).is_some() {
+                continue;
+            }
+            let values: Vec<&str> = kinds.iter().copied().filter(|k| *k != "null").collect();
+            let nested = values.iter().any(|k| *k == "object" || *k == "array");
+            if nested && values.len() > 1 {
+                if policy == MixedTypesPolicy::Fail {
+                    return Err(format!(
+                        "field '{name}' holds {} in the first records (json.mixed_types: string writes such a field as JSON text)",
+                        values.join(" and ")
+                    ));
+                }
+                self.nested.insert(name.clone());
+                decided.insert(name.clone(), DataType::Utf8);
+            } else if let Some(&digits) = self.big_integers.get(name) {
+                let exact = values == ["number"] && !self.fractions.contains(name) && digits <= 38;
+                let data_type = if exact {
+                    DataType::Decimal128(38, 0)
+                } else {
+                    DataType::Utf8
+                };
+                decided.insert(name.clone(), data_type);
+            }
+        }
+        Ok(decided)
+    }
+
+    /// arrow's inferred fields and the decided ones, in the order the fields were first seen.
+    fn in_first_seen_order(
+        &self,
+        inferred: Schema,
+        decided: &BTreeMap<String, DataType>,
+    ) -> Schema {
+        let mut fields: Vec<Field> = Vec::with_capacity(inferred.fields().len() + decided.len());
+        for name in &self.order {
+            if let Some(data_type) = decided.get(name) {
+                fields.push(Field::new(name, data_type.clone(), true));
+            } else if let Ok(field) = inferred.field_with_name(name) {
+                fields.push(field.clone());
+            }
+        }
+        // Fields arrow saw that the scan did not (none expected): kept, after the others.
+        for field in inferred.fields() {
+            if !fields.iter().any(|f| f.name() == field.name()) {
+                fields.push(field.as_ref().clone());
+            }
+        }
+        Schema::new(fields)
     }
 }

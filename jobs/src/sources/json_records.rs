@@ -6,11 +6,22 @@ use std::io::BufRead;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Unknown,
-    /// Inside a top-level array; `true` once its closing bracket was seen.
-    Array {
-        closed: bool,
-    },
+    /// Inside a top-level array.
+    Array(Expect),
+    /// After the top-level array's closing bracket: only whitespace may follow.
+    Closed,
     Lines,
+}
+
+/// What may come next inside the top-level array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Right after `[`: a record or `]`.
+    FirstOrEnd,
+    /// After a record: `,` or `]`.
+    CommaOrEnd,
+    /// After `,`: a record (not `,`, not `]`).
+    Record,
 }
 
 /// Where a record came from, for messages.
@@ -66,33 +77,65 @@ impl<R: BufRead> RecordSplitter<R> {
                     self.line += 1;
                 }
                 if depth == 0 {
-                    // Between records: whitespace, array punctuation, or the start of the next record.
+                    // Between records: whitespace, array punctuation in its place, or the start
+                    // of the next record. Anything else is malformed, never skipped.
+                    let at = |what: String| format!("line {}: {what}", self.line);
                     match (byte, self.layout) {
                         (b' ' | b'\t' | b'\r' | b'\n', _) => continue,
                         (b'[', Layout::Unknown) => {
-                            self.layout = Layout::Array { closed: false };
+                            self.layout = Layout::Array(Expect::FirstOrEnd);
                             continue;
                         }
-                        (b',', Layout::Array { closed: false }) => continue,
-                        (b']', Layout::Array { closed: false }) => {
-                            self.layout = Layout::Array { closed: true };
+                        (b',', Layout::Array(Expect::CommaOrEnd)) => {
+                            self.layout = Layout::Array(Expect::Record);
+                            continue;
+                        }
+                        (b']', Layout::Array(Expect::FirstOrEnd | Expect::CommaOrEnd)) => {
+                            self.layout = Layout::Closed;
                             continue;
                         }
                         (b'{', Layout::Unknown) => self.layout = Layout::Lines,
-                        (b'{', Layout::Lines | Layout::Array { closed: false }) => {}
-                        (_, Layout::Array { closed: true }) => {
-                            return Err(format!(
-                                "line {}: unexpected content after the closing ']'",
-                                self.line
-                            ));
+                        (b'{', Layout::Array(Expect::FirstOrEnd | Expect::Record)) => {
+                            self.layout = Layout::Array(Expect::CommaOrEnd);
+                        }
+                        (b'{', Layout::Lines) => {}
+                        (b'{', Layout::Array(Expect::CommaOrEnd)) => {
+                            return Err(at(format!(
+                                "a ',' is missing between record {} and the next one",
+                                self.records
+                            )));
+                        }
+                        (b',', Layout::Array(Expect::FirstOrEnd)) => {
+                            return Err(at("the array starts with ',' (an empty element)".into()));
+                        }
+                        (b',', Layout::Array(Expect::Record)) => {
+                            return Err(at(format!(
+                                "two ',' in a row after record {} (an empty element)",
+                                self.records
+                            )));
+                        }
+                        (b']', Layout::Array(Expect::Record)) => {
+                            return Err(at(format!(
+                                "a ',' after the last record ({}) before ']'",
+                                self.records
+                            )));
+                        }
+                        (b',', Layout::Lines) => {
+                            return Err(at(format!(
+                                "a ',' between records {} and {} of a file of JSON lines (records are not separated by commas outside an array)",
+                                self.records,
+                                self.records + 1
+                            )));
+                        }
+                        (_, Layout::Closed) => {
+                            return Err(at("unexpected content after the closing ']'".into()));
                         }
                         (other, _) => {
-                            return Err(format!(
-                                "line {}: record {} is not a JSON object (starts with {})",
-                                self.line,
+                            return Err(at(format!(
+                                "record {} is not a JSON object (starts with {})",
                                 self.records + 1,
                                 describe_byte(other)
-                            ));
+                            )));
                         }
                     }
                     depth = 1;
@@ -155,10 +198,10 @@ impl<R: BufRead> RecordSplitter<R> {
         }
         match self.layout {
             Layout::Unknown => Err("file is empty: expected a JSON array or JSON objects".into()),
-            Layout::Array { closed: false } => {
+            Layout::Array(_) => {
                 Err("the top-level array is not closed: the file ends before ']'".into())
             }
-            Layout::Array { closed: true } | Layout::Lines => Ok(None),
+            Layout::Closed | Layout::Lines => Ok(None),
         }
     }
 }
@@ -208,6 +251,24 @@ mod tests {
         assert!(split("[1, 2]").unwrap_err().contains("not a JSON object"));
         assert!(split("[{}] {}").unwrap_err().contains("after the closing"));
         assert!(split("hello").unwrap_err().contains("'h'"));
+    }
+
+    #[test]
+    fn broken_arrays_are_refused_not_skipped() {
+        for (input, expected) in [
+            (r#"[{"a":1},,{"a":2}]"#, "two ',' in a row after record 1"),
+            (r#"[{"a":1} {"a":2}]"#, "',' is missing between record 1"),
+            (r#"[,{"a":1}]"#, "starts with ','"),
+            (r#"[{"a":1},]"#, "after the last record (1)"),
+            ("[,]", "starts with ','"),
+            ("{\"a\":1},\n{\"a\":2}", "between records 1 and 2"),
+            ("[{\"a\":1}]\n,", "after the closing"),
+        ] {
+            let err = split(input).unwrap_err();
+            assert!(err.contains(expected), "{input}: {err}");
+            assert!(err.starts_with("line "), "{input}: {err}");
+        }
+        assert_eq!(split("[ {\"a\":1} ,\n {\"a\":2} ]").unwrap().len(), 2);
     }
 
     #[test]

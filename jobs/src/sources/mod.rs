@@ -11,8 +11,10 @@ pub mod mysql;
 pub mod postgres;
 pub mod rest;
 mod table;
+mod text_input;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
@@ -25,7 +27,7 @@ use crate::delta::Watermark;
 use crate::error::{JobError, Result};
 use crate::secrets::ConnectionSecret;
 use crate::storage::SourceObject;
-use crate::validation::ReadStats;
+use crate::validation::{ReadProgress, ReadStats};
 
 /// Batches in flight between the reader thread and the pipeline: enough to overlap parse and write.
 const CHANNEL_BATCHES: usize = 2;
@@ -36,16 +38,31 @@ const CHANNEL_BATCHES: usize = 2;
 pub struct TypeHints {
     pub explicit: BTreeMap<String, DataType>,
     pub previous: Option<SchemaRef>,
+    /// Inferred columns widened after a value the sample did not foresee (the run reads the
+    /// file again with these).
+    pub widened: BTreeMap<String, DataType>,
 }
 
 impl TypeHints {
     pub fn for_column(&self, name: &str) -> Option<DataType> {
-        self.explicit.get(name).cloned().or_else(|| {
-            self.previous
-                .as_ref()
-                .and_then(|s| s.field_with_name(name).ok())
-                .map(|f| f.data_type().clone())
-        })
+        self.explicit
+            .get(name)
+            .or_else(|| self.widened.get(name))
+            .cloned()
+            .or_else(|| self.previous_type(name))
+    }
+
+    fn previous_type(&self, name: &str) -> Option<DataType> {
+        self.previous
+            .as_ref()
+            .and_then(|s| s.field_with_name(name).ok())
+            .map(|f| f.data_type().clone())
+    }
+
+    /// Whether the column's type came from inference (or an earlier widening), so a value that
+    /// does not fit may widen it; a declared type or one pinned by committed runs may not.
+    pub fn may_widen(&self, name: &str) -> bool {
+        !self.explicit.contains_key(name) && self.previous_type(name).is_none()
     }
 }
 
@@ -57,6 +74,10 @@ pub(crate) struct ReadContext {
     pub hints: TypeHints,
     /// Which addresses an HTTP source may reach.
     pub network: NetworkPolicy,
+    /// What has been read so far, for a failed run's report.
+    pub progress: Arc<ReadProgress>,
+    /// The dataset's key columns: a message about a row names its key when it has one.
+    pub key: Vec<String>,
     schema_tx: Option<oneshot::Sender<SchemaRef>>,
     batch_tx: mpsc::Sender<Result<RecordBatch>>,
     pub runtime: tokio::runtime::Handle,
@@ -73,11 +94,13 @@ impl ReadContext {
     /// Sends a batch from a blocking reader thread; `false` means the pipeline has stopped
     /// listening (it failed) and reading can end.
     pub fn send(&self, batch: RecordBatch) -> bool {
+        self.progress.sent(batch.num_rows() as u64);
         self.batch_tx.blocking_send(Ok(batch)).is_ok()
     }
 
     /// `send` for readers that run as async tasks (databases).
     pub async fn send_async(&self, batch: RecordBatch) -> bool {
+        self.progress.sent(batch.num_rows() as u64);
         self.batch_tx.send(Ok(batch)).await.is_ok()
     }
 
@@ -90,11 +113,16 @@ impl ReadContext {
         reason: String,
     ) -> Result<()> {
         match self.policy {
-            MalformedRowPolicy::Fail => Err(self.bad_input(format!(
-                "{reason} (set on_malformed_row: skip to leave such rows out and count them)"
-            ))),
+            MalformedRowPolicy::Fail => {
+                self.progress
+                    .reported(stats.rows_read, stats.rejected_rows + 1);
+                Err(self.bad_input(format!(
+                    "{reason} (set on_malformed_row: skip to leave such rows out and count them)"
+                )))
+            }
             MalformedRowPolicy::Skip => {
                 stats.reject(row, kind, reason);
+                self.progress.reported(stats.rows_read, stats.rejected_rows);
                 Ok(())
             }
         }
@@ -110,6 +138,8 @@ pub struct SourceReader {
     pub schema: SchemaRef,
     batches: mpsc::Receiver<Result<RecordBatch>>,
     task: JoinHandle<Result<ReadStats>>,
+    /// What is read, for the message if the reader stops unexpectedly.
+    location: String,
 }
 
 impl SourceReader {
@@ -120,7 +150,7 @@ impl SourceReader {
     /// Waits for the reader thread and returns what it counted, or the error that stopped it.
     pub async fn finish(self) -> Result<ReadStats> {
         drop(self.batches);
-        join(self.task).await
+        join(self.task, &self.location).await
     }
 }
 
@@ -138,13 +168,26 @@ fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Re
     }
 }
 
-async fn join(task: JoinHandle<Result<ReadStats>>) -> Result<ReadStats> {
+/// The reader's result. A reader that panicked is a bug in Carga, not bad input: an internal
+/// error naming what it read (the process goes on; the run commits nothing).
+async fn join(task: JoinHandle<Result<ReadStats>>, location: &str) -> Result<ReadStats> {
     match task.await {
         Ok(result) => result,
-        Err(e) => Err(JobError::bad_input(
-            "source reader",
-            format!("reader thread stopped unexpectedly: {e}"),
-        )),
+        Err(e) => {
+            let why = if e.is_panic() {
+                let panic = e.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                format!("the reader of {location} panicked ({message}); nothing was committed")
+            } else {
+                format!("the reader of {location} was stopped before it finished")
+            };
+            tracing::error!(%why, "source reader ended abnormally");
+            Err(JobError::Internal(why))
+        }
     }
 }
 
@@ -173,7 +216,7 @@ pub(crate) fn select_columns<'a, C>(
 
 /// What a source needs besides the spec: credentials for databases, and the watermark a delta
 /// run starts from (databases filter on the server; files are filtered by the pipeline).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SourceAccess {
     pub secret: Option<ConnectionSecret>,
     pub floor: Option<Watermark>,
@@ -181,6 +224,8 @@ pub struct SourceAccess {
     pub lookback: Option<u64>,
     /// One key range of a partitioned read (PostgreSQL).
     pub chunk: Option<postgres::partition::Chunk>,
+    /// Where the reader reports what it has read so far.
+    pub progress: Arc<ReadProgress>,
 }
 
 /// Opens the dataset's source and starts reading it. Returns once the schema is known.
@@ -199,10 +244,13 @@ pub async fn open(
         policy: spec.on_malformed_row,
         hints,
         network: policy.network,
+        progress: access.progress.clone(),
+        key: spec.key.clone(),
         schema_tx: Some(schema_tx),
         batch_tx,
         runtime: tokio::runtime::Handle::current(),
     };
+    let location = spec.source.describe();
     let task = if spec.source.format.is_database() {
         let connection = spec.connection_id.clone().unwrap_or_default();
         ctx.location = format!(
@@ -270,14 +318,35 @@ pub async fn open(
             schema,
             batches,
             task,
+            location,
         }),
         // The reader ended before it knew the schema: its result says why.
-        Err(_) => match join(task).await {
+        Err(_) => match join(task, &location).await {
             Err(e) => Err(e),
             Ok(_) => Err(JobError::bad_input(
                 spec.source.location.clone(),
                 "source ended without a schema",
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reader_that_panics_is_an_internal_error_not_bad_input() {
+        let task = tokio::task::spawn_blocking(|| -> Result<ReadStats> {
+            panic!("index out of bounds");
+        });
+        let err = join(task, "/data/ventas.csv").await.unwrap_err();
+        assert!(matches!(err, JobError::Internal(_)), "{err:?}");
+        assert!(!err.is_validation());
+        let message = err.to_string();
+        assert!(
+            message.contains("/data/ventas.csv") && message.contains("index out of bounds"),
+            "{message}"
+        );
     }
 }

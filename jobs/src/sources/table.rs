@@ -13,6 +13,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::ReadContext;
 use crate::error::{JobError, Result};
+use carga_config::MalformedRowPolicy;
+
 use crate::typing::{cast_text, describe, infer_type};
 use crate::validation::ReadStats;
 
@@ -55,6 +57,11 @@ impl TableAssembler {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Lines with nothing on them, skipped between rows.
+    pub fn blank_lines(&mut self, lines: u64) {
+        self.stats.blank_lines += lines;
     }
 
     /// A row that cannot be read at all (wrong field count, bad encoding, cell error).
@@ -154,6 +161,25 @@ impl TableAssembler {
                 )
             })?;
             if typed.null_count() != text.null_count() {
+                if self.ctx.policy == MalformedRowPolicy::Fail
+                    && self.ctx.hints.may_widen(field.name())
+                {
+                    let r = (0..text.len())
+                        .find(|&r| text.is_valid(r) && typed.is_null(r))
+                        .expect("a cell turned null");
+                    return Err(JobError::Reread {
+                        column: field.name().clone(),
+                        data_type: widened(field.data_type(), text.value(r)),
+                        message: format!(
+                            "column '{}' was inferred as {} from the first {} rows, but row {} holds '{}'",
+                            field.name(),
+                            describe(field.data_type()),
+                            self.infer_rows,
+                            rows[r],
+                            truncate(text.value(r), 80)
+                        ),
+                    });
+                }
                 for r in 0..text.len() {
                     if text.is_valid(r) && typed.is_null(r) && keep[r] {
                         keep[r] = false;
@@ -162,8 +188,17 @@ impl TableAssembler {
                             .type_mismatches
                             .entry(field.name().clone())
                             .or_default() += 1;
+                        let hint = if self.ctx.hints.may_widen(field.name()) {
+                            format!(
+                                " (the type was inferred from the first {} rows; declare it in the spec's `schema:` to keep such rows)",
+                                self.infer_rows
+                            )
+                        } else {
+                            String::new()
+                        };
+                        let key = self.key_of(&texts, r);
                         let reason = format!(
-                            "row {}: column '{}': '{}' is not a valid {}",
+                            "row {}{key}: column '{}': '{}' is not a valid {}{hint}",
                             rows[r],
                             field.name(),
                             truncate(text.value(r), 80),
@@ -188,6 +223,44 @@ impl TableAssembler {
             self.closed = true;
         }
         Ok(())
+    }
+}
+
+impl TableAssembler {
+    /// ` (id=4)`: the row's key as the file wrote it, when the dataset has one.
+    fn key_of(&self, texts: &[StringArray], row: usize) -> String {
+        let parts: Vec<String> = self
+            .ctx
+            .key
+            .iter()
+            .filter_map(|name| {
+                let i = self.names.iter().position(|n| n == name)?;
+                let text = &texts[i];
+                Some(format!(
+                    "{name}={}",
+                    if text.is_valid(row) {
+                        truncate(text.value(row), 40)
+                    } else {
+                        "null".to_owned()
+                    }
+                ))
+            })
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// The type a column inferred as `from` widens to so that `value` fits: integers to floats when
+/// the value is a number, everything else to text.
+fn widened(from: &DataType, value: &str) -> DataType {
+    let number = value.trim().parse::<f64>().is_ok_and(f64::is_finite);
+    match from {
+        DataType::Int64 if number => DataType::Float64,
+        _ => DataType::Utf8,
     }
 }
 

@@ -95,11 +95,11 @@ pub(crate) async fn read(
                         "delta cursor column '{column_name}' is not in the table"
                     ))
                 })?;
-            let value = watermark
-                .values
-                .get(column_name)
-                .cloned()
-                .unwrap_or_default();
+            // As the other databases do: a watermark without the column's value is refused,
+            // never compared as ''.
+            let value = watermark.values.get(column_name).cloned().ok_or_else(|| {
+                ctx.bad_input(format!("stored watermark has no value for '{column_name}'"))
+            })?;
             let var = format!("@carga_v{i}");
             sqlx::query(AssertSqlSafe(format!("SET {var} = ?")))
                 .bind(value)

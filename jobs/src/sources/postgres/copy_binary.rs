@@ -352,34 +352,39 @@ fn numeric_digit(n: &Numeric<'_>, i: usize) -> i128 {
 }
 
 /// The unscaled value at `scale`, checked against `precision`: exact or an error, never rounded.
+/// Digit by digit from the most significant, so a value of 38 digits never overflows on the
+/// zero padding of its last base-10000 group.
 fn numeric_decimal(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
     let n = parse_numeric(v)?;
     let overflow = || format!("numeric value does not fit decimal({precision},{scale})");
     let count = n.digits.len() / 2;
+    let scale = i32::from(scale);
     let mut unscaled: i128 = 0;
     for i in 0..count {
-        unscaled = unscaled
-            .checked_mul(10_000)
-            .and_then(|u| u.checked_add(numeric_digit(&n, i)))
-            .ok_or_else(overflow)?;
-    }
-    // unscaled * 10000^(weight - count + 1) * 10^scale
-    let exponent = 4 * (n.weight as i32 - count as i32 + 1) + scale as i32;
-    if exponent >= 0 {
-        for _ in 0..exponent {
-            unscaled = unscaled.checked_mul(10).ok_or_else(overflow)?;
-        }
-    } else {
-        for _ in 0..(-exponent) {
-            if unscaled % 10 != 0 {
+        let group = numeric_digit(&n, i);
+        // Group i holds the digits of 10^(4*(weight-i)+3) down to 10^(4*(weight-i)).
+        let top = 4 * (i32::from(n.weight) - i as i32) + 3;
+        for (k, divisor) in [1000i128, 100, 10, 1].into_iter().enumerate() {
+            let digit = (group / divisor) % 10;
+            let exponent = top - k as i32;
+            if exponent + scale >= 0 {
+                unscaled = unscaled
+                    .checked_mul(10)
+                    .and_then(|u| u.checked_add(digit))
+                    .ok_or_else(overflow)?;
+            } else if digit != 0 {
                 return Err(format!(
                     "numeric value has more than {scale} decimal places"
                 ));
             }
-            unscaled /= 10;
         }
     }
-    if unscaled >= 10i128.pow(precision as u32) {
+    // Whole groups below the last digit read (value * 10^(weight - count + 1) * 10^scale).
+    let lowest = 4 * (i32::from(n.weight) - count as i32 + 1);
+    for _ in 0..(lowest + scale).max(0) {
+        unscaled = unscaled.checked_mul(10).ok_or_else(overflow)?;
+    }
+    if unscaled >= 10i128.pow(u32::from(precision)) {
         return Err(overflow());
     }
     Ok(if n.negative { -unscaled } else { unscaled })
@@ -510,6 +515,68 @@ mod tests {
             Ok("98765432109876543210987654321098765432109876".into())
         );
         assert_eq!(numeric_text(&numeric("0")), Ok("0".into()));
+    }
+
+    #[test]
+    fn numerics_at_38_digits_decode_exactly() {
+        let cases = [
+            (
+                "1234567890123456789012345678.0123456789",
+                38,
+                10,
+                12345678901234567890123456780123456789,
+            ),
+            (
+                "123456789012345678901234567890123456.78",
+                38,
+                2,
+                12345678901234567890123456789012345678,
+            ),
+            (
+                "123456789012345678901234567890123456.00",
+                38,
+                2,
+                12345678901234567890123456789012345600,
+            ),
+            (
+                "99999999999999999999999999999999999999",
+                38,
+                0,
+                99999999999999999999999999999999999999,
+            ),
+            (
+                "-99999999999999999999999999999999999999",
+                38,
+                0,
+                -99999999999999999999999999999999999999,
+            ),
+            (
+                "9999999999999999999999999999.9999999999",
+                38,
+                10,
+                99999999999999999999999999999999999999,
+            ),
+            (
+                "-999999999999999999999999999999999999.99",
+                38,
+                2,
+                -99999999999999999999999999999999999999,
+            ),
+            ("0.00012", 5, 5, 12),
+            ("0", 38, 10, 0),
+        ];
+        for (text, precision, scale, expected) in cases {
+            assert_eq!(
+                numeric_decimal(&numeric(text), precision, scale),
+                Ok(expected),
+                "{text} as decimal({precision},{scale})"
+            );
+        }
+        assert!(
+            numeric_decimal(&numeric("1234567890123456789012345678901234567.8"), 38, 2)
+                .unwrap_err()
+                .contains("does not fit")
+        );
     }
 
     #[test]

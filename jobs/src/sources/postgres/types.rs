@@ -123,6 +123,21 @@ pub fn plan_column(column: &PgColumn, unconstrained_numeric: &str) -> Result<Col
         "numeric" => {
             let declared = numeric_typmod(column.typmod).filter(|(p, _)| *p <= 38);
             match declared {
+                // numeric(2,5) (scale above precision, which PostgreSQL accepts) holds values
+                // below 10^-3: decimal(5,5) holds them all exactly.
+                Some((precision, scale)) if scale as u8 > precision => ColumnPlan {
+                    note: Some(format!(
+                        "{} written as decimal({scale},{scale}): its scale exceeds its precision",
+                        column.declared
+                    )),
+                    ..plan(
+                        Decode::Numeric {
+                            precision: scale as u8,
+                            scale,
+                        },
+                        DataType::Decimal128(scale as u8, scale),
+                    )
+                },
                 Some((precision, scale)) => plan(
                     Decode::Numeric { precision, scale },
                     DataType::Decimal128(precision, scale),
