@@ -247,3 +247,62 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn errors_are_said_once_and_plainly() {
+    let dir = workspace();
+    // Reading a dataset that never ran says so (not a missing key file).
+    let out = carga(
+        dir.path(),
+        &["read", "--dataset", "samples/ventas.yaml"],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("dataset 'ventas' has no committed run yet"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("master-keys"), "{stderr}");
+
+    // `carga check` applies the scheduler's cron rules, in the user's own five fields.
+    let spec = dir.path().join("samples/late.yaml");
+    std::fs::write(
+        &spec,
+        "id: late\nsource: {format: csv, location: ventas.csv}\ncron: '0 25 * * *'\n",
+    )
+    .unwrap();
+    let out = carga(
+        dir.path(),
+        &["check", "--dataset", "samples/late.yaml"],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cron '0 25 * * *' is not valid: the hour field is 25, but hours are 0-23"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("0 0 25"),
+        "no expression the user never wrote: {stderr}"
+    );
+
+    // A failed run is one error line, each cause once.
+    let missing = dir.path().join("samples/missing.yaml");
+    std::fs::write(
+        &missing,
+        "id: missing\nsource: {format: csv, location: nowhere.csv}\ntrigger: callback\n",
+    )
+    .unwrap();
+    let out = carga(
+        dir.path(),
+        &["run", "--dataset", "samples/missing.yaml"],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(errors[0].matches("No such file").count(), 1, "{stderr}");
+    assert!(errors[0].contains("nowhere.csv"), "{stderr}");
+}
