@@ -51,6 +51,11 @@ pub struct DatasetSpec {
     pub schema: BTreeMap<String, String>,
     #[serde(default)]
     pub on_malformed_row: MalformedRowPolicy,
+    /// SQL run over the source as it streams, reading the table `source`:
+    /// `SELECT id, lower(email) AS email, sha256(phone) AS phone FROM source WHERE country = 'MX'`.
+    /// Its output is what the run checks, filters by the cursor and writes.
+    #[serde(default)]
+    pub transform: Option<String>,
     /// A run that reads no data rows is refused unless this is set.
     #[serde(default)]
     pub allow_empty: bool,
@@ -97,6 +102,13 @@ pub enum SourceFormat {
     Csv,
     Json,
     Excel,
+    /// Parquet files (not encrypted), read row group by row group with their own types.
+    Parquet,
+    /// Arrow IPC, file (Feather v2) or stream format.
+    #[serde(alias = "ipc", alias = "feather")]
+    Arrow,
+    /// Avro object container files.
+    Avro,
     Postgres,
     /// MySQL and MariaDB.
     #[serde(alias = "mariadb")]
@@ -691,6 +703,14 @@ impl DatasetSpec {
             if self.timestamp_column.is_none() {
                 return Err(invalid("lookback needs `timestamp_column`".into()));
             }
+        }
+        if let Some(sql) = &self.transform
+            && !sql.to_ascii_lowercase().contains("source")
+        {
+            return Err(invalid(
+                "transform is SQL that reads the table `source` (SELECT ... FROM source ...)"
+                    .into(),
+            ));
         }
         if self.trigger == Trigger::TimedPull && self.cron.as_deref().is_none_or(str::is_empty) {
             return Err(invalid(

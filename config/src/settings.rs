@@ -37,6 +37,8 @@ pub struct Settings {
     pub s3: S3Settings,
     /// What a dataset spec may reach: local folders and networks.
     pub sources: SourceAccessSettings,
+    /// Memory DataFusion may use per query (a transform, `carga sql`), in MiB.
+    pub query_memory_mib: usize,
 }
 
 /// The fence around what a spec can read. `None` means "the default of the command": `carga run`
@@ -95,6 +97,7 @@ impl Default for Settings {
             batch_rows: 8192,
             s3: S3Settings::default(),
             sources: SourceAccessSettings::default(),
+            query_memory_mib: 512,
         }
     }
 }
@@ -176,6 +179,9 @@ impl Settings {
         if let Some(v) = var("CARGA_S3_ALLOW_HTTP") {
             self.s3.allow_http = parse_env("CARGA_S3_ALLOW_HTTP", &v)?;
         }
+        if let Some(v) = var("CARGA_QUERY_MEMORY_MIB") {
+            self.query_memory_mib = parse_env("CARGA_QUERY_MEMORY_MIB", &v)?;
+        }
         if let Some(v) = var("CARGA_LOCAL_ROOTS") {
             // A PATH-like list; an empty value means no local file may be read.
             self.sources.local_roots = Some(
@@ -196,6 +202,7 @@ impl Settings {
             ("rows_per_file", self.rows_per_file),
             ("rows_per_row_group", self.rows_per_row_group),
             ("batch_rows", self.batch_rows),
+            ("query_memory_mib", self.query_memory_mib),
         ];
         for (name, value) in positive {
             if value == 0 {

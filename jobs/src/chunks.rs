@@ -26,7 +26,7 @@ use crate::sink::{PartFile, PartSink};
 use crate::sources::postgres::partition::{Chunk, plan_chunks};
 use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
 use crate::storage::Bucket;
-use crate::validation::{BatchChecks, ReadProgress, ReadStats};
+use crate::validation::{BatchChecks, ReadStats};
 
 /// Pause before a chunk's second attempt; doubles for each further one.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -68,9 +68,7 @@ pub(crate) async fn extract(
 struct Shared {
     spec: DatasetSpec,
     hints: TypeHints,
-    secret: ConnectionSecret,
     floor: Option<Watermark>,
-    lookback: Option<u64>,
     plan: Arc<SchemaPlan>,
     checks_template: BatchChecks,
     bucket: Bucket,
@@ -79,7 +77,8 @@ struct Shared {
     policy: crate::access::AccessPolicy,
     /// The previous run's lookback window, which every chunk's cursor must recognise.
     delivered: Vec<RecordBatch>,
-    progress: Arc<ReadProgress>,
+    /// What every chunk's reader is given besides its range.
+    access: SourceAccess,
     dir: Path,
     attempts: u32,
     faults: ChunkFaults,
@@ -115,20 +114,19 @@ async fn extract_chunks(
         .expect("extract is called for partitioned specs");
     let settings = engine.settings().clone();
     // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
+    let template = SourceAccess {
+        secret: Some(secret.clone()),
+        ..access.clone()
+    };
     let first_reader = sources::open(
         spec,
         engine.policy(),
         settings.batch_rows,
         hints.clone(),
-        chunk_access(
-            &secret,
-            access.floor.as_ref(),
-            access.lookback,
-            &chunks[0],
-            &access.progress,
-        ),
+        chunk_access(&template, &chunks[0]),
     )
     .await?;
+    let first_reader = engine.transformed(spec, first_reader).await?;
     let plan = Arc::new(SchemaPlan::new(
         &spec.id,
         &first_reader.schema,
@@ -139,9 +137,7 @@ async fn extract_chunks(
     let shared = Arc::new(Shared {
         spec: spec.clone(),
         hints,
-        secret,
         floor: access.floor.clone(),
-        lookback: access.lookback,
         checks_template: BatchChecks::new(
             &plan.output,
             &spec.key,
@@ -153,7 +149,7 @@ async fn extract_chunks(
         settings,
         policy: engine.policy().clone(),
         delivered: delivered.to_vec(),
-        progress: access.progress.clone(),
+        access: template,
         dir: dir.clone(),
         attempts: partitions.attempts,
         faults: engine.chunk_faults().clone(),
@@ -233,20 +229,12 @@ async fn extract_chunks(
     .await
 }
 
-/// How a chunk's reader reaches the table: the run's credentials and watermark, and its range.
-fn chunk_access(
-    secret: &ConnectionSecret,
-    floor: Option<&Watermark>,
-    lookback: Option<u64>,
-    chunk: &Chunk,
-    progress: &Arc<ReadProgress>,
-) -> SourceAccess {
+/// How a chunk's reader reaches the table: the run's access (credentials, watermark, pushed
+/// filters, progress), and its range.
+fn chunk_access(template: &SourceAccess, chunk: &Chunk) -> SourceAccess {
     SourceAccess {
-        secret: Some(secret.clone()),
-        floor: floor.cloned(),
-        lookback,
         chunk: Some(chunk.clone()),
-        progress: progress.clone(),
+        ..template.clone()
     }
 }
 
@@ -287,19 +275,19 @@ async fn attempt_chunk(
     let reader = match reader {
         Some(reader) => reader,
         None => {
-            let access = chunk_access(
-                &shared.secret,
-                shared.floor.as_ref(),
-                shared.lookback,
-                chunk,
-                &shared.progress,
-            );
-            sources::open(
+            let access = chunk_access(&shared.access, chunk);
+            let reader = sources::open(
                 &shared.spec,
                 &shared.policy,
                 shared.settings.batch_rows,
                 shared.hints.clone(),
                 access,
+            )
+            .await?;
+            crate::query::transform::apply_if_any(
+                &shared.spec,
+                reader,
+                shared.settings.query_memory_mib,
             )
             .await?
         }

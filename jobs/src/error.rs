@@ -73,6 +73,10 @@ pub enum JobError {
         message: String,
     },
 
+    /// A SQL query (a transform, `carga sql`) could not be planned or run.
+    #[error("{context}: {message}")]
+    Query { context: String, message: String },
+
     /// A bug or an unexpected stop inside Carga (a reader thread that panicked): not the input's
     /// fault; the message names the dataset.
     #[error("internal error: {0}")]
@@ -98,6 +102,7 @@ impl JobError {
                 | JobError::Refused { .. }
                 | JobError::Denied { .. }
                 | JobError::Reread { .. }
+                | JobError::Query { .. }
                 | JobError::Masked {
                     validation: true,
                     ..

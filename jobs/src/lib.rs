@@ -9,6 +9,7 @@ pub mod encryption;
 pub mod error;
 pub mod manifest;
 pub mod preview;
+pub mod query;
 pub mod read;
 pub mod redact;
 pub mod run;

@@ -178,6 +178,40 @@ impl Engine {
         &self.encryptor
     }
 
+    /// A query session over every committed dataset of the bucket (see `query::raw_zone`), with
+    /// this engine's key for the encrypted parts.
+    pub async fn query_session(
+        &self,
+    ) -> Result<(
+        datafusion::prelude::SessionContext,
+        Vec<crate::query::raw_zone::QueryableDataset>,
+    )> {
+        let ctx = crate::query::session(Some(&self.encryptor), self.settings.query_memory_mib)?;
+        let datasets = crate::query::raw_zone::register(&ctx, &self.bucket).await?;
+        Ok((ctx, datasets))
+    }
+
+    /// Runs a read-only SQL query over the committed raw zone; its result as a stream. DDL, DML
+    /// (`COPY`, `INSERT`, `CREATE`) and `SET` are refused.
+    pub async fn sql(
+        &self,
+        sql: &str,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        let (ctx, _) = self.query_session().await?;
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let frame = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| crate::query::query_error("sql", e))?;
+        frame
+            .execute_stream()
+            .await
+            .map_err(|e| crate::query::query_error("sql", e))
+    }
+
     /// Reads the first rows of the dataset's source without writing anything ("test connection").
     pub async fn preview(
         &self,
@@ -339,6 +373,8 @@ impl Engine {
             lookback: effective_lookback(floor, spec.lookback_seconds()),
             chunk: None,
             progress,
+            pushed_filter: None,
+            schema_only: false,
         };
         let ingest_date = started_at.date_naive().to_string();
         let dir = self.bucket.path(&format!(
@@ -355,6 +391,7 @@ impl Engine {
             files,
         } = match &spec.source.partitions {
             Some(_) => {
+                let access = self.with_pushdown(spec, &hints, access).await?;
                 crate::chunks::extract(self, spec, hints, access, previous_schema, &dir, &delivered)
                     .await?
             }
@@ -463,6 +500,7 @@ impl Engine {
         delivered: &[RecordBatch],
     ) -> Result<Extracted> {
         let floor = access.floor.clone();
+        let access = self.with_pushdown(spec, &hints, access).await?;
         let mut hints = hints;
         let mut warnings = Vec::new();
         // A column inferred too narrowly from the sample (an int column with text at row
@@ -477,6 +515,7 @@ impl Engine {
                 access.clone(),
             )
             .await?;
+            let reader = self.transformed(spec, reader).await?;
             let plan = Arc::new(SchemaPlan::new(
                 &spec.id,
                 &reader.schema,
@@ -540,6 +579,53 @@ impl Engine {
             .checked(spec, &self.bucket, floor.is_some())
             .await;
         }
+    }
+
+    /// `access` with the filters of the spec's transform that its database source can evaluate
+    /// (`query::transform`): the source is described first (schema only), then the transform is
+    /// planned against it.
+    pub(crate) async fn with_pushdown(
+        &self,
+        spec: &DatasetSpec,
+        hints: &TypeHints,
+        access: SourceAccess,
+    ) -> Result<SourceAccess> {
+        use crate::query::transform::{SqlDialect, pushable_filter, refused};
+        let dialect = match spec.source.format {
+            carga_config::SourceFormat::Postgres => SqlDialect::Postgres,
+            carga_config::SourceFormat::Mysql => SqlDialect::Mysql,
+            _ => return Ok(access),
+        };
+        let Some(sql) = &spec.transform else {
+            return Ok(access);
+        };
+        let probe = SourceAccess {
+            schema_only: true,
+            chunk: None,
+            ..access.clone()
+        };
+        let described = sources::open(spec, &self.policy, 1, hints.clone(), probe).await?;
+        let schema = described.schema.clone();
+        described.finish().await?;
+        let pushed_filter = pushable_filter(sql, schema, dialect, self.settings.query_memory_mib)
+            .await
+            .map_err(|e| refused(&spec.id, e))?;
+        if let Some(filter) = &pushed_filter {
+            tracing::info!(%filter, "transform filters evaluated by the source");
+        }
+        Ok(SourceAccess {
+            pushed_filter,
+            ..access
+        })
+    }
+
+    /// The reader through the spec's transform, when it has one.
+    pub(crate) async fn transformed(
+        &self,
+        spec: &DatasetSpec,
+        reader: SourceReader,
+    ) -> Result<SourceReader> {
+        crate::query::transform::apply_if_any(spec, reader, self.settings.query_memory_mib).await
     }
 
     /// The tuples the previous run delivered inside its lookback window, read back from its side

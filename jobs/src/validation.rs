@@ -35,6 +35,9 @@ pub struct ReadStats {
     /// What the reader did that an operator should know (cells written as null, left out).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The statement a database source ran (its cursor and pushed filters included).
+    #[serde(default)]
+    pub source_query: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,6 +65,9 @@ impl ReadStats {
         }
         self.blank_lines += other.blank_lines;
         self.warnings.extend(other.warnings);
+        if self.source_query.is_none() {
+            self.source_query = other.source_query;
+        }
     }
 
     /// Records a rejected row. `kind` groups reasons in the report (e.g. "ragged row").
@@ -132,6 +138,9 @@ pub struct ValidationReport {
     /// Lines with nothing on them (CSV): skipped, not rows.
     #[serde(default)]
     pub blank_lines: u64,
+    /// The statement a database source ran (its cursor and a transform's pushed filters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_query: Option<String>,
     pub rejected_rows: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub rejected_samples: Vec<RejectedRow>,
@@ -369,6 +378,7 @@ impl BatchChecks {
             rows_written,
             empty_rows: stats.empty_rows,
             blank_lines: stats.blank_lines,
+            source_query: stats.source_query,
             rejected_rows: stats.rejected_rows,
             rejected_by_reason: stats.rejected_by_reason,
             rejected_samples: stats.rejected_samples,
@@ -417,6 +427,7 @@ impl ValidationReport {
             rows_written: 0,
             empty_rows: 0,
             blank_lines: 0,
+            source_query: None,
             rejected_rows,
             rejected_by_reason: BTreeMap::new(),
             rejected_samples: Vec::new(),

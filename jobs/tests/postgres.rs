@@ -519,6 +519,53 @@ async fn numerics_at_38_digits_and_scale_above_precision_round_trip_exactly() {
 }
 
 #[tokio::test]
+async fn a_transforms_filters_run_in_postgresql_and_the_rest_in_datafusion() {
+    let Some((lab, mut conn)) = setup("carga_tf").await else {
+        return;
+    };
+    conn.execute(
+        "CREATE TABLE carga_tf.c (id int8 PRIMARY KEY, email text, phone text, country text, amount numeric(10,2));
+         INSERT INTO carga_tf.c SELECT g, 'User' || g || '@Mail.MX', '555-' || g,
+             CASE WHEN g % 3 = 0 THEN 'MX' ELSE 'US' END, g * 1.5 FROM generate_series(1, 300) g;",
+    )
+    .await
+    .unwrap();
+    let spec = spec(
+        &lab,
+        "tf",
+        "carga_tf.c",
+        "transform: \"SELECT id, lower(email) AS email, sha256(phone) AS phone, CAST(amount AS DOUBLE) AS amount FROM source WHERE country = 'MX' AND id > 30 AND lower(email) LIKE 'user%'\"\nkey: [id]\n",
+    );
+    let outcome = lab.engine().run(&spec).await.unwrap();
+    // Ids 33, 36, ..., 300: the filters hold.
+    assert_eq!(outcome.manifest.rows, 90);
+    // The plain comparisons went to PostgreSQL; `lower(...) LIKE` stayed in DataFusion.
+    let sent = outcome.report.source_query.clone().unwrap();
+    assert!(
+        sent.contains("\"country\" = 'MX'") && sent.contains("\"id\" > 30"),
+        "{sent}"
+    );
+    assert!(!sent.to_lowercase().contains("like"), "{sent}");
+    // DataFusion may run the transform on several cores: order is not the table's.
+    let rows = lab.rows("tf").await;
+    let row33 = rows.iter().find(|r| r["id"] == 33).unwrap();
+    assert_eq!(row33["email"], "user33@mail.mx");
+    assert!(row33.get("country").is_none());
+    let mut ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (33..=300).step_by(3).collect::<Vec<i64>>());
+    let batches = lab.batches("tf").await;
+    assert_eq!(
+        batches[0]
+            .schema()
+            .field_with_name("phone")
+            .unwrap()
+            .data_type(),
+        &arrow::datatypes::DataType::Binary
+    );
+}
+
+#[tokio::test]
 async fn discovery_lists_tables_columns_types_and_primary_keys() {
     let Some((_lab, mut conn)) = setup("carga_disc").await else {
         return;

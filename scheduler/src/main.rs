@@ -141,6 +141,17 @@ async fn main() -> Result<()> {
                     Bucket::open(&settings)?,
                     access,
                 );
+                // `POST /sql` decrypts with the workers' key when this process has it.
+                let state = match carga_jobs::Engine::new(Settings {
+                    create_key_if_missing: false,
+                    ..settings.clone()
+                }) {
+                    Ok(engine) => state.with_sql(engine),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no master key: POST /sql is unavailable");
+                        state
+                    }
+                };
                 let state = Arc::new(api_args.apply(state).map_err(anyhow::Error::msg)?);
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

@@ -57,13 +57,16 @@ impl Api {
         )
         .unwrap();
         let access = AccessPolicy::for_server(&settings, &[dir.path().to_owned()], &[]);
-        let state = Arc::new(ApiState::new(
-            catalog.clone(),
-            queue.clone(),
-            carga_jobs::secrets::provider(&settings).await,
-            Bucket::open(&settings).unwrap(),
-            access,
-        ));
+        let state = Arc::new(
+            ApiState::new(
+                catalog.clone(),
+                queue.clone(),
+                carga_jobs::secrets::provider(&settings).await,
+                Bucket::open(&settings).unwrap(),
+                access,
+            )
+            .with_sql(carga_jobs::Engine::new(settings.clone()).unwrap()),
+        );
         let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
         let router = api::router(state).layer(MockConnectInfo(peer));
         Self {
@@ -184,7 +187,7 @@ async fn roles_validation_trigger_and_audit() {
         ),
         (GOOD.replace("cron: '0 7 * * *'\n", ""), "cron"),
         (
-            "id: sales\nsource: {format: parquet}\n".to_owned(),
+            "id: sales\nsource: {format: excelsior}\n".to_owned(),
             "format",
         ),
     ];
@@ -664,5 +667,70 @@ async fn concurrent_triggers_leave_one_queued_run_and_a_token_is_rate_limited() 
                     .unwrap_or_default()
                     .contains("rate limited")),
         "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_is_for_approvers_and_admins_and_audited() {
+    if !services_available() {
+        return;
+    }
+    let api = Api::new().await;
+    let editor = api.catalog.create_token("eddie", "editor").await.unwrap();
+    let approver = api.catalog.create_token("april", "approver").await.unwrap();
+    let admin = api.catalog.create_token("ada", "admin").await.unwrap();
+    let query = r#"{"query": "SELECT 1 + 1 AS two, 'x' AS s", "limit": 5}"#;
+    let (status, _) = api
+        .call(Method::POST, "/sql", Some(&editor), Some(query))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = api
+        .call(Method::POST, "/sql", Some(&approver), Some(query))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"], serde_json::json!([{"two": 2, "s": "x"}]));
+    assert_eq!(body["columns"][0]["name"], "two");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&admin),
+            Some(r#"{"query": "SELECT * FROM unnest(range(0, 50)) AS t(n)", "limit": 10}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["row_count"].as_u64(), body["truncated"].as_bool()),
+        (Some(10), Some(true))
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/sql",
+            Some(&admin),
+            Some(r#"{"query": "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, audit) = api
+        .call(Method::GET, "/audit?limit=50", Some(&admin), None)
+        .await;
+    let sql: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "sql")
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap(),
+                e["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sql.len(), 4, "{audit}");
+    assert!(
+        sql.contains(&("eddie", "denied"))
+            && sql.contains(&("april", "ok"))
+            && sql.contains(&("ada", "error"))
     );
 }

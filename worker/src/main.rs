@@ -11,17 +11,16 @@ mod lock;
 mod notify;
 mod queue_worker;
 mod serve;
+mod sql_command;
 mod take_loop;
 
 use anyhow::Result;
-use arrow::util::pretty::pretty_format_batches;
 use carga_config::{DatasetSpec, Settings, SourceFormat};
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::encryption::MasterKeyring;
 use carga_jobs::secrets;
-use carga_jobs::{Engine, discovery, read};
+use carga_jobs::{Engine, discovery};
 use clap::{Parser, Subcommand};
-use futures::TryStreamExt;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +54,9 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Query what was ingested: read-only SQL over every committed dataset (decrypted), each a
+    /// table of exactly its live files, plus `<dataset>__history` and `<dataset>__current`.
+    Sql(sql_command::SqlArgs),
     /// Test a dataset's connection: read the first page or batch of its source with its
     /// credentials and print the schema Carga would write and a few rows, as JSON. Writes nothing.
     Preview {
@@ -213,6 +215,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Read { dataset, limit } => {
             read_back(cli.settings.as_deref(), &dataset, limit).await
         }
+        Command::Sql(args) => sql_command::sql(cli.settings.as_deref(), args).await,
         Command::Preview { dataset, rows } => {
             let settings = Settings::load(cli.settings.as_deref())?;
             let secrets = carga_jobs::secrets::provider(&settings).await;
@@ -396,29 +399,17 @@ async fn read_back(settings_path: Option<&Path>, dataset: &str, limit: usize) ->
             settings.bucket
         );
     }
-    let engine = Engine::new(Settings {
-        create_key_if_missing: false,
-        ..settings
-    })?;
-    let mut stream = Box::pin(read::read_dataset(engine.bucket(), engine.encryptor(), &id).await?);
-    let mut batches = Vec::new();
-    let mut rows = 0;
-    while rows < limit {
-        let Some(batch) = stream.try_next().await? else {
-            break;
-        };
-        let take = batch.num_rows().min(limit - rows);
-        rows += take;
-        batches.push(batch.slice(0, take));
-    }
-    if batches.is_empty() {
-        println!("dataset '{id}' has no committed rows");
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", pretty_format_batches(&batches)?)?;
-    writeln!(out, "({rows} row(s) shown; at most --limit {limit})")?;
-    Ok(())
+    // The dataset as it stands, through the same SQL `carga sql` runs.
+    let engine = sql_command::engine(settings_path)?;
+    let query = format!("SELECT * FROM \"{}\"", id.replace('"', "\"\""));
+    sql_command::print(
+        &engine,
+        &query,
+        sql_command::Format::Table,
+        None,
+        Some(limit),
+    )
+    .await
 }
 
 async fn discover(

@@ -116,13 +116,18 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    // The workers' engine first: it creates the master key on a first start.
+    let engine = Engine::from_settings(settings.clone())
+        .await?
+        .with_access(access.clone());
     let api_state = ApiState::new(
         catalog.clone(),
         queue.clone(),
         secrets,
         Bucket::open(&settings)?,
         access.clone(),
-    );
+    )
+    .with_sql(Engine::new(settings.clone())?.with_access(access.clone()));
     let api_state = Arc::new(args.api.apply(api_state).map_err(anyhow::Error::msg)?);
     let stopped = shutdown.wait();
     tasks.spawn(async move {
@@ -148,7 +153,7 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
     });
     let bucket = settings.bucket.clone();
     let shared = Arc::new(Shared {
-        engine: Engine::from_settings(settings).await?.with_access(access),
+        engine,
         catalog,
         queue,
         metrics,

@@ -1,6 +1,7 @@
 //! File sources. Each runs on a blocking thread, parses the file as a stream and sends Arrow record
 //! batches through a small bounded channel, so memory holds a couple of batches, never the file.
 
+mod columnar;
 mod csv;
 mod excel;
 mod json;
@@ -133,18 +134,62 @@ impl ReadContext {
     }
 }
 
-/// A running source: its schema, and the batches as they are parsed.
+/// A running source: its schema, and the batches as they are parsed (or as a SQL transform
+/// made them of the parsed ones).
 pub struct SourceReader {
     pub schema: SchemaRef,
-    batches: mpsc::Receiver<Result<RecordBatch>>,
+    batches: Batches,
     task: JoinHandle<Result<ReadStats>>,
     /// What is read, for the message if the reader stops unexpectedly.
     location: String,
 }
 
+enum Batches {
+    /// Straight from the reader.
+    Source(mpsc::Receiver<Result<RecordBatch>>),
+    /// The output of a DataFusion plan over them (`query::transform`).
+    Plan(datafusion::physical_plan::SendableRecordBatchStream),
+    /// Handed over (to a plan) and not replaced yet.
+    Taken,
+}
+
 impl SourceReader {
     pub async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
-        self.batches.recv().await
+        use futures::StreamExt;
+        match &mut self.batches {
+            Batches::Source(batches) => batches.recv().await,
+            Batches::Plan(stream) => stream
+                .next()
+                .await
+                .map(|batch| batch.map_err(|e| crate::query::query_error("transform", e))),
+            Batches::Taken => None,
+        }
+    }
+
+    /// The source's batches as a stream, for a plan to read from (`set_plan_output` then says
+    /// what this reader yields).
+    pub(crate) fn take_batches(
+        &mut self,
+    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+        use futures::StreamExt;
+        match std::mem::replace(&mut self.batches, Batches::Taken) {
+            Batches::Source(receiver) => futures::stream::unfold(receiver, |mut receiver| async {
+                receiver.recv().await.map(|batch| (batch, receiver))
+            })
+            .boxed(),
+            Batches::Plan(stream) => stream
+                .map(|batch| batch.map_err(|e| crate::query::query_error("transform", e)))
+                .boxed(),
+            Batches::Taken => futures::stream::empty().boxed(),
+        }
+    }
+
+    pub(crate) fn set_plan_output(
+        &mut self,
+        stream: datafusion::physical_plan::SendableRecordBatchStream,
+    ) {
+        self.schema = stream.schema();
+        self.batches = Batches::Plan(stream);
     }
 
     /// Waits for the reader thread and returns what it counted, or the error that stopped it.
@@ -160,6 +205,9 @@ fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Re
         SourceFormat::Csv => csv::read(object, &source.csv, ctx),
         SourceFormat::Json => json::read(object, &source.json, ctx),
         SourceFormat::Excel => excel::read(object, &source.excel, ctx),
+        SourceFormat::Parquet => columnar::read(object, columnar::Columnar::Parquet, ctx),
+        SourceFormat::Arrow => columnar::read(object, columnar::Columnar::ArrowIpc, ctx),
+        SourceFormat::Avro => columnar::read(object, columnar::Columnar::Avro, ctx),
         SourceFormat::Postgres
         | SourceFormat::Mysql
         | SourceFormat::Mssql
@@ -226,6 +274,10 @@ pub struct SourceAccess {
     pub chunk: Option<postgres::partition::Chunk>,
     /// Where the reader reports what it has read so far.
     pub progress: Arc<ReadProgress>,
+    /// A condition in the database's SQL the source adds to its query (a transform's filters).
+    pub pushed_filter: Option<String>,
+    /// Announce the schema and stop (a database source describes itself without reading).
+    pub schema_only: bool,
 }
 
 /// Opens the dataset's source and starts reading it. Returns once the schema is known.
@@ -260,26 +312,14 @@ pub async fn open(
         if let Some(chunk) = &access.chunk {
             ctx.location = format!("{}, chunk {}", ctx.location, chunk.index);
         }
-        let secret = access.secret.ok_or_else(|| {
+        let mut access = access;
+        let secret = access.secret.take().ok_or_else(|| {
             JobError::Secret(format!("no credentials for connection '{connection}'"))
         })?;
         let spec = spec.clone();
         match spec.source.format {
-            SourceFormat::Postgres => tokio::spawn(postgres::read(
-                spec,
-                secret,
-                access.floor,
-                access.lookback,
-                access.chunk,
-                ctx,
-            )),
-            SourceFormat::Mysql => tokio::spawn(mysql::read(
-                spec,
-                secret,
-                access.floor,
-                access.lookback,
-                ctx,
-            )),
+            SourceFormat::Postgres => tokio::spawn(postgres::read(spec, secret, access, ctx)),
+            SourceFormat::Mysql => tokio::spawn(mysql::read(spec, secret, access, ctx)),
             SourceFormat::Mssql => tokio::spawn(mssql::read(
                 spec,
                 secret,
@@ -294,7 +334,13 @@ pub async fn open(
                 access.lookback,
                 ctx,
             )),
-            SourceFormat::Csv | SourceFormat::Json | SourceFormat::Excel | SourceFormat::Rest => {
+            SourceFormat::Csv
+            | SourceFormat::Json
+            | SourceFormat::Excel
+            | SourceFormat::Parquet
+            | SourceFormat::Arrow
+            | SourceFormat::Avro
+            | SourceFormat::Rest => {
                 unreachable!("is_database() lists the database formats")
             }
         }
@@ -316,7 +362,7 @@ pub async fn open(
     match schema_rx.await {
         Ok(schema) => Ok(SourceReader {
             schema,
-            batches,
+            batches: Batches::Source(batches),
             task,
             location,
         }),

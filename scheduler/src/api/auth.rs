@@ -52,6 +52,8 @@ pub enum Action {
     RetryJob,
     KillJob,
     DeleteJob,
+    /// Query the committed raw zone (decrypted) with SQL.
+    Sql,
 }
 
 impl Action {
@@ -64,7 +66,7 @@ impl Action {
             Action::Trigger | Action::Preview | Action::RetryJob => {
                 matches!(role, Editor | Approver | Admin)
             }
-            Action::KillJob => matches!(role, Approver | Admin),
+            Action::KillJob | Action::Sql => matches!(role, Approver | Admin),
             Action::Delete | Action::ReadAudit | Action::DeleteJob => role == Admin,
         }
     }
@@ -81,6 +83,7 @@ impl Action {
             Action::RetryJob => "retry_job",
             Action::KillJob => "kill_job",
             Action::DeleteJob => "delete_job",
+            Action::Sql => "sql",
         }
     }
 }
@@ -102,6 +105,7 @@ mod tests {
             (Action::RetryJob, [false, true, true, true]),
             (Action::KillJob, [false, false, true, true]),
             (Action::DeleteJob, [false, false, false, true]),
+            (Action::Sql, [false, false, true, true]),
         ];
         let roles = [Role::Viewer, Role::Editor, Role::Approver, Role::Admin];
         for (action, allowed) in expect {

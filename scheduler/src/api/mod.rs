@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 mod dashboard;
 pub mod limits;
+mod sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub trusted_proxies: TrustedProxies,
     /// Triggers per token.
     pub trigger_limit: TriggerLimit,
+    /// The engine `POST /sql` queries the raw zone with; `None` when this process has no key.
+    pub sql: Option<Arc<carga_jobs::Engine>>,
 }
 
 /// The API's own flags, shared by `carga-scheduler serve` and `carga serve`.
@@ -91,7 +94,14 @@ impl ApiState {
             access,
             trusted_proxies: TrustedProxies::default(),
             trigger_limit: TriggerLimit::default(),
+            sql: None,
         }
+    }
+
+    /// Serves `POST /sql` with this engine (its bucket and master key).
+    pub fn with_sql(mut self, engine: carga_jobs::Engine) -> Self {
+        self.sql = Some(Arc::new(engine));
+        self
     }
 
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
@@ -124,6 +134,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/runs/{run_id}", get(get_run).delete(dashboard::delete_one))
         .route("/queue", get(queue_stats))
         .route("/audit", get(audit_log))
+        .route("/sql", post(sql::run))
         .merge(dashboard::routes())
         .with_state(state)
 }

@@ -32,10 +32,11 @@ ORDER BY ORDINAL_POSITION";
 pub(crate) async fn read(
     spec: DatasetSpec,
     secret: ConnectionSecret,
-    floor: Option<Watermark>,
-    lookback: Option<u64>,
+    access: super::SourceAccess,
     mut ctx: ReadContext,
 ) -> Result<ReadStats> {
+    let floor: Option<Watermark> = access.floor;
+    let lookback = access.lookback;
     let table = spec.source.table.clone().unwrap_or_default();
     let url = secret.database_url("mysql", 3306)?;
     let location = ctx.location.clone();
@@ -117,6 +118,12 @@ pub(crate) async fn read(
             None => format!(" WHERE ({}) > ({})", names.join(", "), values.join(", ")),
         };
     }
+    // A transform's filters, in MySQL's SQL (see `query::transform`).
+    let predicate = match &access.pushed_filter {
+        Some(filter) if predicate.is_empty() => format!(" WHERE {filter}"),
+        Some(filter) => format!("{predicate} AND {filter}"),
+        None => predicate,
+    };
     let select_list = plans
         .iter()
         .map(|p| p.select.as_str())
@@ -128,9 +135,15 @@ pub(crate) async fn read(
         quote_ident(&table_name)
     );
     ctx.announce_schema(schema.clone());
+    let mut stats = ReadStats {
+        source_query: Some(query.clone()),
+        ..ReadStats::default()
+    };
+    if access.schema_only {
+        return Ok(stats);
+    }
 
     let mut batch = TextBatch::new(schema.clone(), &plans);
-    let mut stats = ReadStats::default();
     {
         let mut rows = sqlx::raw_sql(AssertSqlSafe(query)).fetch(&mut conn);
         while let Some(row) = rows

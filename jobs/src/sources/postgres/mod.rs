@@ -35,11 +35,12 @@ ORDER BY a.attnum";
 pub(crate) async fn read(
     spec: DatasetSpec,
     secret: ConnectionSecret,
-    floor: Option<Watermark>,
-    lookback: Option<u64>,
-    chunk: Option<partition::Chunk>,
+    access: super::SourceAccess,
     mut ctx: ReadContext,
 ) -> Result<ReadStats> {
+    let floor = access.floor;
+    let lookback = access.lookback;
+    let chunk = access.chunk;
     let table = spec.source.table.clone().unwrap_or_default();
     let url = secret.database_url("postgres", 5432)?;
     let location = ctx.location.clone();
@@ -107,6 +108,12 @@ pub(crate) async fn read(
         }
         None => predicate,
     };
+    // A transform's filters, in PostgreSQL's SQL (see `query::transform`).
+    let predicate = match &access.pushed_filter {
+        Some(filter) if predicate.is_empty() => format!(" WHERE {filter}"),
+        Some(filter) => format!("{predicate} AND {filter}"),
+        None => predicate,
+    };
     let select_list = plans
         .iter()
         .map(|p| p.select.as_str())
@@ -116,9 +123,15 @@ pub(crate) async fn read(
         "COPY (SELECT {select_list} FROM {qualified}{predicate}) TO STDOUT (FORMAT binary)"
     );
     ctx.announce_schema(schema.clone());
+    let mut stats = ReadStats {
+        source_query: Some(copy.clone()),
+        ..ReadStats::default()
+    };
+    if access.schema_only {
+        return Ok(stats);
+    }
 
     let mut decoder = CopyDecoder::new(schema, &plans);
-    let mut stats = ReadStats::default();
     let mut stream = conn
         .copy_out_raw(&copy)
         .await
