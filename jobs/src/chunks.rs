@@ -12,20 +12,18 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use carga_config::{DatasetSpec, Settings};
-use object_store::path::Path;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::delta::Watermark;
-use crate::encryption::Encryptor;
+use crate::destination::{Destination, RunTarget};
 use crate::error::{JobError, Result};
-use crate::run::{ChunkFaults, Engine, Extracted, delete_parts, new_cursor, stream};
+use crate::run::{ChunkFaults, Engine, Extracted, new_cursor, stream};
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::ConnectionSecret;
-use crate::sink::{PartFile, PartSink};
+use crate::sink::PartFile;
 use crate::sources::postgres::partition::{Chunk, plan_chunks};
 use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
-use crate::storage::Bucket;
 use crate::validation::{BatchChecks, ReadStats};
 
 /// Pause before a chunk's second attempt; doubles for each further one.
@@ -37,7 +35,7 @@ pub(crate) async fn extract(
     hints: TypeHints,
     access: SourceAccess,
     previous_schema: Option<&Schema>,
-    dir: &Path,
+    target: &RunTarget,
     delivered: &[RecordBatch],
 ) -> Result<Extracted> {
     let secret = access.secret.clone().ok_or_else(|| {
@@ -55,7 +53,7 @@ pub(crate) async fn extract(
         access,
         secret,
         previous_schema,
-        dir,
+        target,
         chunks,
         delivered,
     )
@@ -71,15 +69,14 @@ struct Shared {
     floor: Option<Watermark>,
     plan: Arc<SchemaPlan>,
     checks_template: BatchChecks,
-    bucket: Bucket,
-    encryptor: Encryptor,
+    destination: Arc<dyn Destination>,
     settings: Settings,
     policy: crate::access::AccessPolicy,
     /// The previous run's lookback window, which every chunk's cursor must recognise.
     delivered: Vec<RecordBatch>,
     /// What every chunk's reader is given besides its range.
     access: SourceAccess,
-    dir: Path,
+    target: RunTarget,
     attempts: u32,
     faults: ChunkFaults,
     /// Set when a chunk gives up: the others stop at their next batch.
@@ -103,7 +100,7 @@ async fn extract_chunks(
     access: SourceAccess,
     secret: ConnectionSecret,
     previous_schema: Option<&Schema>,
-    dir: &Path,
+    target: &RunTarget,
     chunks: Vec<Chunk>,
     delivered: &[RecordBatch],
 ) -> Result<Extracted> {
@@ -144,13 +141,12 @@ async fn extract_chunks(
             spec.timestamp_column.as_deref(),
         )?,
         plan: plan.clone(),
-        bucket: engine.bucket().clone(),
-        encryptor: engine.encryptor().clone(),
+        destination: engine.destination().clone(),
         settings,
         policy: engine.policy().clone(),
         delivered: delivered.to_vec(),
         access: template,
-        dir: dir.clone(),
+        target: target.clone(),
         attempts: partitions.attempts,
         faults: engine.chunk_faults().clone(),
         cancelled: AtomicBool::new(false),
@@ -197,7 +193,7 @@ async fn extract_chunks(
     }
     if let Some(error) = failure {
         for output in &outputs {
-            delete_parts(&shared.bucket, &output.files).await;
+            shared.destination.discard(&output.files).await;
         }
         return Err(error);
     }
@@ -225,7 +221,7 @@ async fn extract_chunks(
         stats,
         files,
     }
-    .checked(spec, &shared.bucket, shared.floor.is_some())
+    .checked(spec, shared.destination.as_ref(), shared.floor.is_some())
     .await
 }
 
@@ -299,14 +295,12 @@ async fn attempt_chunk(
         shared.floor.as_ref(),
         &shared.delivered,
     )?;
-    let mut sink = PartSink::new(
-        shared.bucket.clone(),
-        shared.dir.clone(),
+    let mut sink = shared.destination.parts(
+        &shared.target,
         shared.plan.output.clone(),
-        shared.encryptor.clone(),
-        &shared.settings,
-    )?
-    .with_name_prefix(format!("part-c{:04}-", chunk.index));
+        &format!("part-c{:04}-", chunk.index),
+        false,
+    )?;
     let mut after_batch = || -> Result<()> {
         if shared.cancelled.load(Ordering::SeqCst) {
             return Err(cancelled(chunk));
@@ -326,7 +320,7 @@ async fn attempt_chunk(
         &shared.plan,
         &mut checks,
         cursor.as_mut(),
-        &mut sink,
+        sink.as_mut(),
         Some(&mut after_batch),
     )
     .await;

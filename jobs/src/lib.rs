@@ -4,6 +4,7 @@
 pub mod access;
 mod chunks;
 pub mod delta;
+pub mod destination;
 pub mod discovery;
 pub mod encryption;
 pub mod error;

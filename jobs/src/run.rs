@@ -8,27 +8,22 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use carga_config::{DatasetSpec, MalformedRowPolicy, Mode, Settings};
 use chrono::Utc;
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
-use sha2::Digest;
 use tracing::Instrument;
 
 use crate::access::AccessPolicy;
 use crate::delta::{DeltaFilter, Watermark, effective_lookback};
+use crate::destination::{Destination, PartWriter, RawZone, RunTarget};
 use crate::encryption::{Encryptor, MasterKeyring};
 use crate::error::{JobError, Result};
-use crate::manifest::{
-    EncryptionInfo, FORMAT_VERSION, Manifest, ManifestLog, ManifestSource, WatermarkRange,
-};
+use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Manifest, ManifestSource, WatermarkRange};
 use crate::redact::Redactor;
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::{ConnectionSecret, LocalSecretsFile, SecretsProvider};
-use crate::sink::{PartFile, PartSink};
+use crate::sink::PartFile;
 use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
-use crate::validation::{BatchChecks, ReadProgress, ReadStats, RunStatus, ValidationReport};
+use crate::validation::{BatchChecks, ReadProgress, ReadStats, ValidationReport};
 
 /// Columns a run may widen and read again for (a file with more surprises is better declared).
 const MAX_WIDENED_COLUMNS: usize = 8;
@@ -59,6 +54,7 @@ pub struct Engine {
     encryptor: Encryptor,
     secrets: Arc<dyn SecretsProvider>,
     policy: AccessPolicy,
+    destination: Arc<dyn Destination>,
     chunk_faults: ChunkFaults,
 }
 
@@ -81,7 +77,7 @@ impl Extracted {
     pub(crate) async fn checked(
         mut self,
         spec: &DatasetSpec,
-        bucket: &Bucket,
+        destination: &dyn Destination,
         resumes_from_watermark: bool,
     ) -> Result<Self> {
         let stats = std::mem::take(&mut self.stats);
@@ -97,7 +93,7 @@ impl Extracted {
                 Ok(self)
             }
             Err(e) => {
-                delete_parts(bucket, &self.files).await;
+                destination.discard(&self.files).await;
                 Err(e)
             }
         }
@@ -117,12 +113,18 @@ impl Engine {
             Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
         // Only what the settings open: an embedding program widens it with `with_access`.
         let policy = AccessPolicy::from_settings(&settings, &[], false, &[]);
+        let destination: Arc<dyn Destination> = Arc::new(RawZone::new(
+            bucket.clone(),
+            encryptor.clone(),
+            settings.clone(),
+        ));
         Ok(Self {
             settings,
             bucket,
             encryptor,
             secrets,
             policy,
+            destination,
             chunk_faults: ChunkFaults::default(),
         })
     }
@@ -164,6 +166,17 @@ impl Engine {
 
     pub fn policy(&self) -> &AccessPolicy {
         &self.policy
+    }
+
+    /// Where runs write and commit (the raw zone unless replaced).
+    pub fn destination(&self) -> &Arc<dyn Destination> {
+        &self.destination
+    }
+
+    /// Replaces where runs write and commit.
+    pub fn with_destination(mut self, destination: Arc<dyn Destination>) -> Self {
+        self.destination = destination;
+        self
     }
 
     pub fn secrets(&self) -> &Arc<dyn SecretsProvider> {
@@ -223,49 +236,23 @@ impl Engine {
 
     /// The outcome of run `run_id` of this dataset if it already committed: a job handed back
     /// after its commit (a worker killed before it recorded the end, a backend fault) is then
-    /// done, not run again. Looks at the newest manifests only: one run per dataset at a time
-    /// means a run's commit is among the last few.
+    /// done, not run again.
     pub async fn committed(&self, spec: &DatasetSpec, run_id: &str) -> Result<Option<RunOutcome>> {
-        const RECENT: usize = 20;
-        let log = ManifestLog::new(&self.bucket, &spec.id);
-        for sequence in log.sequences().await?.into_iter().rev().take(RECENT) {
-            let manifest = log.load(sequence).await?;
-            if manifest.run_id != run_id {
-                continue;
-            }
-            let report_path = Path::from(manifest.validation_report.as_str());
-            let bytes = self
-                .bucket
-                .store
-                .get(&report_path)
-                .await
-                .map_err(|e| {
-                    JobError::store(format!("reading {}", self.bucket.display(&report_path)), e)
-                })?
-                .bytes()
-                .await
-                .map_err(|e| {
-                    JobError::store(format!("reading {}", self.bucket.display(&report_path)), e)
-                })?;
-            let report: ValidationReport = serde_json::from_slice(&bytes).map_err(|e| {
-                JobError::bad_input(
-                    self.bucket.display(&report_path),
-                    format!("not a validation report: {e}"),
-                )
-            })?;
-            let data_dir = self.bucket.path(&format!(
-                "raw/{}/ingest_date={}/{run_id}",
-                spec.id, manifest.ingest_date
-            ));
-            return Ok(Some(RunOutcome {
-                manifest_url: self.bucket.display(&log.path_of(sequence)),
-                report_url: self.bucket.display(&report_path),
-                data_url: self.bucket.display(&data_dir),
-                report,
-                manifest,
-            }));
-        }
-        Ok(None)
+        let Some(committed) = self.destination.committed(&spec.id, run_id).await? else {
+            return Ok(None);
+        };
+        let target = RunTarget {
+            dataset: spec.id.clone(),
+            run_id: run_id.to_owned(),
+            ingest_date: committed.manifest.ingest_date.clone(),
+        };
+        Ok(Some(RunOutcome {
+            manifest_url: committed.manifest_url,
+            report_url: committed.report_url,
+            data_url: self.destination.data_url(&target),
+            report: committed.report,
+            manifest: committed.manifest,
+        }))
     }
 
     pub async fn run(&self, spec: &DatasetSpec) -> std::result::Result<RunOutcome, RunFailure> {
@@ -283,8 +270,12 @@ impl Engine {
         let span = tracing::info_span!("run", dataset = %spec.id, run_id = %run_id);
         async {
             tracing::info!(source = %spec.source.describe(), mode = ?spec.mode, "run started");
-            let log = ManifestLog::new(&self.bucket, &spec.id);
-            let report_path = log.dir().clone().join(format!("{run_id}.validation.json"));
+            let started_at = Utc::now();
+            let target = RunTarget {
+                dataset: spec.id.clone(),
+                run_id: run_id.clone(),
+                ingest_date: started_at.date_naive().to_string(),
+            };
             let secret = match &spec.connection_id {
                 Some(id) if spec.source.format.needs_connection() => {
                     self.secrets.connection(id).await.map(Some)
@@ -299,7 +290,7 @@ impl Engine {
             let progress = Arc::new(ReadProgress::default());
             let executed = match secret {
                 Ok(secret) => {
-                    self.execute(spec, &run_id, &log, &report_path, secret, progress.clone())
+                    self.execute(spec, &target, started_at, secret, progress.clone())
                         .await
                 }
                 Err(e) => Err(e),
@@ -326,10 +317,11 @@ impl Engine {
                         &progress,
                     );
                     let report_url = self
-                        .write_report(&report_path, &report)
+                        .destination
+                        .write_report(&target, &report)
                         .await
                         .ok()
-                        .map(|(url, _)| url);
+                        .map(|written| written.url);
                     Err(RunFailure { error, report_url })
                 }
             }
@@ -341,12 +333,12 @@ impl Engine {
     async fn execute(
         &self,
         spec: &DatasetSpec,
-        run_id: &str,
-        log: &ManifestLog,
-        report_path: &Path,
+        target: &RunTarget,
+        started_at: chrono::DateTime<Utc>,
         secret: Option<ConnectionSecret>,
         progress: Arc<ReadProgress>,
     ) -> Result<RunOutcome> {
+        let run_id = target.run_id.as_str();
         spec.validate()?;
         if !spec.source.tables.is_empty() {
             return Err(JobError::Refused {
@@ -355,8 +347,7 @@ impl Engine {
                     .into(),
             });
         }
-        let started_at = Utc::now();
-        let previous = log.latest().await?;
+        let previous = self.destination.latest(&spec.id).await?;
         let hints = TypeHints {
             explicit: explicit_types(spec)?,
             previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
@@ -376,11 +367,6 @@ impl Engine {
             pushed_filter: None,
             schema_only: false,
         };
-        let ingest_date = started_at.date_naive().to_string();
-        let dir = self.bucket.path(&format!(
-            "raw/{}/ingest_date={ingest_date}/{run_id}",
-            spec.id
-        ));
         let previous_schema = previous.as_ref().map(|m| &m.schema);
         let Extracted {
             plan,
@@ -392,11 +378,19 @@ impl Engine {
         } = match &spec.source.partitions {
             Some(_) => {
                 let access = self.with_pushdown(spec, &hints, access).await?;
-                crate::chunks::extract(self, spec, hints, access, previous_schema, &dir, &delivered)
-                    .await?
+                crate::chunks::extract(
+                    self,
+                    spec,
+                    hints,
+                    access,
+                    previous_schema,
+                    target,
+                    &delivered,
+                )
+                .await?
             }
             None => {
-                self.extract_single(spec, hints, access, previous_schema, &dir, &delivered)
+                self.extract_single(spec, hints, access, previous_schema, target, &delivered)
                     .await?
             }
         };
@@ -414,10 +408,10 @@ impl Engine {
                 "the lookback window held more tuples than its memory budget: the oldest were let go and the next run re-reads a narrower window (see the watermark's lookback_seconds)".into(),
             );
         }
-        let (report_url, report_sha256) = match self.write_report(report_path, &report).await {
+        let report_written = match self.destination.write_report(target, &report).await {
             Ok(written) => written,
             Err(e) => {
-                delete_parts(&self.bucket, &files).await;
+                self.destination.discard(&files).await;
                 return Err(e);
             }
         };
@@ -428,14 +422,13 @@ impl Engine {
         // The window's delivered tuples go beside the manifest (encrypted), not inside it.
         let mut side_files = Vec::new();
         if let (Some(cursor), Some(watermark)) = (&cursor, highest.as_mut()) {
-            match self.write_window(cursor, log, run_id).await {
+            match self.write_window(cursor, target).await {
                 Ok(written) => {
                     side_files.clone_from(&written);
                     watermark.recent_files = written;
                 }
-                Err((e, written)) => {
-                    delete_parts(&self.bucket, &written).await;
-                    delete_parts(&self.bucket, &files).await;
+                Err(e) => {
+                    self.destination.discard(&files).await;
                     return Err(e);
                 }
             }
@@ -450,7 +443,7 @@ impl Engine {
             mode: spec.mode,
             started_at,
             committed_at: Utc::now(),
-            ingest_date,
+            ingest_date: target.ingest_date.clone(),
             source: ManifestSource {
                 format: spec.source.format,
                 location: spec.source.describe(),
@@ -464,26 +457,26 @@ impl Engine {
                 from: floor.map(Watermark::position),
                 to: highest,
             }),
-            validation_report: report_path.to_string(),
-            validation_report_sha256: Some(report_sha256),
+            validation_report: report_written.path.clone(),
+            validation_report_sha256: Some(report_written.sha256.clone()),
             encryption: EncryptionInfo {
                 algorithm: "AES_GCM_V1".into(),
                 master_key_id: self.settings.master_key_id.clone(),
                 key_material: "PKMT1 in each file's footer key metadata".into(),
             },
         };
-        let manifest_path = match log.commit(&manifest).await {
-            Ok(path) => path,
+        let committed = match self.destination.commit(&manifest).await {
+            Ok(committed) => committed,
             Err(e) => {
-                delete_parts(&self.bucket, &manifest.files).await;
-                delete_parts(&self.bucket, &side_files).await;
+                self.destination.discard(&manifest.files).await;
+                self.destination.discard(&side_files).await;
                 return Err(e);
             }
         };
         Ok(RunOutcome {
-            manifest_url: self.bucket.display(&manifest_path),
-            data_url: self.bucket.display(&dir),
-            report_url,
+            manifest_url: committed.url,
+            data_url: self.destination.data_url(target),
+            report_url: report_written.url,
             report,
             manifest,
         })
@@ -496,7 +489,7 @@ impl Engine {
         hints: TypeHints,
         access: SourceAccess,
         previous_schema: Option<&arrow::datatypes::Schema>,
-        dir: &Path,
+        target: &RunTarget,
         delivered: &[RecordBatch],
     ) -> Result<Extracted> {
         let floor = access.floor.clone();
@@ -526,20 +519,16 @@ impl Engine {
             let mut checks =
                 BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
             let mut cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
-            let mut sink = PartSink::new(
-                self.bucket.clone(),
-                dir.clone(),
-                plan.output.clone(),
-                self.encryptor.clone(),
-                &self.settings,
-            )?;
+            let mut sink = self
+                .destination
+                .parts(target, plan.output.clone(), "part-", false)?;
             // Until the parts are complete, any failure removes what this run uploaded.
             let streamed = match stream(
                 reader,
                 &plan,
                 &mut checks,
                 cursor.as_mut(),
-                &mut sink,
+                sink.as_mut(),
                 None,
             )
             .await
@@ -576,7 +565,7 @@ impl Engine {
                 stats,
                 files,
             }
-            .checked(spec, &self.bucket, floor.is_some())
+            .checked(spec, self.destination.as_ref(), floor.is_some())
             .await;
         }
     }
@@ -638,69 +627,28 @@ impl Engine {
         let Some(floor) = floor.filter(|_| spec.lookback_seconds().is_some()) else {
             return Ok(Vec::new());
         };
-        let mut batches = Vec::new();
-        for file in &floor.recent_files {
-            let mut stream =
-                Box::pin(crate::read::read_part(&self.bucket, &self.encryptor, &file.path).await?);
-            while let Some(batch) = stream.try_next().await? {
-                batches.push(batch);
-            }
-        }
-        Ok(batches)
+        self.destination.read_files(&floor.recent_files).await
     }
 
-    /// Writes the run's lookback window (`DeltaFilter::recent_tuples`) as encrypted Parquet beside
-    /// the manifests: `_manifests/<run-id>.lookback-NNNNN.parquet`.
+    /// Writes the run's lookback window (`DeltaFilter::recent_tuples`) beside its commit
+    /// (the raw zone: `_manifests/<run-id>.lookback-00000.parquet`, encrypted).
     async fn write_window(
         &self,
         cursor: &DeltaFilter,
-        log: &ManifestLog,
-        run_id: &str,
-    ) -> std::result::Result<Vec<PartFile>, (JobError, Vec<PartFile>)> {
-        let tuples = match cursor.recent_tuples() {
-            Ok(Some(tuples)) if tuples.num_rows() > 0 => tuples,
-            Ok(_) => return Ok(Vec::new()),
-            Err(e) => return Err((e, Vec::new())),
+        target: &RunTarget,
+    ) -> Result<Vec<PartFile>> {
+        let tuples = match cursor.recent_tuples()? {
+            Some(tuples) if tuples.num_rows() > 0 => tuples,
+            _ => return Ok(Vec::new()),
         };
-        let sink = PartSink::new(
-            self.bucket.clone(),
-            log.dir().clone(),
-            tuples.schema(),
-            self.encryptor.clone(),
-            &self.settings,
-        );
-        let mut sink = match sink {
-            Ok(sink) => sink
-                .with_name_prefix(format!("{run_id}.lookback-"))
-                .in_one_file(),
-            Err(e) => return Err((e, Vec::new())),
-        };
-        if let Err(e) = sink.write(&tuples).await {
-            sink.abort().await;
-            return Err((e, Vec::new()));
+        let mut writer = self
+            .destination
+            .side_file(target, tuples.schema(), "lookback")?;
+        if let Err(e) = writer.write(&tuples).await {
+            writer.abort().await;
+            return Err(e);
         }
-        sink.finish().await.map_err(|e| (e, Vec::new()))
-    }
-
-    /// Writes the report; its address and the SHA-256 of what was written.
-    async fn write_report(
-        &self,
-        path: &Path,
-        report: &ValidationReport,
-    ) -> Result<(String, String)> {
-        let mut report = report.clone();
-        if report.error.is_some() {
-            report.status = RunStatus::Failed;
-        }
-        let body = serde_json::to_vec_pretty(&report)
-            .map_err(|e| JobError::bad_input("validation report", e.to_string()))?;
-        let sha256 = hex::encode(sha2::Sha256::digest(&body));
-        self.bucket
-            .store
-            .put(path, PutPayload::from(body))
-            .await
-            .map_err(|e| JobError::store(format!("writing {}", self.bucket.display(path)), e))?;
-        Ok((self.bucket.display(path), sha256))
+        writer.finish().await
     }
 }
 
@@ -739,7 +687,7 @@ pub(crate) async fn stream(
     plan: &SchemaPlan,
     checks: &mut BatchChecks,
     mut cursor: Option<&mut DeltaFilter>,
-    sink: &mut PartSink,
+    sink: &mut dyn PartWriter,
     mut fault: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
 ) -> Result<(u64, ReadStats)> {
     let mut rows_written = 0u64;
@@ -817,12 +765,4 @@ fn explicit_types(spec: &DatasetSpec) -> Result<BTreeMap<String, arrow::datatype
             })
         })
         .collect()
-}
-
-pub(crate) async fn delete_parts(bucket: &Bucket, files: &[PartFile]) {
-    for file in files {
-        if let Err(e) = bucket.store.delete(&Path::from(file.path.as_str())).await {
-            tracing::warn!(path = %file.path, error = %e, "could not delete an uncommitted part; it is unreferenced and safe to remove");
-        }
-    }
 }

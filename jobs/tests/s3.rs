@@ -69,6 +69,7 @@ fn runs_against_s3() {
         return;
     }
     // SAFETY: this binary's only test sets these before it starts any other thread.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");

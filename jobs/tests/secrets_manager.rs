@@ -24,6 +24,7 @@ fn connections_come_from_aws_secrets_manager() {
         return;
     }
     // SAFETY: this binary's only test sets these before it starts any other thread.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");

@@ -1,0 +1,217 @@
+//! The raw zone as a destination: encrypted Parquet parts under
+//! `raw/<dataset>/ingest_date=<date>/<run-id>/`, and a manifest log under `raw/<dataset>/_manifests/`
+//! whose numbered manifests are created if absent (see `manifest.rs`).
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use carga_config::Settings;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use sha2::Digest;
+
+use super::{Committed, Destination, PartWriter, RunTarget, Written};
+use crate::encryption::Encryptor;
+use crate::error::{JobError, Result};
+use crate::manifest::{Manifest, ManifestLog};
+use crate::sink::{PartFile, PartSink};
+use crate::storage::Bucket;
+use crate::validation::{RunStatus, ValidationReport};
+
+/// Manifests looked at (newest first) to find a run's commit: one run per dataset at a time
+/// means a run's commit is among the last few.
+const RECENT_COMMITS: usize = 20;
+
+#[derive(Clone)]
+pub struct RawZone {
+    bucket: Bucket,
+    encryptor: Encryptor,
+    settings: Settings,
+}
+
+impl RawZone {
+    pub fn new(bucket: Bucket, encryptor: Encryptor, settings: Settings) -> Self {
+        Self {
+            bucket,
+            encryptor,
+            settings,
+        }
+    }
+
+    fn run_dir(&self, run: &RunTarget) -> Path {
+        self.bucket.path(&format!(
+            "raw/{}/ingest_date={}/{}",
+            run.dataset, run.ingest_date, run.run_id
+        ))
+    }
+
+    fn report_path(&self, run: &RunTarget) -> Path {
+        ManifestLog::new(&self.bucket, &run.dataset)
+            .dir()
+            .clone()
+            .join(format!("{}.validation.json", run.run_id))
+    }
+
+    async fn read_object(&self, path: &Path) -> Result<bytes::Bytes> {
+        let context = || format!("reading {}", self.bucket.display(path));
+        self.bucket
+            .store
+            .get(path)
+            .await
+            .map_err(|e| JobError::store(context(), e))?
+            .bytes()
+            .await
+            .map_err(|e| JobError::store(context(), e))
+    }
+}
+
+#[async_trait::async_trait]
+impl PartWriter for PartSink {
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        PartSink::write(self, batch).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<Vec<PartFile>> {
+        PartSink::finish(*self).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        PartSink::abort(*self).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for RawZone {
+    async fn latest(&self, dataset: &str) -> Result<Option<Manifest>> {
+        ManifestLog::new(&self.bucket, dataset).latest().await
+    }
+
+    async fn committed(&self, dataset: &str, run_id: &str) -> Result<Option<Committed>> {
+        let log = ManifestLog::new(&self.bucket, dataset);
+        for sequence in log
+            .sequences()
+            .await?
+            .into_iter()
+            .rev()
+            .take(RECENT_COMMITS)
+        {
+            let manifest = log.load(sequence).await?;
+            if manifest.run_id != run_id {
+                continue;
+            }
+            let report_path = Path::from(manifest.validation_report.as_str());
+            let bytes = self.read_object(&report_path).await?;
+            let report: ValidationReport = serde_json::from_slice(&bytes).map_err(|e| {
+                JobError::bad_input(
+                    self.bucket.display(&report_path),
+                    format!("not a validation report: {e}"),
+                )
+            })?;
+            return Ok(Some(Committed {
+                manifest_url: self.bucket.display(&log.path_of(sequence)),
+                report_url: self.bucket.display(&report_path),
+                manifest,
+                report,
+            }));
+        }
+        Ok(None)
+    }
+
+    fn parts(
+        &self,
+        run: &RunTarget,
+        schema: SchemaRef,
+        name: &str,
+        one_file: bool,
+    ) -> Result<Box<dyn PartWriter>> {
+        let sink = PartSink::new(
+            self.bucket.clone(),
+            self.run_dir(run),
+            schema,
+            self.encryptor.clone(),
+            &self.settings,
+        )?
+        .with_name_prefix(name);
+        Ok(Box::new(if one_file { sink.in_one_file() } else { sink }))
+    }
+
+    fn side_file(
+        &self,
+        run: &RunTarget,
+        schema: SchemaRef,
+        name: &str,
+    ) -> Result<Box<dyn PartWriter>> {
+        let dir = ManifestLog::new(&self.bucket, &run.dataset).dir().clone();
+        let sink = PartSink::new(
+            self.bucket.clone(),
+            dir,
+            schema,
+            self.encryptor.clone(),
+            &self.settings,
+        )?
+        .with_name_prefix(format!("{}.{name}-", run.run_id))
+        .in_one_file();
+        Ok(Box::new(sink))
+    }
+
+    async fn read_files(&self, files: &[PartFile]) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::new();
+        for file in files {
+            let mut stream =
+                Box::pin(crate::read::read_part(&self.bucket, &self.encryptor, &file.path).await?);
+            while let Some(batch) = stream.try_next().await? {
+                batches.push(batch);
+            }
+        }
+        Ok(batches)
+    }
+
+    async fn write_report(&self, run: &RunTarget, report: &ValidationReport) -> Result<Written> {
+        let path = self.report_path(run);
+        let mut report = report.clone();
+        if report.error.is_some() {
+            report.status = RunStatus::Failed;
+        }
+        let body = serde_json::to_vec_pretty(&report)
+            .map_err(|e| JobError::bad_input("validation report", e.to_string()))?;
+        let sha256 = hex::encode(sha2::Sha256::digest(&body));
+        self.bucket
+            .store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| JobError::store(format!("writing {}", self.bucket.display(&path)), e))?;
+        Ok(Written {
+            url: self.bucket.display(&path),
+            path: path.to_string(),
+            sha256,
+        })
+    }
+
+    async fn commit(&self, manifest: &Manifest) -> Result<Written> {
+        let path = ManifestLog::new(&self.bucket, &manifest.dataset)
+            .commit(manifest)
+            .await?;
+        Ok(Written {
+            url: self.bucket.display(&path),
+            path: path.to_string(),
+            sha256: String::new(),
+        })
+    }
+
+    async fn discard(&self, files: &[PartFile]) {
+        for file in files {
+            if let Err(e) = self
+                .bucket
+                .store
+                .delete(&Path::from(file.path.as_str()))
+                .await
+            {
+                tracing::warn!(path = %file.path, error = %e, "could not delete an uncommitted part; it is unreferenced and safe to remove");
+            }
+        }
+    }
+
+    fn data_url(&self, run: &RunTarget) -> String {
+        self.bucket.display(&self.run_dir(run))
+    }
+}
