@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
+use crate::source::SourceSpec;
 
 /// What to extract, how, and when.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,470 +62,6 @@ pub struct DatasetSpec {
     pub allow_empty: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SourceSpec {
-    pub format: SourceFormat,
-    /// Files: a local path (relative to the spec file), an `s3://bucket/key` object or an `https://` URL.
-    #[serde(default)]
-    pub location: String,
-    /// Databases: the table to extract, schema-qualified (`public.orders`); MongoDB: the
-    /// collection, optionally `database.collection`.
-    #[serde(default, alias = "collection")]
-    pub table: Option<String>,
-    /// Databases: several tables (MongoDB: collections) pulled with the same settings. Each runs
-    /// as its own dataset `<id>/<table>`, with its own manifests and watermark (`per_table`).
-    #[serde(default, alias = "collections")]
-    pub tables: Vec<String>,
-    /// Databases: the columns to extract; all of them when empty.
-    #[serde(default)]
-    pub columns: Vec<String>,
-    #[serde(default)]
-    pub postgres: PostgresOptions,
-    /// Split a large table into key ranges read in parallel (PostgreSQL).
-    #[serde(default)]
-    pub partitions: Option<PartitionSpec>,
-    #[serde(default)]
-    pub mongodb: MongoOptions,
-    #[serde(default)]
-    pub csv: CsvOptions,
-    #[serde(default)]
-    pub json: JsonOptions,
-    #[serde(default)]
-    pub excel: ExcelOptions,
-    #[serde(default)]
-    pub rest: RestOptions,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceFormat {
-    Csv,
-    Json,
-    Excel,
-    /// Parquet files (not encrypted), read row group by row group with their own types.
-    Parquet,
-    /// Arrow IPC, file (Feather v2) or stream format.
-    #[serde(alias = "ipc", alias = "feather")]
-    Arrow,
-    /// Avro object container files.
-    Avro,
-    Postgres,
-    /// MySQL and MariaDB.
-    #[serde(alias = "mariadb")]
-    Mysql,
-    /// SQL Server.
-    #[serde(alias = "sqlserver")]
-    Mssql,
-    /// MongoDB: `source.table` (or `collection`) names the collection.
-    #[serde(alias = "mongo")]
-    Mongodb,
-    /// A REST API returning JSON: `source.location` is the first page's URL, `source.rest` says
-    /// how to authenticate, paginate and find the records.
-    #[serde(alias = "api", alias = "http")]
-    Rest,
-}
-
-impl SourceFormat {
-    /// Sources that read credentials from a connection secret.
-    pub fn needs_connection(self) -> bool {
-        self.is_database() || self == SourceFormat::Rest
-    }
-
-    pub fn is_database(self) -> bool {
-        matches!(
-            self,
-            SourceFormat::Postgres
-                | SourceFormat::Mysql
-                | SourceFormat::Mssql
-                | SourceFormat::Mongodb
-        )
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresOptions {
-    /// How `numeric` columns without a declared precision are written: `text` keeps every digit
-    /// exactly as a string; `decimal(p,s)` makes them decimals, and a value that does not fit fails.
-    pub unconstrained_numeric: String,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        Self {
-            unconstrained_numeric: "text".into(),
-        }
-    }
-}
-
-/// Partitioned extraction, like Spark JDBC's `partitionColumn`/`numPartitions`, but with the
-/// range bounds taken from the data (quantiles of a sample), so skewed keys still split evenly.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PartitionSpec {
-    /// A column with an ordering (integer, numeric, date, timestamp, text); ideally indexed.
-    pub column: String,
-    /// How many key ranges (chunks) to cut the table into.
-    pub count: u32,
-    /// Chunks read at the same time; all of them when absent.
-    #[serde(default)]
-    pub parallel: Option<u32>,
-    /// Attempts per chunk before the run fails (a failed attempt's parts are removed first).
-    #[serde(default = "default_chunk_attempts")]
-    pub attempts: u32,
-}
-
-fn default_chunk_attempts() -> u32 {
-    3
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MongoOptions {
-    /// Documents sampled (in natural order) to infer the collection's schema.
-    pub sample_size: usize,
-    /// A field seen with incompatible BSON types in the sample (say string and number).
-    pub mixed_types: MixedTypesPolicy,
-    /// How embedded documents and arrays are written.
-    pub nested: NestedPolicy,
-    /// Extended-JSON filter applied on the server before the delta cursor, e.g. `{"status": "active"}`.
-    pub filter: Option<String>,
-    /// Documents the server returns per round trip.
-    pub batch_size: u32,
-}
-
-impl Default for MongoOptions {
-    fn default() -> Self {
-        Self {
-            sample_size: 1000,
-            mixed_types: MixedTypesPolicy::String,
-            nested: NestedPolicy::Struct,
-            filter: None,
-            batch_size: 4096,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MixedTypesPolicy {
-    /// Write the field as text: strings as they are, other values as relaxed extended JSON.
-    #[default]
-    String,
-    /// Refuse the run, naming the field and the types seen.
-    Fail,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum NestedPolicy {
-    /// Embedded documents become Arrow structs and arrays become lists, with inferred types.
-    #[default]
-    Struct,
-    /// Embedded documents and arrays are written as JSON text.
-    Json,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CsvOptions {
-    pub delimiter: char,
-    pub quote: char,
-    /// Escape character inside quoted fields; `None` means quotes are escaped by doubling them.
-    pub escape: Option<char>,
-    pub has_header: bool,
-    pub encoding: Encoding,
-    /// Field values read as null (besides the empty string).
-    pub null_values: Vec<String>,
-    /// Rows sampled for type inference.
-    pub infer_rows: usize,
-}
-
-impl Default for CsvOptions {
-    fn default() -> Self {
-        Self {
-            delimiter: ',',
-            quote: '"',
-            escape: None,
-            has_header: true,
-            encoding: Encoding::Utf8,
-            null_values: Vec::new(),
-            infer_rows: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Encoding {
-    #[default]
-    #[serde(alias = "utf-8")]
-    Utf8,
-    /// ISO-8859-1, read as Windows-1252 as browsers and Excel do.
-    #[serde(alias = "latin-1", alias = "iso-8859-1", alias = "windows-1252")]
-    Latin1,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct JsonOptions {
-    /// Records sampled for schema inference.
-    pub infer_records: usize,
-    /// A single record larger than this is refused (protects memory).
-    pub max_record_bytes: usize,
-    /// A top-level field that is an object or array in some records and something else in
-    /// others: `string` writes it as JSON text, `fail` refuses the run naming the field.
-    pub mixed_types: MixedTypesPolicy,
-}
-
-impl Default for JsonOptions {
-    fn default() -> Self {
-        Self {
-            infer_records: 1000,
-            max_record_bytes: 64 * 1024 * 1024,
-            mixed_types: MixedTypesPolicy::String,
-        }
-    }
-}
-
-/// A REST source: authentication, pagination, where the records are, and how to be polite.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RestOptions {
-    /// Extra request headers (not secrets: those come from the connection's secret).
-    pub headers: BTreeMap<String, String>,
-    /// Extra query parameters sent with every request.
-    pub query: BTreeMap<String, String>,
-    pub auth: RestAuth,
-    pub pagination: Pagination,
-    /// Dot path to the records array in each page (`data.items`); the body itself when empty.
-    pub records_path: String,
-    pub incremental: Option<IncrementalParam>,
-    /// Requests per second at most (0: no limit).
-    pub requests_per_second: f64,
-    /// Attempts per request for 429, 5xx, timeouts and connection errors.
-    pub max_attempts: u32,
-    /// First backoff between attempts, in milliseconds; doubles each attempt (capped at 60 s).
-    /// A `Retry-After` header wins.
-    pub backoff_ms: u64,
-    /// Seconds a request may take in all.
-    pub timeout_seconds: u64,
-    /// A run stops with an error after this many pages (protects against endless pagination).
-    pub max_pages: u64,
-    /// A page larger than this is refused.
-    pub max_page_bytes: usize,
-    /// Records sampled for schema inference (from the first pages).
-    pub infer_records: usize,
-}
-
-impl Default for RestOptions {
-    fn default() -> Self {
-        Self {
-            headers: BTreeMap::new(),
-            query: BTreeMap::new(),
-            auth: RestAuth::None,
-            pagination: Pagination::None,
-            records_path: String::new(),
-            incremental: None,
-            requests_per_second: 0.0,
-            max_attempts: 5,
-            backoff_ms: 1000,
-            timeout_seconds: 60,
-            max_pages: 100_000,
-            max_page_bytes: 64 * 1024 * 1024,
-            infer_records: 1000,
-        }
-    }
-}
-
-/// How requests authenticate. Secret values are read from the connection secret's fields named
-/// here (`api_key`, `token`, `username`/`password`, `client_id`/`client_secret`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "type")]
-pub enum RestAuth {
-    #[default]
-    None,
-    /// The secret's `api_key` in a header (`X-API-Key` by default) or a query parameter.
-    ApiKey {
-        #[serde(default)]
-        header: Option<String>,
-        #[serde(default)]
-        query_param: Option<String>,
-    },
-    /// `Authorization: Bearer <token>` with the secret's `token`.
-    Bearer,
-    /// HTTP basic with the secret's `username` and `password`.
-    Basic,
-    /// OAuth2 client credentials: a token from `token_url` (or the secret's `token_url`) with the
-    /// secret's `client_id` and `client_secret`, renewed before it expires and after a 401.
-    #[serde(alias = "oauth2")]
-    Oauth2ClientCredentials {
-        #[serde(default)]
-        token_url: Option<String>,
-        #[serde(default)]
-        scopes: Vec<String>,
-    },
-}
-
-/// How the next page is found, and when to stop.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "style")]
-pub enum Pagination {
-    /// One request.
-    #[default]
-    None,
-    /// `?page=1,2,3...`; stops at an empty page or one shorter than `size`.
-    Page {
-        #[serde(default = "default_page_param")]
-        param: String,
-        #[serde(default = "default_one")]
-        first: u64,
-        #[serde(default)]
-        size_param: Option<String>,
-        #[serde(default)]
-        size: Option<u64>,
-    },
-    /// `?offset=0&limit=100`, `?offset=100&limit=100`...; stops at a short or empty page.
-    Offset {
-        #[serde(default = "default_offset_param")]
-        param: String,
-        #[serde(default = "default_limit_param")]
-        limit_param: String,
-        limit: u64,
-    },
-    /// A token in the body (`meta.next_cursor`) sent back as `param`, or a full next URL in the
-    /// body (`next_url_path`); stops when it is absent, null or empty.
-    Cursor {
-        #[serde(default)]
-        cursor_path: Option<String>,
-        #[serde(default = "default_cursor_param")]
-        param: String,
-        #[serde(default)]
-        next_url_path: Option<String>,
-    },
-    /// RFC 8288 `Link: <...>; rel="next"` headers (GitHub style); stops when there is none.
-    LinkHeader,
-}
-
-fn default_page_param() -> String {
-    "page".into()
-}
-fn default_one() -> u64 {
-    1
-}
-fn default_offset_param() -> String {
-    "offset".into()
-}
-fn default_limit_param() -> String {
-    "limit".into()
-}
-fn default_cursor_param() -> String {
-    "cursor".into()
-}
-
-/// A request parameter filled from the stored watermark on delta runs (`updated_since`), so the
-/// API sends only what changed; the pipeline still filters on the exact cursor.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct IncrementalParam {
-    pub param: String,
-    /// `rfc3339` (default), `epoch_seconds`, `epoch_millis`, or a chrono format like `%Y-%m-%d`.
-    #[serde(default = "default_incremental_format")]
-    pub format: String,
-    /// Value sent on the first run, when there is no watermark yet (none sent when absent).
-    #[serde(default)]
-    pub initial: Option<String>,
-}
-
-fn default_incremental_format() -> String {
-    "rfc3339".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExcelOptions {
-    /// Sheet name; the first sheet when absent.
-    pub sheet: Option<String>,
-    /// The header row: `auto` (the first row holding a value; columns start at its first
-    /// value) or a 1-based row number; rows above it are skipped.
-    pub header_row: HeaderRow,
-    pub infer_rows: usize,
-    /// A cell holding an Excel error (`#DIV/0!`, `#N/A`): written as null and counted in the
-    /// report (`null`, as pandas and polars read them), or the run fails (`fail`).
-    pub error_cells: ErrorCellPolicy,
-    /// A value in a column beyond the header's: left out and counted in the report with a
-    /// warning (`ignore`), or the run fails (`fail`).
-    pub extra_cells: ExtraCellPolicy,
-}
-
-impl Default for ExcelOptions {
-    fn default() -> Self {
-        Self {
-            sheet: None,
-            header_row: HeaderRow::Auto,
-            infer_rows: 1000,
-            error_cells: ErrorCellPolicy::Null,
-            extra_cells: ExtraCellPolicy::Ignore,
-        }
-    }
-}
-
-/// Where a sheet's header is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum HeaderRow {
-    /// The first row holding a value.
-    #[default]
-    Auto,
-    /// A 1-based row number.
-    Row(u32),
-}
-
-impl Serialize for HeaderRow {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            HeaderRow::Auto => serializer.serialize_str("auto"),
-            HeaderRow::Row(row) => serializer.serialize_u32(*row),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for HeaderRow {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Row(u32),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Row(row) => Ok(HeaderRow::Row(row)),
-            Raw::Text(text) if text == "auto" => Ok(HeaderRow::Auto),
-            Raw::Text(text) => text.parse().map(HeaderRow::Row).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "excel.header_row '{text}' is neither `auto` nor a row number"
-                ))
-            }),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ErrorCellPolicy {
-    #[default]
-    Null,
-    Fail,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ExtraCellPolicy {
-    #[default]
-    Ignore,
-    Fail,
-}
-
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MissingColumnPolicy {
@@ -573,16 +110,6 @@ pub enum MalformedRowPolicy {
     Skip,
 }
 
-impl SourceSpec {
-    /// How the source is named in messages: the file location or the table.
-    pub fn describe(&self) -> String {
-        match (&self.table, self.format.is_database()) {
-            (Some(table), true) => format!("table {table}"),
-            _ => self.location.clone(),
-        }
-    }
-}
-
 impl DatasetSpec {
     /// Reads a spec and resolves a relative local `source.location` against the spec's folder.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -595,11 +122,12 @@ impl DatasetSpec {
                 path: path.to_owned(),
                 source,
             })?;
-        if !spec.source.format.is_database()
-            && is_local_relative(&spec.source.location)
+        if spec.source.is_local_file()
             && let Some(dir) = path.parent()
+            && let Some(location) = spec.source.location_mut()
+            && is_local_relative(location)
         {
-            spec.source.location = dir.join(&spec.source.location).display().to_string();
+            *location = dir.join(&*location).display().to_string();
         }
         spec.validate()?;
         Ok(spec)
@@ -609,16 +137,15 @@ impl DatasetSpec {
     /// `<id>/<table>` with the table name's other characters as `_` (`public.pedidos` →
     /// `ventas/public_pedidos`), so each table keeps its own manifests under `raw/<id>/<table>/`.
     pub fn per_table(&self) -> Vec<DatasetSpec> {
-        if self.source.tables.is_empty() {
+        if self.source.tables().is_empty() {
             return vec![self.clone()];
         }
         self.source
-            .tables
+            .tables()
             .iter()
             .map(|table| {
                 let mut spec = self.clone();
-                spec.source.tables.clear();
-                spec.source.table = Some(table.clone());
+                spec.source = self.source.for_table(table);
                 let folder: String = table
                     .chars()
                     .map(|c| {
@@ -636,13 +163,18 @@ impl DatasetSpec {
     }
 
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let spec: DatasetSpec =
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-                path: "<inline>".into(),
-                source,
-            })?;
+        let spec = Self::parse_yaml(text)?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The spec as written, not yet `validate`d (for callers that check other things first,
+    /// such as whether anybody reads its format).
+    pub fn parse_yaml(text: &str) -> Result<Self, ConfigError> {
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "<inline>".into(),
+            source,
+        })
     }
 
     /// Checks that can be made without touching the source. Delta needs a cursor; timed pulls need a cron.
@@ -677,23 +209,6 @@ impl DatasetSpec {
                 ));
             }
         }
-        if let Some(partitions) = &self.source.partitions {
-            if self.source.format != SourceFormat::Postgres {
-                return Err(invalid(
-                    "source.partitions is available for postgres sources (one exported snapshot keeps the chunks consistent)".into(),
-                ));
-            }
-            if partitions.count < 2 || partitions.count > 1024 {
-                return Err(invalid(
-                    "source.partitions.count must be between 2 and 1024".into(),
-                ));
-            }
-            if partitions.attempts == 0 || partitions.parallel == Some(0) {
-                return Err(invalid(
-                    "source.partitions.attempts and parallel must be at least 1".into(),
-                ));
-            }
-        }
         if let Some(text) = &self.lookback {
             if parse_duration_seconds(text).is_none() {
                 return Err(invalid(format!(
@@ -718,9 +233,10 @@ impl DatasetSpec {
                     .into(),
             ));
         }
-        if self.source.format.is_database() {
-            let has_table = self.source.table.as_deref().is_some_and(|t| !t.is_empty());
-            match (has_table, self.source.tables.is_empty()) {
+        self.source.validate().map_err(invalid)?;
+        if let Some(selection) = self.source.selection() {
+            let has_table = selection.table.is_some_and(|t| !t.is_empty());
+            match (has_table, selection.tables.is_empty()) {
                 (false, true) => {
                     return Err(invalid(
                         "a database source needs source.table (or source.tables)".into(),
@@ -733,7 +249,7 @@ impl DatasetSpec {
                 }
                 _ => {}
             }
-            if self.source.tables.iter().any(|t| t.trim().is_empty()) {
+            if selection.tables.iter().any(|t| t.trim().is_empty()) {
                 return Err(invalid("source.tables has an empty name".into()));
             }
             if self.connection_id.as_deref().is_none_or(str::is_empty) {
@@ -742,138 +258,15 @@ impl DatasetSpec {
                         .into(),
                 ));
             }
-        } else if self.source.location.is_empty() {
+        } else if self.source.location().is_some_and(str::is_empty) {
             return Err(invalid("source.location is empty".into()));
         }
-        if self.source.format == SourceFormat::Rest {
-            self.validate_rest().map_err(invalid)?;
-        }
-        let csv = &self.source.csv;
-        if !csv.delimiter.is_ascii() || !csv.quote.is_ascii() {
-            return Err(invalid(
-                "csv.delimiter and csv.quote must be single ASCII characters".into(),
-            ));
-        }
-        if self.source.excel.header_row == HeaderRow::Row(0) {
-            return Err(invalid(
-                "excel.header_row is 1-based; 0 is not a row".into(),
-            ));
-        }
-        self.refuse_foreign_options().map_err(invalid)?;
-        Ok(())
-    }
-
-    fn validate_rest(&self) -> Result<(), String> {
-        let rest = &self.source.rest;
-        let url = url::Url::parse(&self.source.location).map_err(|e| {
-            format!(
-                "source.location '{}' is not a URL: {e}",
-                self.source.location
+        if let SourceSpec::Rest(rest) = &self.source {
+            rest.validate(
+                self.connection_id.as_deref(),
+                self.timestamp_column.is_some(),
             )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err("a rest source's location must be an http(s) URL".into());
-        }
-        if rest.auth != RestAuth::None && self.connection_id.as_deref().is_none_or(str::is_empty) {
-            return Err(
-                "rest.auth needs connection_id (the secret holding the API credentials)".into(),
-            );
-        }
-        if let RestAuth::ApiKey {
-            header: Some(_),
-            query_param: Some(_),
-        } = &rest.auth
-        {
-            return Err("rest.auth api_key: give header or query_param, not both".into());
-        }
-        match &rest.pagination {
-            Pagination::Offset { limit: 0, .. } | Pagination::Page { size: Some(0), .. } => {
-                return Err("rest.pagination: the page size must be at least 1".into());
-            }
-            Pagination::Cursor {
-                cursor_path: None,
-                next_url_path: None,
-                ..
-            } => {
-                return Err(
-                    "rest.pagination cursor needs cursor_path (a token) or next_url_path (a URL)"
-                        .into(),
-                );
-            }
-            _ => {}
-        }
-        if rest.incremental.is_some() && self.timestamp_column.is_none() {
-            return Err(
-                "rest.incremental needs `timestamp_column` (the watermark it sends)".into(),
-            );
-        }
-        if rest.requests_per_second < 0.0 || !rest.requests_per_second.is_finite() {
-            return Err("rest.requests_per_second must be 0 (no limit) or more".into());
-        }
-        if rest.max_attempts == 0 || rest.max_pages == 0 || rest.timeout_seconds == 0 {
-            return Err(
-                "rest.max_attempts, max_pages and timeout_seconds must be at least 1".into(),
-            );
-        }
-        Ok(())
-    }
-
-    /// Option blocks belong to one format: a `csv:` block on a postgres source (or a `table` on a
-    /// file) is a mistake to name, not to ignore.
-    fn refuse_foreign_options(&self) -> Result<(), String> {
-        use SourceFormat::*;
-        let source = &self.source;
-        let format = source.format;
-        let blocks: [(&str, bool, bool); 6] = [
-            ("csv", source.csv != CsvOptions::default(), format == Csv),
-            (
-                "json",
-                source.json != JsonOptions::default(),
-                format == Json,
-            ),
-            (
-                "excel",
-                source.excel != ExcelOptions::default(),
-                format == Excel,
-            ),
-            (
-                "postgres",
-                source.postgres != PostgresOptions::default(),
-                format == Postgres,
-            ),
-            (
-                "mongodb",
-                source.mongodb != MongoOptions::default(),
-                format == Mongodb,
-            ),
-            (
-                "rest",
-                source.rest != RestOptions::default(),
-                format == Rest,
-            ),
-        ];
-        let name = serde_json::to_value(format)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        for (block, given, belongs) in blocks {
-            if given && !belongs {
-                return Err(format!(
-                    "source.{block} does not apply to a {name} source; remove it (or fix source.format)"
-                ));
-            }
-        }
-        if !format.is_database() {
-            let table = source.table.is_some() || !source.tables.is_empty();
-            if table || !source.columns.is_empty() {
-                return Err(format!(
-                    "source.table, tables and columns apply to database sources, not to a {name} source"
-                ));
-            }
-        } else if !source.location.is_empty() {
-            return Err(format!(
-                "source.location does not apply to a {name} source (its connection_id says where it is)"
-            ));
+            .map_err(invalid)?;
         }
         Ok(())
     }
@@ -921,6 +314,21 @@ fn is_local_relative(location: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{ExcelOptions, HeaderRow, Pagination, RestAuth, RestOptions};
+
+    fn rest_options(spec: &DatasetSpec) -> &RestOptions {
+        match &spec.source {
+            SourceSpec::Rest(rest) => &rest.rest,
+            other => panic!("not a rest source: {other:?}"),
+        }
+    }
+
+    fn excel_options(spec: &DatasetSpec) -> &ExcelOptions {
+        match &spec.source {
+            SourceSpec::Excel(excel) => &excel.excel,
+            other => panic!("not an excel source: {other:?}"),
+        }
+    }
 
     const MINIMAL: &str =
         "id: ventas\nsource: {format: csv, location: ventas.csv}\ncron: '0 7 * * *'\n";
@@ -931,7 +339,10 @@ mod tests {
         assert_eq!(spec.mode, Mode::Complete);
         assert_eq!(spec.trigger, Trigger::TimedPull);
         assert_eq!(spec.new_columns, NewColumnPolicy::Ignore);
-        assert_eq!(spec.source.csv.delimiter, ',');
+        let SourceSpec::Csv(csv) = &spec.source else {
+            panic!("{:?}", spec.source)
+        };
+        assert_eq!(csv.csv.delimiter, ',');
         assert_eq!(spec.on_malformed_row, MalformedRowPolicy::Fail);
     }
 
@@ -974,11 +385,11 @@ mod tests {
         };
         let spec = rest("  rest: {auth: {type: oauth2, scopes: [a]}, pagination: {style: offset, limit: 50}}\nconnection_id: prov\n").unwrap();
         assert!(matches!(
-            spec.source.rest.auth,
+            rest_options(&spec).auth,
             RestAuth::Oauth2ClientCredentials { .. }
         ));
         assert_eq!(
-            spec.source.rest.pagination,
+            rest_options(&spec).pagination,
             Pagination::Offset {
                 param: "offset".into(),
                 limit_param: "limit".into(),
@@ -1040,7 +451,26 @@ mod tests {
         let err = DatasetSpec::from_yaml(file_with_table)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("apply to database sources"), "{err}");
+        assert!(
+            err.contains(
+                "source.table does not apply to a csv source (it belongs to database sources)"
+            ),
+            "{err}"
+        );
+        let plugin = DatasetSpec::from_yaml(
+            "id: k\nsource: {format: kafka, topic: orders}\ntrigger: callback\n",
+        )
+        .unwrap();
+        assert_eq!(plugin.source.format_name(), "kafka");
+        let round_trip: DatasetSpec =
+            serde_yaml::from_str(&serde_yaml::to_string(&plugin).unwrap()).unwrap();
+        assert_eq!(round_trip, plugin);
+        let mistyped = DatasetSpec::from_yaml(
+            "id: c\nsource: {format: csv, location: a.csv, csv: {delimitr: ';'}}\ntrigger: callback\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(mistyped.contains("delimitr"), "{mistyped}");
         let rest_on_json = "id: j\nsource: {format: json, location: a.json, rest: {max_pages: 3}}\ntrigger: callback\n";
         assert!(
             DatasetSpec::from_yaml(rest_on_json)
@@ -1058,23 +488,10 @@ mod tests {
                 "id: x\nsource: {{format: excel, location: a.xlsx{extra}}}\ntrigger: callback\n"
             ))
         };
-        assert_eq!(spec("").unwrap().source.excel.header_row, HeaderRow::Auto);
-        assert_eq!(
-            spec(", excel: {header_row: 3}")
-                .unwrap()
-                .source
-                .excel
-                .header_row,
-            HeaderRow::Row(3)
-        );
-        assert_eq!(
-            spec(", excel: {header_row: auto}")
-                .unwrap()
-                .source
-                .excel
-                .header_row,
-            HeaderRow::Auto
-        );
+        let header_row = |extra: &str| excel_options(&spec(extra).unwrap()).header_row;
+        assert_eq!(header_row(""), HeaderRow::Auto);
+        assert_eq!(header_row(", excel: {header_row: 3}"), HeaderRow::Row(3));
+        assert_eq!(header_row(", excel: {header_row: auto}"), HeaderRow::Auto);
         assert!(spec(", excel: {header_row: 0}").is_err());
         assert!(spec(", excel: {header_row: top}").is_err());
     }
@@ -1098,7 +515,8 @@ mod tests {
         let ids: Vec<String> = spec.per_table().into_iter().map(|s| s.id).collect();
         assert_eq!(ids, ["ventas/public_pedidos", "ventas/Clientes"]);
         let each = &spec.per_table()[0];
-        assert_eq!(each.source.table.as_deref(), Some("public.pedidos"));
+        assert_eq!(each.source.table(), "public.pedidos");
+        assert!(each.source.tables().is_empty());
         each.validate().unwrap();
         let both = DatasetSpec::from_yaml(
             "id: v\nsource: {format: postgres, table: a, tables: [b]}\nconnection_id: pg\ntrigger: callback\n",

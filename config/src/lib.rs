@@ -4,12 +4,17 @@
 mod dataset;
 mod error;
 mod settings;
+mod source;
 
 pub use dataset::{
-    CsvOptions, DatasetSpec, Encoding, ErrorCellPolicy, ExcelOptions, ExtraCellPolicy, HeaderRow,
-    IncrementalParam, JsonOptions, MalformedRowPolicy, MissingColumnPolicy, MixedTypesPolicy, Mode,
-    MongoOptions, NestedPolicy, NewColumnPolicy, Pagination, PartitionSpec, PostgresOptions,
-    RestAuth, RestOptions, SourceFormat, SourceSpec, Trigger,
+    DatasetSpec, MalformedRowPolicy, MissingColumnPolicy, Mode, NewColumnPolicy, Trigger,
 };
 pub use error::ConfigError;
 pub use settings::{Compression, S3Settings, SecretsProvider, Settings, SourceAccessSettings};
+pub use source::{
+    ColumnarSource, CsvOptions, CsvSource, Encoding, ErrorCellPolicy, ExcelOptions, ExcelSource,
+    ExtraCellPolicy, HeaderRow, IncrementalParam, JsonOptions, JsonSource, MixedTypesPolicy,
+    MongoOptions, MongoSource, NestedPolicy, Pagination, PartitionSpec, PluginSource,
+    PostgresOptions, PostgresSource, RestAuth, RestOptions, RestSource, SourceFormat, SourceSpec,
+    TableSelection, TableSource,
+};

@@ -1,5 +1,5 @@
-//! Partitioned extraction. The table is cut into key ranges inside one exported snapshot (see
-//! `sources::postgres::partition`); each chunk streams its range into its own parts
+//! Partitioned extraction. The source cuts the table into key ranges (`Source::partitions`;
+//! PostgreSQL inside one exported snapshot, see `sources::postgres::partition`); each chunk streams its range into its own parts
 //! (`part-cNNNN-MMMMM.parquet`) with its own checks and cursor, so a failed chunk is retried
 //! alone: its parts are removed and its counts dropped before the next attempt. The run goes on
 //! to the report and the commit only when every chunk has written all its rows; if one gives up,
@@ -20,58 +20,68 @@ use crate::destination::{Destination, RunTarget};
 use crate::error::{JobError, Result};
 use crate::run::{ChunkFaults, Engine, Extracted, new_cursor, stream};
 use crate::schema_drift::SchemaPlan;
-use crate::secrets::ConnectionSecret;
 use crate::sink::PartFile;
-use crate::sources::postgres::partition::{Chunk, plan_chunks};
-use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
+use crate::sources::{self, Chunk, Partitions, Source, SourceAccess, SourceReader, TypeHints};
 use crate::validation::{BatchChecks, ReadStats};
 
 /// Pause before a chunk's second attempt; doubles for each further one.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn extract(
     engine: &Engine,
     spec: &DatasetSpec,
+    source: &Arc<dyn Source>,
+    partitions: Partitions,
     hints: TypeHints,
     access: SourceAccess,
     previous_schema: Option<&Schema>,
     target: &RunTarget,
     delivered: &[RecordBatch],
 ) -> Result<Extracted> {
-    let secret = access.secret.clone().ok_or_else(|| {
-        JobError::Secret(format!(
-            "no credentials for connection '{}'",
-            spec.connection_id.as_deref().unwrap_or_default()
-        ))
-    })?;
-    // The coordinator's transaction must stay open while chunks import its snapshot.
-    let (holder, chunks) = plan_chunks(spec, &secret).await?;
+    let Partitions {
+        chunks,
+        parallel,
+        attempts,
+        hold,
+    } = partitions;
+    // What the chunks need (PostgreSQL's exported snapshot) lives until the last one ends.
     let result = extract_chunks(
         engine,
         spec,
+        source,
         hints,
         access,
-        secret,
         previous_schema,
         target,
-        chunks,
+        ChunkPlan {
+            chunks,
+            parallel,
+            attempts,
+        },
         delivered,
     )
     .await;
-    holder.release().await;
+    hold.release().await;
     result
+}
+
+struct ChunkPlan {
+    chunks: Vec<Chunk>,
+    parallel: usize,
+    attempts: u32,
 }
 
 /// What every chunk task shares.
 struct Shared {
     spec: DatasetSpec,
+    source: Arc<dyn Source>,
     hints: TypeHints,
     floor: Option<Watermark>,
     plan: Arc<SchemaPlan>,
     checks_template: BatchChecks,
     destination: Arc<dyn Destination>,
     settings: Settings,
-    policy: crate::access::AccessPolicy,
     /// The previous run's lookback window, which every chunk's cursor must recognise.
     delivered: Vec<RecordBatch>,
     /// What every chunk's reader is given besides its range.
@@ -96,28 +106,31 @@ struct ChunkOutput {
 async fn extract_chunks(
     engine: &Engine,
     spec: &DatasetSpec,
+    source: &Arc<dyn Source>,
     hints: TypeHints,
     access: SourceAccess,
-    secret: ConnectionSecret,
     previous_schema: Option<&Schema>,
     target: &RunTarget,
-    chunks: Vec<Chunk>,
+    plan: ChunkPlan,
     delivered: &[RecordBatch],
 ) -> Result<Extracted> {
-    let partitions = spec
-        .source
-        .partitions
-        .clone()
-        .expect("extract is called for partitioned specs");
+    let ChunkPlan {
+        chunks,
+        parallel,
+        attempts,
+    } = plan;
+    if chunks.is_empty() {
+        return Err(JobError::Internal(format!(
+            "{} planned no partitions",
+            source.describe()
+        )));
+    }
     let settings = engine.settings().clone();
     // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
-    let template = SourceAccess {
-        secret: Some(secret.clone()),
-        ..access.clone()
-    };
+    let template = access.clone();
     let first_reader = sources::open(
+        source,
         spec,
-        engine.policy(),
         settings.batch_rows,
         hints.clone(),
         chunk_access(&template, &chunks[0]),
@@ -133,6 +146,7 @@ async fn extract_chunks(
     )?);
     let shared = Arc::new(Shared {
         spec: spec.clone(),
+        source: source.clone(),
         hints,
         floor: access.floor.clone(),
         checks_template: BatchChecks::new(
@@ -143,18 +157,13 @@ async fn extract_chunks(
         plan: plan.clone(),
         destination: engine.destination().clone(),
         settings,
-        policy: engine.policy().clone(),
         delivered: delivered.to_vec(),
         access: template,
         target: target.clone(),
-        attempts: partitions.attempts,
+        attempts,
         faults: engine.chunk_faults().clone(),
         cancelled: AtomicBool::new(false),
     });
-    let parallel = partitions
-        .parallel
-        .map_or(chunks.len(), |p| p as usize)
-        .max(1);
     let permits = Arc::new(Semaphore::new(parallel));
     let mut tasks = JoinSet::new();
     let mut first_reader = Some(first_reader);
@@ -171,10 +180,10 @@ async fn extract_chunks(
     let mut failure: Option<JobError> = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.unwrap_or_else(|e| {
-            Err(JobError::bad_input(
-                format!("table {}", spec.source.table.as_deref().unwrap_or_default()),
-                format!("a chunk task stopped unexpectedly: {e}"),
-            ))
+            Err(JobError::Internal(format!(
+                "{}: a chunk task stopped unexpectedly: {e}",
+                shared.source.describe()
+            )))
         });
         match result {
             Ok(output) => outputs.push(output),
@@ -273,8 +282,8 @@ async fn attempt_chunk(
         None => {
             let access = chunk_access(&shared.access, chunk);
             let reader = sources::open(
+                &shared.source,
                 &shared.spec,
-                &shared.policy,
                 shared.settings.batch_rows,
                 shared.hints.clone(),
                 access,

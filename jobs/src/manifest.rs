@@ -12,7 +12,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use carga_config::{Mode, SourceFormat};
+use carga_config::Mode;
 
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
@@ -48,7 +48,8 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManifestSource {
-    pub format: SourceFormat,
+    /// The source's `format` (`csv`, `postgres`, or a registered one).
+    pub format: String,
     pub location: String,
 }
 

@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
-use carga_config::{DatasetSpec, Pagination};
+use carga_config::{DatasetSpec, Pagination, SourceSpec};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::access::AccessPolicy;
 use crate::error::{JobError, Result};
 use crate::secrets::{ConnectionSecret, SecretsProvider};
-use crate::sources::{self, SourceAccess, TypeHints};
+use crate::sources::{self, SourceAccess, SourceRegistry, TypeHints};
 use crate::typing::parse_type_name;
 
 /// What the source looks like from here.
@@ -39,11 +39,24 @@ pub async fn preview(
     secrets: &dyn SecretsProvider,
     rows: usize,
 ) -> Result<Preview> {
+    preview_with(&SourceRegistry::default(), spec, policy, secrets, rows).await
+}
+
+/// `preview` with the sources of `registry` (an engine's, with what it registered).
+pub async fn preview_with(
+    registry: &SourceRegistry,
+    spec: &DatasetSpec,
+    policy: &AccessPolicy,
+    secrets: &dyn SecretsProvider,
+    rows: usize,
+) -> Result<Preview> {
     spec.validate()?;
     let mut spec = spec.per_table().swap_remove(0);
-    spec.source.rest.pagination = Pagination::None;
+    if let SourceSpec::Rest(rest) = &mut spec.source {
+        rest.rest.pagination = Pagination::None;
+    }
     let secret = match &spec.connection_id {
-        Some(id) if spec.source.format.needs_connection() => Some(secrets.connection(id).await?),
+        Some(id) if spec.source.needs_connection() => Some(secrets.connection(id).await?),
         _ => None,
     };
     // Whatever the source answers, no form of the secret goes back to the caller.
@@ -51,12 +64,13 @@ pub async fn preview(
         .as_ref()
         .map(ConnectionSecret::redactor)
         .unwrap_or_default();
-    read_first_rows(spec, policy, secret, rows)
+    read_first_rows(registry, spec, policy, secret, rows)
         .await
         .map_err(|e| e.redacted(&redactor))
 }
 
 async fn read_first_rows(
+    registry: &SourceRegistry,
     spec: DatasetSpec,
     policy: &AccessPolicy,
     secret: Option<ConnectionSecret>,
@@ -75,7 +89,8 @@ async fn read_first_rows(
         explicit,
         ..TypeHints::default()
     };
-    let mut reader = sources::open(&spec, policy, rows.max(1), hints, access).await?;
+    let source = registry.build(&spec, policy)?;
+    let mut reader = sources::open(&source, &spec, rows.max(1), hints, access).await?;
     let columns = reader
         .schema
         .fields()

@@ -20,7 +20,7 @@ use crate::redact::Redactor;
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::{ConnectionSecret, LocalSecretsFile, SecretsProvider};
 use crate::sink::PartFile;
-use crate::sources::{self, SourceAccess, SourceReader, TypeHints};
+use crate::sources::{self, Source, SourceAccess, SourceReader, SourceRegistry, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
 use crate::validation::{BatchChecks, ReadProgress, ReadStats, ValidationReport};
@@ -55,6 +55,7 @@ pub struct Engine {
     secrets: Arc<dyn SecretsProvider>,
     policy: AccessPolicy,
     destination: Arc<dyn Destination>,
+    sources: SourceRegistry,
     chunk_faults: ChunkFaults,
 }
 
@@ -125,6 +126,7 @@ impl Engine {
             secrets,
             policy,
             destination,
+            sources: SourceRegistry::default(),
             chunk_faults: ChunkFaults::default(),
         })
     }
@@ -179,6 +181,16 @@ impl Engine {
         self
     }
 
+    /// Replaces the sources this engine reads (the built-in ones plus what the registry adds).
+    pub fn with_sources(mut self, sources: SourceRegistry) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    pub fn sources(&self) -> &SourceRegistry {
+        &self.sources
+    }
+
     pub fn secrets(&self) -> &Arc<dyn SecretsProvider> {
         &self.secrets
     }
@@ -231,7 +243,14 @@ impl Engine {
         spec: &DatasetSpec,
         rows: usize,
     ) -> Result<crate::preview::Preview> {
-        crate::preview::preview(spec, &self.policy, self.secrets.as_ref(), rows).await
+        crate::preview::preview_with(
+            &self.sources,
+            spec,
+            &self.policy,
+            self.secrets.as_ref(),
+            rows,
+        )
+        .await
     }
 
     /// The outcome of run `run_id` of this dataset if it already committed: a job handed back
@@ -277,7 +296,7 @@ impl Engine {
                 ingest_date: started_at.date_naive().to_string(),
             };
             let secret = match &spec.connection_id {
-                Some(id) if spec.source.format.needs_connection() => {
+                Some(id) if spec.source.needs_connection() => {
                     self.secrets.connection(id).await.map(Some)
                 }
                 _ => Ok(None),
@@ -340,13 +359,14 @@ impl Engine {
     ) -> Result<RunOutcome> {
         let run_id = target.run_id.as_str();
         spec.validate()?;
-        if !spec.source.tables.is_empty() {
+        if !spec.source.tables().is_empty() {
             return Err(JobError::Refused {
                 dataset: spec.id.clone(),
                 message: "the spec lists several tables: run each of `DatasetSpec::per_table()`"
                     .into(),
             });
         }
+        let source = self.sources.build(spec, &self.policy)?;
         let previous = self.destination.latest(&spec.id).await?;
         let hints = TypeHints {
             explicit: explicit_types(spec)?,
@@ -375,23 +395,35 @@ impl Engine {
             rows: rows_written,
             stats,
             files,
-        } = match &spec.source.partitions {
-            Some(_) => {
-                let access = self.with_pushdown(spec, &hints, access).await?;
-                crate::chunks::extract(
-                    self,
-                    spec,
-                    hints,
-                    access,
-                    previous_schema,
-                    target,
-                    &delivered,
-                )
-                .await?
-            }
-            None => {
-                self.extract_single(spec, hints, access, previous_schema, target, &delivered)
+        } = {
+            let access = self.with_pushdown(spec, &source, &hints, access).await?;
+            match source.partitions(&access).await? {
+                Some(partitions) => {
+                    crate::chunks::extract(
+                        self,
+                        spec,
+                        &source,
+                        partitions,
+                        hints,
+                        access,
+                        previous_schema,
+                        target,
+                        &delivered,
+                    )
                     .await?
+                }
+                None => {
+                    self.extract_single(
+                        spec,
+                        &source,
+                        hints,
+                        access,
+                        previous_schema,
+                        target,
+                        &delivered,
+                    )
+                    .await?
+                }
             }
         };
 
@@ -445,7 +477,7 @@ impl Engine {
             committed_at: Utc::now(),
             ingest_date: target.ingest_date.clone(),
             source: ManifestSource {
-                format: spec.source.format,
+                format: spec.source.format_name().to_owned(),
                 location: spec.source.describe(),
             },
             rows: rows_written,
@@ -483,9 +515,11 @@ impl Engine {
     }
 
     /// One reader, one sink: the whole source streamed in one pass.
+    #[allow(clippy::too_many_arguments)]
     async fn extract_single(
         &self,
         spec: &DatasetSpec,
+        source: &Arc<dyn Source>,
         hints: TypeHints,
         access: SourceAccess,
         previous_schema: Option<&arrow::datatypes::Schema>,
@@ -493,7 +527,6 @@ impl Engine {
         delivered: &[RecordBatch],
     ) -> Result<Extracted> {
         let floor = access.floor.clone();
-        let access = self.with_pushdown(spec, &hints, access).await?;
         let mut hints = hints;
         let mut warnings = Vec::new();
         // A column inferred too narrowly from the sample (an int column with text at row
@@ -501,8 +534,8 @@ impl Engine {
         // unreadable because of where its first odd value sits.
         loop {
             let reader = sources::open(
+                source,
                 spec,
-                &self.policy,
                 self.settings.batch_rows,
                 hints.clone(),
                 access.clone(),
@@ -570,20 +603,19 @@ impl Engine {
         }
     }
 
-    /// `access` with the filters of the spec's transform that its database source can evaluate
-    /// (`query::transform`): the source is described first (schema only), then the transform is
-    /// planned against it.
+    /// `access` with the filters of the spec's transform that its source can evaluate
+    /// (`Capabilities::filter_dialect`, `query::transform`): the source is described first
+    /// (schema only), then the transform is planned against it.
     pub(crate) async fn with_pushdown(
         &self,
         spec: &DatasetSpec,
+        source: &Arc<dyn Source>,
         hints: &TypeHints,
         access: SourceAccess,
     ) -> Result<SourceAccess> {
-        use crate::query::transform::{SqlDialect, pushable_filter, refused};
-        let dialect = match spec.source.format {
-            carga_config::SourceFormat::Postgres => SqlDialect::Postgres,
-            carga_config::SourceFormat::Mysql => SqlDialect::Mysql,
-            _ => return Ok(access),
+        use crate::query::transform::{pushable_filter, refused};
+        let Some(dialect) = source.capabilities().filter_dialect else {
+            return Ok(access);
         };
         let Some(sql) = &spec.transform else {
             return Ok(access);
@@ -593,7 +625,7 @@ impl Engine {
             chunk: None,
             ..access.clone()
         };
-        let described = sources::open(spec, &self.policy, 1, hints.clone(), probe).await?;
+        let described = sources::open(source, spec, 1, hints.clone(), probe).await?;
         let schema = described.schema.clone();
         described.finish().await?;
         let pushed_filter = pushable_filter(sql, schema, dialect, self.settings.query_memory_mib)

@@ -319,9 +319,9 @@ impl Catalog {
                  RETURNING *",
             )
             .bind(&spec.id)
-            .bind(format_name(&spec.source.format))
-            .bind(&spec.source.location)
-            .bind(TableList(&spec.source.tables))
+            .bind(spec.source.format_name())
+            .bind(spec.source.location().unwrap_or_default())
+            .bind(TableList(spec.source.tables()))
             .bind(&spec.connection_id)
             .bind(match spec.mode {
                 Mode::Delta => "delta",
@@ -856,13 +856,6 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn format_name(format: &carga_config::SourceFormat) -> String {
-    serde_json::to_value(format)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// A row of either catalog database with the column types the records are read from.
 trait CatalogRow: Row
 where
@@ -1013,6 +1006,6 @@ mod tests {
         let json = serde_json::to_value(&spec).unwrap();
         let back: DatasetSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
-        assert_eq!(format_name(&spec.source.format), "csv");
+        assert_eq!(spec.source.format_name(), "csv");
     }
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod health;
 mod lock;
 mod notify;
 mod queue_worker;
@@ -91,6 +92,15 @@ enum Command {
     /// dashboard, and workers, with the catalog and the queue in a SQLite file beside the local
     /// bucket. Until SIGTERM or Ctrl-C.
     Serve(serve::ServeArgs),
+    /// Exit non-zero unless a worker wrote its liveness file (`--health-file`) recently: the
+    /// worker's liveness probe.
+    Health {
+        #[arg(long, env = "CARGA_HEALTH_FILE")]
+        file: PathBuf,
+        /// Older than this is a stuck worker.
+        #[arg(long, default_value_t = 120)]
+        max_age_seconds: u64,
+    },
     /// Create a master key file with one new random 256-bit key.
     Keygen {
         #[arg(long)]
@@ -151,6 +161,9 @@ struct JobArgs {
     /// How long a job waits for another run of its dataset before going back to the queue.
     #[arg(long, default_value_t = 30.0)]
     lock_wait_seconds: f64,
+    /// Write the time here on every heartbeat round, for `carga health` (a liveness probe).
+    #[arg(long, env = "CARGA_HEALTH_FILE")]
+    health_file: Option<PathBuf>,
 }
 
 impl JobArgs {
@@ -166,6 +179,7 @@ impl JobArgs {
             },
             lock_ttl: Duration::from_secs_f64(self.lock_ttl_seconds),
             lock_wait: Duration::from_secs_f64(self.lock_wait_seconds),
+            liveness: health::Liveness::new(self.health_file.clone()),
         }
     }
 }
@@ -254,6 +268,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Worker(args) => worker(cli.settings.as_deref(), args).await,
         Command::Serve(args) => serve::serve(cli.settings.as_deref(), args).await,
+        Command::Health {
+            file,
+            max_age_seconds,
+        } => health::check(&file, std::time::Duration::from_secs(max_age_seconds)),
         Command::Keygen { key_file, key_id } => {
             anyhow::ensure!(
                 !key_file.exists(),
@@ -312,6 +330,9 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
 /// the scheduler accepts (one cron validation for every entry point).
 fn load_spec(path: &Path) -> Result<DatasetSpec> {
     let spec = DatasetSpec::from_file(path)?;
+    carga_jobs::sources::SourceRegistry::default()
+        .check_format(&spec)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if spec.trigger == carga_config::Trigger::TimedPull || spec.time_zone.is_some() {
         let cron = spec.cron.as_deref().unwrap_or("0 0 * * *");
         carga_scheduler::schedule::CronSchedule::parse(cron, spec.time_zone.as_deref())
@@ -375,7 +396,7 @@ async fn read_back(settings_path: Option<&Path>, dataset: &str, limit: usize) ->
     let settings = Settings::load(settings_path)?;
     let id = if dataset.ends_with(".yaml") || dataset.ends_with(".yml") {
         let spec = DatasetSpec::from_file(Path::new(dataset))?;
-        if !spec.source.tables.is_empty() {
+        if !spec.source.tables().is_empty() {
             let ids: Vec<String> = spec.per_table().into_iter().map(|s| s.id).collect();
             anyhow::bail!(
                 "{dataset} pulls {} tables; read one of them by id: {}",

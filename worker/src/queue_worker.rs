@@ -58,6 +58,8 @@ pub struct WorkerSettings {
     pub lock_ttl: Duration,
     /// How long a job waits for another run of its dataset before going back to the queue.
     pub lock_wait: Duration,
+    /// Written on every heartbeat round (`carga health`).
+    pub liveness: crate::health::Liveness,
 }
 
 /// What every job handler shares.
@@ -293,10 +295,7 @@ async fn finish_succeeded(
     shared.metrics.add(Counter::JobsSucceeded, 1).await;
     shared.metrics.add(Counter::RowsWritten, rows).await;
     if let Some(first) = outcomes.first() {
-        let source = serde_json::to_value(first.manifest.source.format)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".into());
+        let source = first.manifest.source.format.clone();
         shared
             .metrics
             .add_source_run(&source, rows, took.as_secs_f64())

@@ -31,7 +31,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let queue = shared.queue.clone();
     let name = shared.settings.name.clone();
-    let beating = tokio::spawn(heartbeats(queue.clone(), name.clone()));
+    let beating = tokio::spawn(heartbeats(
+        queue.clone(),
+        name.clone(),
+        shared.settings.liveness.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
     let mut running = JoinSet::new();
     let mut faults = Faults::default();
@@ -109,7 +113,7 @@ async fn settle(queue: &JobQueue, worker: &str, run_id: &str, settlement: &Settl
 /// worker has itself beaten without a fault for a whole allowance: right after an outage of the
 /// queue every worker's last beat is old, and the others must get the chance to beat again
 /// before any of them is taken for dead.
-async fn heartbeats(queue: JobQueue, name: String) {
+async fn heartbeats(queue: JobQueue, name: String, liveness: crate::health::Liveness) {
     let every = queue.settings().heartbeat;
     let allowance = every.saturating_mul(queue.settings().missed_heartbeats.max(1) as u32);
     let mut faults = Faults::default();
@@ -145,6 +149,8 @@ async fn heartbeats(queue: JobQueue, name: String) {
             }
             Err(e) => faults.failed(&name, "heartbeat", &e).min(every),
         };
+        // The loop ran, whatever the queue answered: the worker is alive.
+        liveness.beat();
         tokio::time::sleep(pause).await;
     }
 }

@@ -6,6 +6,8 @@ mod encryption;
 pub mod raw_zone;
 pub(crate) mod transform;
 
+pub use transform::SqlDialect;
+
 use std::sync::Arc;
 
 use datafusion::execution::memory_pool::FairSpillPool;

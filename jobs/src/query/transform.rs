@@ -35,8 +35,8 @@ use crate::sources::SourceReader;
 pub const SOURCE_TABLE: &str = "source";
 
 /// The SQL dialect a database source evaluates pushed filters in.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum SqlDialect {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlDialect {
     Postgres,
     Mysql,
 }

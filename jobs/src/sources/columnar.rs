@@ -5,27 +5,69 @@
 //! them by the schema plan (a changed type is schema drift), never cast silently.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::error::ArrowError;
+use carga_config::ColumnarSource;
 
-use super::ReadContext;
+use super::{Source, SourceAccess, SourceOutput};
+use crate::access::AccessPolicy;
 use crate::error::Result;
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
 
 /// Which of the self-describing formats.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Columnar {
+pub enum Columnar {
     Parquet,
     ArrowIpc,
     Avro,
 }
 
+/// A Parquet, Arrow IPC or Avro file.
+pub struct ColumnarFile {
+    config: ColumnarSource,
+    format: Columnar,
+    policy: AccessPolicy,
+}
+
+impl ColumnarFile {
+    pub fn new(config: ColumnarSource, format: Columnar, policy: AccessPolicy) -> Self {
+        Self {
+            config,
+            format,
+            policy,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ColumnarFile {
+    fn describe(&self) -> String {
+        self.config.location.clone()
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        _access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let this = self.clone();
+        super::parse_file(
+            &self.config.location,
+            &self.policy,
+            output,
+            move |object, output| read(object, this.format, output),
+        )
+        .await
+    }
+}
+
 pub(crate) fn read(
     object: &SourceObject,
     format: Columnar,
-    mut ctx: ReadContext,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let copy = object.local_copy(&ctx.runtime)?;
     let file = copy.file()?;

@@ -5,12 +5,15 @@
 //! Blank lines (nothing on them) are not rows: they are skipped and counted in the report, as
 //! pandas and polars skip them. A line of empty fields (`,,`) is an empty row, counted as such.
 
-use carga_config::CsvOptions;
+use std::sync::Arc;
+
+use carga_config::{CsvOptions, CsvSource};
 use csv::ByteRecord;
 
-use super::ReadContext;
 use super::table::{TableAssembler, truncate};
 use super::text_input::{Detected, LineCounter, utf8_input};
+use super::{Source, SourceAccess, SourceOutput};
+use crate::access::AccessPolicy;
 use crate::error::{JobError, Result};
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
@@ -18,10 +21,44 @@ use crate::validation::ReadStats;
 /// A header name longer than this is almost always a wrong delimiter or a binary file.
 const MAX_HEADER_NAME_BYTES: usize = 1024;
 
+/// A CSV file: local, `s3://` or `https://`.
+pub struct CsvFile {
+    config: CsvSource,
+    policy: AccessPolicy,
+}
+
+impl CsvFile {
+    pub fn new(config: CsvSource, policy: AccessPolicy) -> Self {
+        Self { config, policy }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for CsvFile {
+    fn describe(&self) -> String {
+        self.config.location.clone()
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        _access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let this = self.clone();
+        super::parse_file(
+            &self.config.location,
+            &self.policy,
+            output,
+            move |object, output| read(object, &this.config.csv, output),
+        )
+        .await
+    }
+}
+
 pub(crate) fn read(
     object: &SourceObject,
     opts: &CsvOptions,
-    ctx: ReadContext,
+    ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let raw = object.open_blocking(&ctx.runtime)?;
     let (input, detected) = utf8_input(raw, opts.encoding)
@@ -149,7 +186,7 @@ fn decode_cells<'r>(
 /// Validates the header: names must be UTF-8, unique and of sane length; blanks get a name.
 fn header_names(
     record: &ByteRecord,
-    ctx: &ReadContext,
+    ctx: &SourceOutput,
     problems: &mut Vec<String>,
     encoding_hint: &str,
 ) -> Result<Vec<String>> {

@@ -6,14 +6,16 @@
 //! Cells become text and share the CSV typing path, so types, inference and errors behave alike.
 
 use std::io::BufReader;
+use std::sync::Arc;
 
 use calamine::{
     DataType as CellValue, Ods, Reader, Sheets, Xls, Xlsb, Xlsx, open_workbook_from_rs,
 };
-use carga_config::{ErrorCellPolicy, ExcelOptions, ExtraCellPolicy, HeaderRow};
+use carga_config::{ErrorCellPolicy, ExcelOptions, ExcelSource, ExtraCellPolicy, HeaderRow};
 
-use super::ReadContext;
 use super::table::TableAssembler;
+use super::{Source, SourceAccess, SourceOutput};
+use crate::access::AccessPolicy;
 use crate::error::Result;
 use crate::storage::{LocalCopy, SourceObject};
 use crate::validation::ReadStats;
@@ -64,10 +66,44 @@ fn open_workbook(copy: &LocalCopy, extension: Option<&str>) -> Result<Workbook, 
         .map_err(|_| "cannot detect the workbook format (xlsx, xlsm, xlsb, xls or ods)".into())
 }
 
+/// A workbook's sheet (xlsx, xlsm, xlsb, xls, ods).
+pub struct ExcelFile {
+    config: ExcelSource,
+    policy: AccessPolicy,
+}
+
+impl ExcelFile {
+    pub fn new(config: ExcelSource, policy: AccessPolicy) -> Self {
+        Self { config, policy }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ExcelFile {
+    fn describe(&self) -> String {
+        self.config.location.clone()
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        _access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let this = self.clone();
+        super::parse_file(
+            &self.config.location,
+            &self.policy,
+            output,
+            move |object, output| read(object, &this.config.excel, output),
+        )
+        .await
+    }
+}
+
 pub(crate) fn read(
     object: &SourceObject,
     opts: &ExcelOptions,
-    ctx: ReadContext,
+    ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let copy = object.local_copy(&ctx.runtime)?;
     let extension = std::path::Path::new(&object.display)
@@ -205,13 +241,13 @@ struct RowFeed {
     extra_cells_ignored: u64,
     first_extra: Option<String>,
     location: String,
-    ctx: Option<ReadContext>,
+    ctx: Option<SourceOutput>,
     table: Option<TableAssembler>,
     first_column: u32,
 }
 
 impl RowFeed {
-    fn new(ctx: ReadContext, location: String, opts: &ExcelOptions) -> Self {
+    fn new(ctx: SourceOutput, location: String, opts: &ExcelOptions) -> Self {
         Self {
             header_row: match opts.header_row {
                 HeaderRow::Auto => None,

@@ -13,21 +13,56 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
-use carga_config::{Encoding, JsonOptions, MixedTypesPolicy};
+use carga_config::{Encoding, JsonOptions, JsonSource, MixedTypesPolicy};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::json_records::{RecordPosition, RecordSplitter};
 use super::text_input::utf8_input;
-use super::{ReadContext, TypeHints};
+use super::{Source, SourceAccess, SourceOutput, TypeHints};
+use crate::access::AccessPolicy;
 use crate::error::{JobError, Result};
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
 
+/// A JSON file (an array of records or one record per line).
+pub struct JsonFile {
+    config: JsonSource,
+    policy: AccessPolicy,
+}
+
+impl JsonFile {
+    pub fn new(config: JsonSource, policy: AccessPolicy) -> Self {
+        Self { config, policy }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for JsonFile {
+    fn describe(&self) -> String {
+        self.config.location.clone()
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        _access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let this = self.clone();
+        super::parse_file(
+            &self.config.location,
+            &self.policy,
+            output,
+            move |object, output| read(object, &this.config.json, output),
+        )
+        .await
+    }
+}
+
 pub(crate) fn read(
     object: &SourceObject,
     opts: &JsonOptions,
-    mut ctx: ReadContext,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let raw = object.open_blocking(&ctx.runtime)?;
     let (input, _) = utf8_input(raw, Encoding::Utf8)
@@ -154,7 +189,7 @@ pub(crate) fn read(
 
 fn next_record<R: std::io::BufRead>(
     splitter: &mut RecordSplitter<R>,
-    ctx: &ReadContext,
+    ctx: &SourceOutput,
 ) -> Result<Option<RecordPosition>> {
     splitter
         .next_record()
@@ -230,7 +265,7 @@ impl PendingRecords {
 
 struct Batcher {
     schema: SchemaRef,
-    ctx: ReadContext,
+    ctx: SourceOutput,
     stats: ReadStats,
     /// Text fields whose objects and arrays are written as their JSON text.
     as_json_text: Vec<String>,
@@ -290,8 +325,10 @@ impl Batcher {
                         Ok(_) => good.push(record),
                         Err(e) => {
                             let reason = format!(
-                                "record {} (line {}): does not fit the schema: {e}",
-                                position.record, position.line
+                                "record {} (line {}{}): does not fit the schema: {e}",
+                                position.record,
+                                position.line,
+                                record_key(record, &self.ctx.key)
                             );
                             self.ctx.reject(
                                 &mut self.stats,
@@ -417,4 +454,24 @@ impl FieldKinds {
         }
         Schema::new(fields)
     }
+}
+
+/// `, id=4`: the record's key as it wrote it, when the dataset has one (only on the error path,
+/// so the record is parsed again here rather than carried along).
+fn record_key(record: &[u8], key: &[String]) -> String {
+    if key.is_empty() {
+        return String::new();
+    }
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(record) else {
+        return String::new();
+    };
+    key.iter()
+        .filter_map(|name| {
+            let value = match fields.get(name)? {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            Some(format!(", {name}={}", super::table::truncate(&value, 60)))
+        })
+        .collect()
 }

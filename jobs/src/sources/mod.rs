@@ -1,5 +1,10 @@
-//! File sources. Each runs on a blocking thread, parses the file as a stream and sends Arrow record
-//! batches through a small bounded channel, so memory holds a couple of batches, never the file.
+//! Sources: where a run's rows come from. Each format is a [`Source`] in its own module, built
+//! from its config struct (`carga_config::SourceSpec`'s variant) by the [`SourceRegistry`],
+//! which also holds sources an embedding program registers. A source announces its schema and
+//! streams Arrow record batches into a [`SourceOutput`] (a small bounded channel, so memory
+//! holds a couple of batches, never the file or the table); what it can do beyond that (filters
+//! pushed into its query, the delta cursor evaluated on the server, partitions read in
+//! parallel) it says in [`Capabilities`] and [`Source::partitions`].
 
 mod columnar;
 mod csv;
@@ -9,7 +14,9 @@ mod json_records;
 pub mod mongodb;
 pub mod mssql;
 pub mod mysql;
+mod output;
 pub mod postgres;
+mod registry;
 pub mod rest;
 mod table;
 mod text_input;
@@ -19,16 +26,73 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use carga_config::{DatasetSpec, MalformedRowPolicy, SourceFormat, SourceSpec};
+use carga_config::DatasetSpec;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::access::{AccessPolicy, NetworkPolicy};
+use crate::access::AccessPolicy;
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
+use crate::query::SqlDialect;
 use crate::secrets::ConnectionSecret;
 use crate::storage::SourceObject;
 use crate::validation::{ReadProgress, ReadStats};
+
+pub use output::SourceOutput;
+pub use postgres::partition::Chunk;
+pub use registry::{SourceFactory, SourceRegistry};
+
+/// A source of rows for one dataset (one table of a multi-table spec).
+#[async_trait::async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// How messages and reports name it: a file's location, `table public.orders (connection 'pg')`.
+    fn describe(&self) -> String;
+
+    /// What the source can do beyond streaming every row.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// The key ranges a large table is read in, each by its own reader (`access.chunk`) and
+    /// retried alone; `None` reads it in one pass. Called once per run, before any read.
+    async fn partitions(&self, _access: &SourceAccess) -> Result<Option<Partitions>> {
+        Ok(None)
+    }
+
+    /// Reads the source: announces the schema on `output`, then sends its batches, applying
+    /// the malformed-row policy through `output.reject`. With `access.schema_only`, it stops
+    /// after the schema. A delta run's `access.floor` may be used to read less (the run's
+    /// cursor still filters every row, so reading more is never wrong).
+    async fn read(self: Arc<Self>, output: SourceOutput, access: SourceAccess)
+    -> Result<ReadStats>;
+}
+
+/// What a source can do beyond streaming every row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Conditions in this SQL dialect can be added to the source's query: a transform's plain
+    /// filters run in the database (`SourceAccess::pushed_filter`).
+    pub filter_dialect: Option<SqlDialect>,
+    /// The source reads only rows at or after `SourceAccess::floor` (minus the lookback).
+    pub cursor_pushdown: bool,
+}
+
+/// A partitioned read's plan: the chunks, how many run at once, how often each is tried, and
+/// what must stay alive while they run (PostgreSQL's exported snapshot).
+pub struct Partitions {
+    pub chunks: Vec<Chunk>,
+    /// Chunks read at the same time.
+    pub parallel: usize,
+    /// Attempts per chunk before the run gives up.
+    pub attempts: u32,
+    pub hold: Box<dyn PartitionHold>,
+}
+
+/// Kept alive while a partitioned read runs, released after the last chunk.
+#[async_trait::async_trait]
+pub trait PartitionHold: Send {
+    async fn release(self: Box<Self>);
+}
 
 /// Batches in flight between the reader thread and the pipeline: enough to overlap parse and write.
 const CHANNEL_BATCHES: usize = 2;
@@ -64,73 +128,6 @@ impl TypeHints {
     /// does not fit may widen it; a declared type or one pinned by committed runs may not.
     pub fn may_widen(&self, name: &str) -> bool {
         !self.explicit.contains_key(name) && self.previous_type(name).is_none()
-    }
-}
-
-/// What a reader thread needs besides its options.
-pub(crate) struct ReadContext {
-    pub location: String,
-    pub batch_rows: usize,
-    pub policy: MalformedRowPolicy,
-    pub hints: TypeHints,
-    /// Which addresses an HTTP source may reach.
-    pub network: NetworkPolicy,
-    /// What has been read so far, for a failed run's report.
-    pub progress: Arc<ReadProgress>,
-    /// The dataset's key columns: a message about a row names its key when it has one.
-    pub key: Vec<String>,
-    schema_tx: Option<oneshot::Sender<SchemaRef>>,
-    batch_tx: mpsc::Sender<Result<RecordBatch>>,
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl ReadContext {
-    /// Announces the schema; must happen before the first batch.
-    pub fn announce_schema(&mut self, schema: SchemaRef) {
-        if let Some(tx) = self.schema_tx.take() {
-            let _ = tx.send(schema);
-        }
-    }
-
-    /// Sends a batch from a blocking reader thread; `false` means the pipeline has stopped
-    /// listening (it failed) and reading can end.
-    pub fn send(&self, batch: RecordBatch) -> bool {
-        self.progress.sent(batch.num_rows() as u64);
-        self.batch_tx.blocking_send(Ok(batch)).is_ok()
-    }
-
-    /// `send` for readers that run as async tasks (databases).
-    pub async fn send_async(&self, batch: RecordBatch) -> bool {
-        self.progress.sent(batch.num_rows() as u64);
-        self.batch_tx.send(Ok(batch)).await.is_ok()
-    }
-
-    /// Applies the malformed-row policy to a row that cannot be used: fail the run, or count it.
-    pub fn reject(
-        &self,
-        stats: &mut ReadStats,
-        row: u64,
-        kind: &str,
-        reason: String,
-    ) -> Result<()> {
-        match self.policy {
-            MalformedRowPolicy::Fail => {
-                self.progress
-                    .reported(stats.rows_read, stats.rejected_rows + 1);
-                Err(self.bad_input(format!(
-                    "{reason} (set on_malformed_row: skip to leave such rows out and count them)"
-                )))
-            }
-            MalformedRowPolicy::Skip => {
-                stats.reject(row, kind, reason);
-                self.progress.reported(stats.rows_read, stats.rejected_rows);
-                Ok(())
-            }
-        }
-    }
-
-    pub fn bad_input(&self, message: impl Into<String>) -> JobError {
-        JobError::bad_input(self.location.clone(), message)
     }
 }
 
@@ -199,23 +196,6 @@ impl SourceReader {
     }
 }
 
-/// File formats parse on a blocking thread.
-fn read_file(object: &SourceObject, source: &SourceSpec, ctx: ReadContext) -> Result<ReadStats> {
-    match source.format {
-        SourceFormat::Csv => csv::read(object, &source.csv, ctx),
-        SourceFormat::Json => json::read(object, &source.json, ctx),
-        SourceFormat::Excel => excel::read(object, &source.excel, ctx),
-        SourceFormat::Parquet => columnar::read(object, columnar::Columnar::Parquet, ctx),
-        SourceFormat::Arrow => columnar::read(object, columnar::Columnar::ArrowIpc, ctx),
-        SourceFormat::Avro => columnar::read(object, columnar::Columnar::Avro, ctx),
-        SourceFormat::Postgres
-        | SourceFormat::Mysql
-        | SourceFormat::Mssql
-        | SourceFormat::Mongodb
-        | SourceFormat::Rest => Err(ctx.bad_input("a database or an API is not a file")),
-    }
-}
-
 /// The reader's result. A reader that panicked is a bug in Carga, not bad input: an internal
 /// error naming what it read (the process goes on; the run commits nothing).
 async fn join(task: JoinHandle<Result<ReadStats>>, location: &str) -> Result<ReadStats> {
@@ -280,85 +260,53 @@ pub struct SourceAccess {
     pub schema_only: bool,
 }
 
-/// Opens the dataset's source and starts reading it. Returns once the schema is known.
+impl SourceAccess {
+    /// The connection's credentials, which a database source cannot read without.
+    pub fn require_secret(&self, connection: Option<&str>) -> Result<ConnectionSecret> {
+        self.secret.clone().ok_or_else(|| {
+            JobError::Secret(format!(
+                "no credentials for connection '{}'",
+                connection.unwrap_or_default()
+            ))
+        })
+    }
+}
+
+/// How a database source is named: its table and connection.
+pub(crate) fn describe_table(spec: &DatasetSpec) -> String {
+    format!(
+        "table {} (connection '{}')",
+        spec.source.table(),
+        spec.connection_id.as_deref().unwrap_or_default()
+    )
+}
+
+/// Starts reading `source` for `spec`'s run and returns once the schema is known.
 pub async fn open(
+    source: &Arc<dyn Source>,
     spec: &DatasetSpec,
-    policy: &AccessPolicy,
     batch_rows: usize,
     hints: TypeHints,
     access: SourceAccess,
 ) -> Result<SourceReader> {
     let (schema_tx, schema_rx) = oneshot::channel();
     let (batch_tx, batches) = mpsc::channel(CHANNEL_BATCHES);
-    let mut ctx = ReadContext {
-        location: String::new(),
+    let mut location = source.describe();
+    if let Some(chunk) = &access.chunk {
+        location = format!("{location}, chunk {}", chunk.index);
+    }
+    let output = SourceOutput {
+        location: location.clone(),
         batch_rows,
         policy: spec.on_malformed_row,
         hints,
-        network: policy.network,
         progress: access.progress.clone(),
         key: spec.key.clone(),
         schema_tx: Some(schema_tx),
         batch_tx,
         runtime: tokio::runtime::Handle::current(),
     };
-    let location = spec.source.describe();
-    let task = if spec.source.format.is_database() {
-        let connection = spec.connection_id.clone().unwrap_or_default();
-        ctx.location = format!(
-            "table {} (connection '{connection}')",
-            spec.source.table.as_deref().unwrap_or_default()
-        );
-        if let Some(chunk) = &access.chunk {
-            ctx.location = format!("{}, chunk {}", ctx.location, chunk.index);
-        }
-        let mut access = access;
-        let secret = access.secret.take().ok_or_else(|| {
-            JobError::Secret(format!("no credentials for connection '{connection}'"))
-        })?;
-        let spec = spec.clone();
-        match spec.source.format {
-            SourceFormat::Postgres => tokio::spawn(postgres::read(spec, secret, access, ctx)),
-            SourceFormat::Mysql => tokio::spawn(mysql::read(spec, secret, access, ctx)),
-            SourceFormat::Mssql => tokio::spawn(mssql::read(
-                spec,
-                secret,
-                access.floor,
-                access.lookback,
-                ctx,
-            )),
-            SourceFormat::Mongodb => tokio::spawn(mongodb::read(
-                spec,
-                secret,
-                access.floor,
-                access.lookback,
-                ctx,
-            )),
-            SourceFormat::Csv
-            | SourceFormat::Json
-            | SourceFormat::Excel
-            | SourceFormat::Parquet
-            | SourceFormat::Arrow
-            | SourceFormat::Avro
-            | SourceFormat::Rest => {
-                unreachable!("is_database() lists the database formats")
-            }
-        }
-    } else if spec.source.format == SourceFormat::Rest {
-        ctx.location = spec.source.location.clone();
-        tokio::spawn(rest::read(
-            spec.clone(),
-            access.secret,
-            access.floor,
-            access.lookback,
-            ctx,
-        ))
-    } else {
-        let object = SourceObject::resolve(&spec.source.location, policy)?;
-        ctx.location = object.display.clone();
-        let source = spec.source.clone();
-        tokio::task::spawn_blocking(move || read_file(&object, &source, ctx))
-    };
+    let task = tokio::spawn(source.clone().read(output, access));
     match schema_rx.await {
         Ok(schema) => Ok(SourceReader {
             schema,
@@ -370,11 +318,32 @@ pub async fn open(
         Err(_) => match join(task, &location).await {
             Err(e) => Err(e),
             Ok(_) => Err(JobError::bad_input(
-                spec.source.location.clone(),
+                location,
                 "source ended without a schema",
             )),
         },
     }
+}
+
+/// A file source's body: the location resolved under the access policy (data roots, network
+/// policy), then parsed on a blocking thread; a parser that panics is an internal error.
+pub(crate) async fn parse_file<F>(
+    location: &str,
+    policy: &AccessPolicy,
+    mut output: SourceOutput,
+    parse: F,
+) -> Result<ReadStats>
+where
+    F: FnOnce(&SourceObject, SourceOutput) -> Result<ReadStats> + Send + 'static,
+{
+    let object = SourceObject::resolve(location, policy)?;
+    output.location.clone_from(&object.display);
+    let display = object.display.clone();
+    join(
+        tokio::task::spawn_blocking(move || parse(&object, output)),
+        &display,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, Stri
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::ReadContext;
+use super::SourceOutput;
 use crate::error::{JobError, Result};
 use carga_config::MalformedRowPolicy;
 
@@ -19,7 +19,7 @@ use crate::typing::{cast_text, describe, infer_type};
 use crate::validation::ReadStats;
 
 pub(crate) struct TableAssembler {
-    ctx: ReadContext,
+    ctx: SourceOutput,
     names: Vec<String>,
     infer_rows: usize,
     sample: Vec<(u64, Vec<Option<String>>)>,
@@ -32,7 +32,7 @@ pub(crate) struct TableAssembler {
 }
 
 impl TableAssembler {
-    pub fn new(ctx: ReadContext, names: Vec<String>, infer_rows: usize, stats: ReadStats) -> Self {
+    pub fn new(ctx: SourceOutput, names: Vec<String>, infer_rows: usize, stats: ReadStats) -> Self {
         let builders = names.iter().map(|_| StringBuilder::new()).collect();
         Self {
             ctx,

@@ -144,7 +144,7 @@ async fn overview(
                 .flatten();
             json!({
                 "dataset_id": d.dataset_id,
-                "format": d.spec.source.format,
+                "format": d.spec.source.format_name(),
                 "mode": d.spec.mode,
                 "trigger": d.spec.trigger,
                 "cron": d.spec.cron,

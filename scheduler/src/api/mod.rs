@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use carga_config::{DatasetSpec, SourceFormat, Trigger};
+use carga_config::{DatasetSpec, SourceSpec, Trigger};
 use carga_jobs::JobError;
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::secrets::SecretsProvider;
@@ -548,7 +548,8 @@ async fn validate_spec(
     let spec: DatasetSpec = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| invalid(format!("dataset spec: {e}")))?
     } else {
-        DatasetSpec::from_yaml(text).map_err(|e| invalid(e.to_string()))?
+        // Validated below, once its format is known to be one the workers read.
+        DatasetSpec::parse_yaml(text).map_err(|e| invalid(e.to_string()))?
     };
     if spec.id != id {
         return Err(invalid(format!(
@@ -575,6 +576,11 @@ pub async fn check_spec(
             "a configured dataset id may not contain '/'".into(),
         ));
     }
+    // The workers read the built-in formats (a program embedding Carga with its own sources
+    // runs its own API).
+    carga_jobs::sources::SourceRegistry::default()
+        .check_format(spec)
+        .map_err(|e| invalid(e.to_string()))?;
     spec.validate().map_err(|e| invalid(e.to_string()))?;
     if spec.trigger == Trigger::TimedPull {
         let cron = spec.cron.as_deref().unwrap_or_default();
@@ -584,7 +590,7 @@ pub async fn check_spec(
         CronSchedule::parse("0 0 * * *", Some(zone))
             .map_err(|e| invalid(format!("dataset '{id}': {e}")))?;
     }
-    if spec.source.format.is_database() && spec.connection_id.is_none() {
+    if spec.source.is_database() && spec.connection_id.is_none() {
         return Err(invalid(format!(
             "dataset '{id}': a database source needs `connection_id`"
         )));
@@ -602,10 +608,9 @@ pub async fn check_spec(
         rule,
         message: format!("dataset '{id}': {message}"),
     };
-    match spec.source.format {
-        format if format.is_database() => {}
-        SourceFormat::Rest => {
-            let url = url::Url::parse(&spec.source.location)
+    match &spec.source {
+        SourceSpec::Rest(rest) => {
+            let url = url::Url::parse(&rest.location)
                 .map_err(|e| invalid(format!("dataset '{id}': source.location: {e}")))?;
             access.network.check_url(&url).map_err(|why| {
                 denied(
@@ -615,7 +620,7 @@ pub async fn check_spec(
             })?;
             if let Some(secret) = secret
                 .as_ref()
-                .filter(|_| spec.source.rest.auth != carga_config::RestAuth::None)
+                .filter(|_| rest.rest.auth != carga_config::RestAuth::None)
                 && !secret.may_send_to(&url)
             {
                 return Err(denied(
@@ -628,11 +633,16 @@ pub async fn check_spec(
                 ));
             }
         }
-        _ => match SourceObject::resolve(&spec.source.location, access) {
-            Ok(_) => {}
-            Err(JobError::Denied { rule, message }) => return Err(denied(rule, message)),
-            Err(e) => return Err(invalid(format!("dataset '{id}': {e}"))),
-        },
+        // Databases and registered sources have no file to check here.
+        other => {
+            if let Some(location) = other.location() {
+                match SourceObject::resolve(location, access) {
+                    Ok(_) => {}
+                    Err(JobError::Denied { rule, message }) => return Err(denied(rule, message)),
+                    Err(e) => return Err(invalid(format!("dataset '{id}': {e}"))),
+                }
+            }
+        }
     }
     Ok(())
 }

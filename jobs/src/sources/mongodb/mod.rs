@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::reader::{Decoder, ReaderBuilder};
-use carga_config::{DatasetSpec, NewColumnPolicy};
+use carga_config::{DatasetSpec, MongoOptions, MongoSource, NewColumnPolicy};
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::{Client, Collection};
 use serde_json::{Map, Value};
 
-use super::ReadContext;
+use super::{Capabilities, Source, SourceAccess, SourceOutput};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
 use crate::secrets::ConnectionSecret;
@@ -27,20 +27,66 @@ use crate::validation::ReadStats;
 use convert::{Misfit, conform, document_id};
 use schema::{Kind, Observed};
 
-pub(crate) async fn read(
+/// One collection of a MongoDB database.
+pub struct MongoCollection {
     spec: DatasetSpec,
+    config: MongoSource,
+}
+
+impl MongoCollection {
+    pub fn new(spec: &DatasetSpec, config: MongoSource) -> Self {
+        Self {
+            spec: spec.clone(),
+            config,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for MongoCollection {
+    fn describe(&self) -> String {
+        super::describe_table(&self.spec)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            filter_dialect: None,
+            cursor_pushdown: true,
+        }
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let secret = access.require_secret(self.spec.connection_id.as_deref())?;
+        read(
+            &self.spec,
+            &self.config.mongodb,
+            secret,
+            access.floor,
+            access.lookback,
+            output,
+        )
+        .await
+    }
+}
+
+async fn read(
+    spec: &DatasetSpec,
+    opts: &MongoOptions,
     secret: ConnectionSecret,
     floor: Option<Watermark>,
     lookback: Option<u64>,
-    mut ctx: ReadContext,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
-    let opts = &spec.source.mongodb;
     let location = ctx.location.clone();
     let db_error = |what: &str, e: mongodb::error::Error| JobError::Database {
         context: format!("{location} ({what})"),
         message: secret.redact(&e.to_string()),
     };
-    let collection = open_collection(&spec, &secret).await.map_err(|e| match e {
+    let collection = open_collection(spec, &secret).await.map_err(|e| match e {
         Opening::Driver(e) => db_error("connecting", e),
         Opening::Spec(m) => ctx.bad_input(m),
     })?;
@@ -62,7 +108,7 @@ pub(crate) async fn read(
             observed.observe_document(&document);
         }
     }
-    let schema = plan_schema(&spec, &observed, &ctx).map_err(|m| ctx.bad_input(m))?;
+    let schema = plan_schema(spec, opts, &observed, &ctx).map_err(|m| ctx.bad_input(m))?;
 
     let mut filter = match &opts.filter {
         Some(text) => parse_filter(text).map_err(|m| ctx.bad_input(m))?,
@@ -91,7 +137,11 @@ pub(crate) async fn read(
         .map_err(|e| db_error("reading documents", e))?
     {
         stats.rows_read += 1;
-        match batcher.shape(&document, spec.new_columns, !spec.source.columns.is_empty()) {
+        match batcher.shape(
+            &document,
+            spec.new_columns,
+            !spec.source.columns().is_empty(),
+        ) {
             Ok(row) => batcher.rows.push(row),
             Err(misfit) => {
                 let kind = match misfit {
@@ -137,7 +187,7 @@ async fn open_collection(
         .database_url("mongodb", 27017)
         .map_err(|e| Opening::Spec(e.to_string()))?;
     let client = Client::with_uri_str(&url).await.map_err(Opening::Driver)?;
-    let name = spec.source.table.clone().unwrap_or_default();
+    let name = spec.source.table().to_owned();
     let (database, collection) = match name.split_once('.') {
         Some((database, collection)) => (client.database(database), collection.to_owned()),
         None => {
@@ -161,11 +211,11 @@ async fn open_collection(
 /// explicit types, then previous runs' types, then the sample.
 fn plan_schema(
     spec: &DatasetSpec,
+    opts: &MongoOptions,
     observed: &Observed,
-    ctx: &ReadContext,
+    ctx: &SourceOutput,
 ) -> std::result::Result<SchemaRef, String> {
-    let opts = &spec.source.mongodb;
-    let wanted = &spec.source.columns;
+    let wanted = spec.source.columns();
     let mut fields = Vec::new();
     for (name, field) in observed.fields() {
         if !wanted.is_empty() && !wanted.contains(name) {
@@ -206,7 +256,7 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn new(schema: SchemaRef, ctx: &ReadContext) -> Result<Self> {
+    fn new(schema: SchemaRef, ctx: &SourceOutput) -> Result<Self> {
         let decoder = ReaderBuilder::new(schema.clone())
             .with_batch_size(ctx.batch_rows)
             .with_strict_mode(true)
@@ -250,7 +300,7 @@ impl Batcher {
     fn flush(
         &mut self,
         last_document: u64,
-        ctx: &ReadContext,
+        ctx: &SourceOutput,
     ) -> Result<arrow::array::RecordBatch> {
         let first = last_document + 1 - self.rows.len() as u64;
         let decoded = self

@@ -18,7 +18,7 @@ use tiberius::{AuthMethod, Client, Config};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::ReadContext;
+use super::{Source, SourceAccess, SourceOutput};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
 use crate::secrets::ConnectionSecret;
@@ -177,14 +177,48 @@ pub(crate) async fn discover(
     Ok(out)
 }
 
-pub(crate) async fn read(
+/// One table of a SQL Server database.
+pub struct MssqlTable {
     spec: DatasetSpec,
+}
+
+impl MssqlTable {
+    pub fn new(spec: &DatasetSpec) -> Self {
+        Self { spec: spec.clone() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for MssqlTable {
+    fn describe(&self) -> String {
+        super::describe_table(&self.spec)
+    }
+
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            filter_dialect: None,
+            cursor_pushdown: true,
+        }
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let secret = access.require_secret(self.spec.connection_id.as_deref())?;
+        read(&self.spec, secret, access.floor, access.lookback, output).await
+    }
+}
+
+async fn read(
+    spec: &DatasetSpec,
     secret: ConnectionSecret,
     floor: Option<Watermark>,
     lookback: Option<u64>,
-    mut ctx: ReadContext,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
-    let table = spec.source.table.clone().unwrap_or_default();
+    let table = spec.source.table().to_owned();
     let location = ctx.location.clone();
     let db_error = |what: &str, e: tiberius::error::Error| JobError::Database {
         context: format!("{location} ({what})"),
@@ -230,7 +264,7 @@ pub(crate) async fn read(
         )));
     }
     let plans: Vec<ColumnPlan> =
-        super::select_columns(&spec.source.columns, &columns, |c| c.name.as_str())
+        super::select_columns(spec.source.columns(), &columns, |c| c.name.as_str())
             .map_err(|m| ctx.bad_input(m))?
             .into_iter()
             .map(plan_column)

@@ -14,9 +14,10 @@ use futures::TryStreamExt;
 use sqlx::mysql::MySql;
 use sqlx::{AssertSqlSafe, Connection, Decode, Executor, MySqlConnection, Row, ValueRef};
 
-use super::ReadContext;
+use super::{Capabilities, Source, SourceAccess, SourceOutput};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
+use crate::query::SqlDialect;
 use crate::secrets::ConnectionSecret;
 use crate::typing::{CastFailure, cast_exact, describe};
 use crate::validation::ReadStats;
@@ -29,15 +30,49 @@ FROM information_schema.COLUMNS
 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?
 ORDER BY ORDINAL_POSITION";
 
-pub(crate) async fn read(
+/// One table of a MySQL or MariaDB database.
+pub struct MysqlTable {
     spec: DatasetSpec,
+}
+
+impl MysqlTable {
+    pub fn new(spec: &DatasetSpec) -> Self {
+        Self { spec: spec.clone() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for MysqlTable {
+    fn describe(&self) -> String {
+        super::describe_table(&self.spec)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            filter_dialect: Some(SqlDialect::Mysql),
+            cursor_pushdown: true,
+        }
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let secret = access.require_secret(self.spec.connection_id.as_deref())?;
+        read(&self.spec, secret, access, output).await
+    }
+}
+
+async fn read(
+    spec: &DatasetSpec,
     secret: ConnectionSecret,
-    access: super::SourceAccess,
-    mut ctx: ReadContext,
+    access: SourceAccess,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let floor: Option<Watermark> = access.floor;
     let lookback = access.lookback;
-    let table = spec.source.table.clone().unwrap_or_default();
+    let table = spec.source.table().to_owned();
     let url = secret.database_url("mysql", 3306)?;
     let location = ctx.location.clone();
     let db_error = |what: &str, e: sqlx::Error| JobError::Database {
@@ -74,7 +109,7 @@ pub(crate) async fn read(
             "table {schema_name}.{table_name} does not exist or has no columns"
         )));
     }
-    let selected = select_columns(&spec, &columns).map_err(|m| ctx.bad_input(m))?;
+    let selected = select_columns(spec, &columns).map_err(|m| ctx.bad_input(m))?;
     let plans: Vec<ColumnPlan> = selected.iter().map(|c| plan_column(c)).collect();
     let schema: SchemaRef = Arc::new(Schema::new(
         plans
@@ -215,7 +250,7 @@ fn select_columns<'a>(
     spec: &DatasetSpec,
     columns: &'a [MyColumn],
 ) -> Result<Vec<&'a MyColumn>, String> {
-    super::select_columns(&spec.source.columns, columns, |c| c.name.as_str())
+    super::select_columns(spec.source.columns(), columns, |c| c.name.as_str())
 }
 
 enum Builder {

@@ -7,14 +7,17 @@ mod copy_binary;
 pub mod partition;
 pub mod types;
 
+use std::sync::Arc;
+
 use arrow::datatypes::{Field, Schema};
-use carga_config::DatasetSpec;
+use carga_config::{DatasetSpec, PostgresOptions, PostgresSource};
 use futures::TryStreamExt;
 use sqlx::{Connection, Executor, PgConnection, Row};
 
-use super::ReadContext;
+use super::{Capabilities, PartitionHold, Partitions, Source, SourceAccess, SourceOutput};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
+use crate::query::SqlDialect;
 use crate::secrets::ConnectionSecret;
 use crate::validation::ReadStats;
 use copy_binary::CopyDecoder;
@@ -32,16 +35,79 @@ LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum";
 
-pub(crate) async fn read(
+/// One table (or one chunk of it) of a PostgreSQL database.
+pub struct PostgresTable {
     spec: DatasetSpec,
+    config: PostgresSource,
+}
+
+impl PostgresTable {
+    pub fn new(spec: &DatasetSpec, config: PostgresSource) -> Self {
+        Self {
+            spec: spec.clone(),
+            config,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for PostgresTable {
+    fn describe(&self) -> String {
+        super::describe_table(&self.spec)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            filter_dialect: Some(SqlDialect::Postgres),
+            cursor_pushdown: true,
+        }
+    }
+
+    async fn partitions(&self, access: &SourceAccess) -> Result<Option<Partitions>> {
+        let Some(partitioning) = &self.config.partitions else {
+            return Ok(None);
+        };
+        let secret = access.require_secret(self.spec.connection_id.as_deref())?;
+        let (holder, chunks) = partition::plan_chunks(&self.spec, partitioning, &secret).await?;
+        Ok(Some(Partitions {
+            parallel: partitioning
+                .parallel
+                .map_or(chunks.len(), |p| p as usize)
+                .max(1),
+            attempts: partitioning.attempts,
+            chunks,
+            hold: Box::new(holder),
+        }))
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let secret = access.require_secret(self.spec.connection_id.as_deref())?;
+        read(&self.spec, &self.config.postgres, secret, access, output).await
+    }
+}
+
+#[async_trait::async_trait]
+impl PartitionHold for partition::SnapshotHolder {
+    async fn release(self: Box<Self>) {
+        (*self).release().await;
+    }
+}
+
+async fn read(
+    spec: &DatasetSpec,
+    options: &PostgresOptions,
     secret: ConnectionSecret,
-    access: super::SourceAccess,
-    mut ctx: ReadContext,
+    access: SourceAccess,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let floor = access.floor;
     let lookback = access.lookback;
     let chunk = access.chunk;
-    let table = spec.source.table.clone().unwrap_or_default();
+    let table = spec.source.table().to_owned();
     let url = secret.database_url("postgres", 5432)?;
     let location = ctx.location.clone();
     let db_error = |what: &str, e: sqlx::Error| JobError::Database {
@@ -73,13 +139,10 @@ pub(crate) async fn read(
     let columns = table_columns(&mut conn, &table)
         .await
         .map_err(|e| db_error("reading the table's columns", e))?;
-    let plans = select_columns(&spec, &columns)
+    let plans = select_columns(spec, &columns)
         .map_err(|m| ctx.bad_input(m))?
         .iter()
-        .map(|c| {
-            plan_column(c, &spec.source.postgres.unconstrained_numeric)
-                .map_err(|m| ctx.bad_input(m))
-        })
+        .map(|c| plan_column(c, &options.unconstrained_numeric).map_err(|m| ctx.bad_input(m)))
         .collect::<Result<Vec<ColumnPlan>>>()?;
     for note in plans.iter().filter_map(|p| p.note.as_ref()) {
         tracing::info!(table = %qualified, "{note}");
@@ -191,7 +254,7 @@ fn select_columns<'a>(
     if columns.is_empty() {
         return Err("table has no columns".into());
     }
-    super::select_columns(&spec.source.columns, columns, |c| c.name.as_str())
+    super::select_columns(spec.source.columns(), columns, |c| c.name.as_str())
 }
 
 /// ` WHERE (ts, key) > ('…'::type, '…'::type)` from the stored watermark, with values as literals

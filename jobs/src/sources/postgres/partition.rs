@@ -2,7 +2,7 @@
 //! ranges at quantiles of a sample; each chunk then reads its range in its own connection, inside
 //! the same snapshot, so the chunks together are one consistent copy of the table.
 
-use carga_config::DatasetSpec;
+use carga_config::{DatasetSpec, PartitionSpec};
 use sqlx::{Connection, Executor, PgConnection};
 
 use super::types::{PgColumn, quote_ident};
@@ -38,16 +38,12 @@ impl SnapshotHolder {
 
 /// Exports a snapshot and cuts the dataset's table into at most `count` ranges of its partition
 /// column, at the quantiles of a sample (equal bounds from skewed data merge into one range).
-pub async fn plan_chunks(
+pub(crate) async fn plan_chunks(
     spec: &DatasetSpec,
+    partitions: &PartitionSpec,
     secret: &ConnectionSecret,
 ) -> Result<(SnapshotHolder, Vec<Chunk>)> {
-    let partitions = spec
-        .source
-        .partitions
-        .as_ref()
-        .ok_or_else(|| JobError::bad_input("dataset spec", "no source.partitions"))?;
-    let table = spec.source.table.clone().unwrap_or_default();
+    let table = spec.source.table().to_owned();
     let context = format!("table {table} (planning {} chunks)", partitions.count);
     let db_error = |e: sqlx::Error| JobError::Database {
         context: context.clone(),

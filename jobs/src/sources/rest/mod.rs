@@ -14,30 +14,81 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::json::reader::{ReaderBuilder, infer_json_schema_from_iterator};
-use carga_config::{DatasetSpec, IncrementalParam, NewColumnPolicy};
+use carga_config::{DatasetSpec, IncrementalParam, NewColumnPolicy, RestSource};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use url::Url;
 
 use self::client::{FetchError, RestClient};
 use self::pagination::{Pager, set_param};
-use super::ReadContext;
+use super::{Capabilities, Source, SourceAccess, SourceOutput};
+use crate::access::{AccessPolicy, NetworkPolicy};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
 use crate::secrets::ConnectionSecret;
 use crate::validation::ReadStats;
 
-/// Reads the whole listing into the pipeline.
-pub(crate) async fn read(
+/// A JSON listing behind an HTTP API.
+pub struct RestApi {
     spec: DatasetSpec,
+    config: RestSource,
+    policy: AccessPolicy,
+}
+
+impl RestApi {
+    pub fn new(spec: &DatasetSpec, config: RestSource, policy: AccessPolicy) -> Self {
+        Self {
+            spec: spec.clone(),
+            config,
+            policy,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for RestApi {
+    fn describe(&self) -> String {
+        self.config.location.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            filter_dialect: None,
+            cursor_pushdown: self.config.rest.incremental.is_some(),
+        }
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        output: SourceOutput,
+        access: SourceAccess,
+    ) -> Result<ReadStats> {
+        read(
+            &self.spec,
+            &self.config,
+            access.secret,
+            access.floor,
+            access.lookback,
+            self.policy.network,
+            output,
+        )
+        .await
+    }
+}
+
+/// Reads the whole listing into the pipeline.
+async fn read(
+    spec: &DatasetSpec,
+    config: &RestSource,
     secret: Option<ConnectionSecret>,
     floor: Option<Watermark>,
     lookback: Option<u64>,
-    mut ctx: ReadContext,
+    network: NetworkPolicy,
+    mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
-    let rest = &spec.source.rest;
-    let first = first_url(&spec, floor.as_ref(), lookback).map_err(|m| ctx.bad_input(m))?;
-    let mut client = RestClient::new(rest, secret, ctx.network).map_err(|m| ctx.bad_input(m))?;
+    let rest = &config.rest;
+    let first = first_url(spec, config, floor.as_ref(), lookback).map_err(|m| ctx.bad_input(m))?;
+    let mut client = RestClient::new(rest, secret, network).map_err(|m| ctx.bad_input(m))?;
     let mut pager = Pager::new(first, &rest.pagination);
     let mut stats = ReadStats::default();
     let mut pending: Vec<Pending> = Vec::new();
@@ -115,7 +166,7 @@ async fn fetch_page(
     url: &Url,
     page: u64,
     records_path: &str,
-    ctx: &ReadContext,
+    ctx: &SourceOutput,
 ) -> Result<Vec<Value>> {
     let where_ = format!("page {page} ({url})");
     let response = client.get(url).await.map_err(|e| match e {
@@ -160,12 +211,13 @@ async fn fetch_page(
 /// incremental parameter from the watermark.
 fn first_url(
     spec: &DatasetSpec,
+    config: &RestSource,
     floor: Option<&Watermark>,
     lookback: Option<u64>,
 ) -> Result<Url, String> {
-    let rest = &spec.source.rest;
-    let mut url = Url::parse(&spec.source.location)
-        .map_err(|e| format!("source.location is not a URL: {e}"))?;
+    let rest = &config.rest;
+    let mut url =
+        Url::parse(&config.location).map_err(|e| format!("source.location is not a URL: {e}"))?;
     for (name, value) in &rest.query {
         set_param(&mut url, name, value);
     }
@@ -251,7 +303,7 @@ struct Pending {
 }
 
 /// Infers the schema from the records held so far, applies the type hints, and announces it.
-fn announce(ctx: &mut ReadContext, pending: &[Pending]) -> Result<SchemaRef> {
+fn announce(ctx: &mut SourceOutput, pending: &[Pending]) -> Result<SchemaRef> {
     let inferred = infer_json_schema_from_iterator(pending.iter().map(|p| Ok(p.record.clone())))
         .map_err(|e| {
             ctx.bad_input(format!(
@@ -271,7 +323,7 @@ async fn flush(
     schema: &SchemaRef,
     mut records: Vec<Pending>,
     refuse_unknown_fields: bool,
-    ctx: &ReadContext,
+    ctx: &SourceOutput,
     stats: &mut ReadStats,
 ) -> Result<bool> {
     if refuse_unknown_fields {

@@ -1,9 +1,7 @@
 //! Delta and complete semantics across runs: no row lost or repeated, snapshots replaced,
 //! schema drift handled per dataset, and concurrent runs never both commit the same state.
 
-mod common;
-
-use common::{Lab, column};
+use crate::common::{Lab, column};
 use serde_json::json;
 
 const DELTA: &str = "

@@ -3,16 +3,14 @@
 //!
 //! One test function on purpose: it sets the AWS credential variables before any thread starts.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
+use crate::common::{rows_as_json, service_available};
 use carga_config::{DatasetSpec, Settings};
 use carga_jobs::manifest::ManifestLog;
 use carga_jobs::{Engine, JobError, read};
-use common::{rows_as_json, service_available};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};

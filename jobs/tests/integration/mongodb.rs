@@ -2,9 +2,7 @@
 //! 27018; `CARGA_TEST_MONGODB_URL` points elsewhere): type mapping, inference policies, delta
 //! across runs with equal timestamps and a late document, complete snapshots, schema drift.
 
-mod common;
-
-use common::{Lab, column, service_available};
+use crate::common::{Lab, column, service_available};
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{Binary, Bson, DateTime, Decimal128, Document, doc, oid::ObjectId};
 use serde_json::json;

@@ -1,8 +1,6 @@
 //! CSV, JSON and Excel files through the whole run to encrypted Parquet, read back equal.
 
-mod common;
-
-use common::{Lab, column};
+use crate::common::{Lab, column};
 use serde_json::json;
 
 const VENTAS_SPEC: &str = "

@@ -1,8 +1,6 @@
 //! Bad input gets a clear error naming the file and the row, never a panic, and commits nothing.
 
-mod common;
-
-use common::Lab;
+use crate::common::Lab;
 
 fn csv_spec(extra: &str) -> String {
     format!("id: bad\nsource: {{format: csv, location: in.csv}}\ntrigger: callback\n{extra}")

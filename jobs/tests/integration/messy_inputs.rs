@@ -2,10 +2,8 @@
 //! exact outcome it must have: committed rows and values, or an error naming the file and the
 //! line. Broken input is never accepted silently and no value is altered.
 
-mod common;
-
+use crate::common::{Lab, column};
 use carga_config::DatasetSpec;
-use common::{Lab, column};
 use serde_json::{Value, json};
 
 const EXCEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/messy");

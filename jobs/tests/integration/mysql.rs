@@ -1,9 +1,7 @@
 //! MySQL / MariaDB source against the real MariaDB on loopback: type mapping, delta across runs,
 //! late commits with a lookback window, complete snapshots, failures that leave the previous state.
 
-mod common;
-
-use common::{Lab, column, service_available};
+use crate::common::{Lab, column, service_available};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor, MySqlConnection};
 

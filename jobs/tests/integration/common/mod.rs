@@ -74,15 +74,12 @@ impl Lab {
     /// A spec from YAML whose `location` is a file name inside the lab folder.
     pub fn spec(&self, yaml: &str) -> DatasetSpec {
         let mut spec = DatasetSpec::from_yaml(yaml).unwrap();
-        let relative =
-            !spec.source.location.contains("://") && !spec.source.location.starts_with('/');
-        if !spec.source.format.is_database() && relative {
-            spec.source.location = self
-                .dir
-                .path()
-                .join(&spec.source.location)
-                .display()
-                .to_string();
+        let folder = self.dir.path().to_owned();
+        if let Some(location) = spec.source.location_mut()
+            && !location.contains("://")
+            && !location.starts_with('/')
+        {
+            *location = folder.join(&*location).display().to_string();
         }
         spec
     }

@@ -2,13 +2,11 @@
 //! current version of each key; read-only; nothing without the key), SQL transforms on ingest,
 //! and the Parquet, Arrow IPC and Avro file sources.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{Lab, column, rows_as_json};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{Lab, column, rows_as_json};
 use futures::TryStreamExt;
 use serde_json::json;
 

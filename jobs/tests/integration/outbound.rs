@@ -4,10 +4,9 @@
 //! API echoes the credentials back in an error, no form of them reaches the run's error or its
 //! validation report.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::Lab;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -16,7 +15,6 @@ use axum::routing::any;
 use base64::Engine as _;
 use carga_jobs::JobError;
 use carga_jobs::redact::Redactor;
-use common::Lab;
 use serde_json::json;
 
 const DB_PASSWORD: &str = "Db-Passw0rd:with/odd chars";

@@ -3,9 +3,7 @@
 //! `server=tcp:127.0.0.1,1433;user=sa;password=...;TrustServerCertificate=true;database=master`
 //! (this variable's absence is not a failure, even under CARGA_TEST_REQUIRE_ALL).
 
-mod common;
-
-use common::{Lab, column};
+use crate::common::{Lab, column};
 use futures::TryStreamExt;
 use serde_json::json;
 use tokio::net::TcpStream;

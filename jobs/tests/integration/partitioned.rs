@@ -1,11 +1,9 @@
 //! Partitioned extraction against the real PostgreSQL: key ranges from the data, one snapshot for
 //! all chunks, per-chunk retries, and a run that commits only when every chunk is written.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{Lab, column, service_available};
+use crate::common::{Lab, column, service_available};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 

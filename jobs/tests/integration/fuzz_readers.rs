@@ -3,9 +3,7 @@
 //! committed CSV never holds more rows than the input has lines. Bounded: `CARGA_FUZZ_CASES`
 //! cases per reader (default 150), which `.ci/run` sets.
 
-mod common;
-
-use common::Lab;
+use crate::common::Lab;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 

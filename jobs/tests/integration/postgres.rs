@@ -1,9 +1,7 @@
 //! PostgreSQL source against the real server on loopback: type mapping, delta across runs,
 //! complete snapshots, failures that leave the previous state, schema drift.
 
-mod common;
-
-use common::{Lab, column, service_available};
+use crate::common::{Lab, column, service_available};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 

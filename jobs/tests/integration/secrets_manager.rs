@@ -3,11 +3,9 @@
 //!
 //! One test function on purpose: it sets the AWS credential variables before any thread starts.
 
-mod common;
-
+use crate::common::{Lab, service_available};
 use carga_config::SecretsProvider as ProviderKind;
 use carga_jobs::secrets::{AwsSecretsManager, SecretsProvider};
-use common::{Lab, service_available};
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 

@@ -1,11 +1,9 @@
 //! The Parquet we write opens in pyarrow with the master key (through pyarrow's own Parquet
 //! encryption API and a small KmsClient), and not without it.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Lab, skip_unless};
+use crate::common::{Lab, skip_unless};
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -3,12 +3,11 @@
 //! token renewal; 429 with Retry-After and 5xx retries; malformed pages; the incremental
 //! parameter; the page bound; preview.
 
-mod common;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{Lab, column};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,7 +16,6 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use carga_jobs::JobError;
 use chrono::{DateTime, Utc};
-use common::{Lab, column};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cr3t-bearer-token";

@@ -1,0 +1,96 @@
+//! What a source writes into: the schema once, then record batches through a small bounded
+//! channel (so a slow destination slows the reader instead of filling memory), and rows it
+//! could not use, through the dataset's malformed-row policy.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use carga_config::MalformedRowPolicy;
+use tokio::sync::{mpsc, oneshot};
+
+use super::TypeHints;
+use crate::error::{JobError, Result};
+use crate::validation::{ReadProgress, ReadStats};
+
+/// The reading side of a run, handed to [`super::Source::read`].
+pub struct SourceOutput {
+    /// How messages name what is read (a file's display path, a table and its connection).
+    pub(crate) location: String,
+    pub(crate) batch_rows: usize,
+    pub(crate) policy: MalformedRowPolicy,
+    pub(crate) hints: TypeHints,
+    /// What has been read so far, for a failed run's report.
+    pub(crate) progress: Arc<ReadProgress>,
+    /// The dataset's key columns: a message about a row names its key when it has one.
+    pub(crate) key: Vec<String>,
+    pub(crate) schema_tx: Option<oneshot::Sender<SchemaRef>>,
+    pub(crate) batch_tx: mpsc::Sender<Result<RecordBatch>>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl SourceOutput {
+    /// Rows per batch the pipeline expects (a source may send fewer).
+    pub fn batch_rows(&self) -> usize {
+        self.batch_rows
+    }
+
+    /// Column types decided before reading (explicit, previous runs', widened).
+    pub fn hints(&self) -> &TypeHints {
+        &self.hints
+    }
+
+    /// How messages name what is read.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Announces the schema; must happen before the first batch.
+    pub fn announce_schema(&mut self, schema: SchemaRef) {
+        if let Some(tx) = self.schema_tx.take() {
+            let _ = tx.send(schema);
+        }
+    }
+
+    /// Sends a batch from a blocking reader thread; `false` means the pipeline has stopped
+    /// listening (it failed) and reading can end.
+    pub fn send(&self, batch: RecordBatch) -> bool {
+        self.progress.sent(batch.num_rows() as u64);
+        self.batch_tx.blocking_send(Ok(batch)).is_ok()
+    }
+
+    /// `send` for readers that run as async tasks (databases, APIs).
+    pub async fn send_async(&self, batch: RecordBatch) -> bool {
+        self.progress.sent(batch.num_rows() as u64);
+        self.batch_tx.send(Ok(batch)).await.is_ok()
+    }
+
+    /// Applies the malformed-row policy to a row that cannot be used: fail the run, or count it.
+    pub fn reject(
+        &self,
+        stats: &mut ReadStats,
+        row: u64,
+        kind: &str,
+        reason: String,
+    ) -> Result<()> {
+        match self.policy {
+            MalformedRowPolicy::Fail => {
+                self.progress
+                    .reported(stats.rows_read, stats.rejected_rows + 1);
+                Err(self.bad_input(format!(
+                    "{reason} (set on_malformed_row: skip to leave such rows out and count them)"
+                )))
+            }
+            MalformedRowPolicy::Skip => {
+                stats.reject(row, kind, reason);
+                self.progress.reported(stats.rows_read, stats.rejected_rows);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bad input named by what is read.
+    pub fn bad_input(&self, message: impl Into<String>) -> JobError {
+        JobError::bad_input(self.location.clone(), message)
+    }
+}

@@ -1,0 +1,105 @@
+//! Which [`Source`] reads a spec: one line per built-in format, and the formats an embedding
+//! program registers (a `format: kafka` spec is read by whatever was registered as `kafka`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use carga_config::{DatasetSpec, SourceFormat, SourceSpec};
+
+use super::Source;
+use super::columnar::{Columnar, ColumnarFile};
+use super::csv::CsvFile;
+use super::excel::ExcelFile;
+use super::json::JsonFile;
+use super::mongodb::MongoCollection;
+use super::mssql::MssqlTable;
+use super::mysql::MysqlTable;
+use super::postgres::PostgresTable;
+use super::rest::RestApi;
+use crate::access::AccessPolicy;
+use crate::error::{JobError, Result};
+
+/// Builds the source of a spec whose `source.format` it was registered under.
+pub trait SourceFactory: Send + Sync {
+    /// `spec.source` is a `SourceSpec::Plugin` with its other fields in `options`; refuse the
+    /// ones that do not belong (with `JobError::Refused`) rather than ignoring them. Files are
+    /// read only through `policy` (data roots, network policy).
+    fn build(&self, spec: &DatasetSpec, policy: &AccessPolicy) -> Result<Arc<dyn Source>>;
+}
+
+/// The sources a process can read: the built-in ones and the registered ones.
+#[derive(Clone, Default)]
+pub struct SourceRegistry {
+    registered: BTreeMap<String, Arc<dyn SourceFactory>>,
+}
+
+impl SourceRegistry {
+    /// Reads specs of `format` with `factory`. A built-in format's name cannot be taken.
+    pub fn register(
+        &mut self,
+        format: impl Into<String>,
+        factory: Arc<dyn SourceFactory>,
+    ) -> Result<()> {
+        let format = format.into();
+        if SourceFormat::from_name(&format).is_some() {
+            return Err(JobError::Internal(format!(
+                "'{format}' is a built-in source format; register another name"
+            )));
+        }
+        self.registered.insert(format, factory);
+        Ok(())
+    }
+
+    /// The source that reads `spec` (one table: see `DatasetSpec::per_table`).
+    pub fn build(&self, spec: &DatasetSpec, policy: &AccessPolicy) -> Result<Arc<dyn Source>> {
+        let policy = policy.clone();
+        Ok(match &spec.source {
+            SourceSpec::Csv(config) => Arc::new(CsvFile::new(config.clone(), policy)),
+            SourceSpec::Json(config) => Arc::new(JsonFile::new(config.clone(), policy)),
+            SourceSpec::Excel(config) => Arc::new(ExcelFile::new(config.clone(), policy)),
+            SourceSpec::Parquet(config) => {
+                Arc::new(ColumnarFile::new(config.clone(), Columnar::Parquet, policy))
+            }
+            SourceSpec::Arrow(config) => Arc::new(ColumnarFile::new(
+                config.clone(),
+                Columnar::ArrowIpc,
+                policy,
+            )),
+            SourceSpec::Avro(config) => {
+                Arc::new(ColumnarFile::new(config.clone(), Columnar::Avro, policy))
+            }
+            SourceSpec::Postgres(config) => Arc::new(PostgresTable::new(spec, config.clone())),
+            SourceSpec::Mysql(_) => Arc::new(MysqlTable::new(spec)),
+            SourceSpec::Mssql(_) => Arc::new(MssqlTable::new(spec)),
+            SourceSpec::Mongodb(config) => Arc::new(MongoCollection::new(spec, config.clone())),
+            SourceSpec::Rest(config) => Arc::new(RestApi::new(spec, (**config).clone(), policy)),
+            SourceSpec::Plugin(plugin) => match self.registered.get(&plugin.format) {
+                Some(factory) => factory.build(spec, &policy)?,
+                None => return Err(self.unknown(spec, &plugin.format)),
+            },
+        })
+    }
+
+    /// Refuses a spec whose format nobody here reads (a misspelt `format` parses as a plugin's
+    /// until a registry says no), before anything runs.
+    pub fn check_format(&self, spec: &DatasetSpec) -> Result<()> {
+        match &spec.source {
+            SourceSpec::Plugin(plugin) if !self.registered.contains_key(&plugin.format) => {
+                Err(self.unknown(spec, &plugin.format))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn unknown(&self, spec: &DatasetSpec, format: &str) -> JobError {
+        let mut known: Vec<&str> = SourceFormat::ALL.iter().map(|f| f.name()).collect();
+        known.extend(self.registered.keys().map(String::as_str));
+        JobError::Refused {
+            dataset: spec.id.clone(),
+            message: format!(
+                "source.format '{format}' is not a source this program reads (formats: {})",
+                known.join(", ")
+            ),
+        }
+    }
+}
