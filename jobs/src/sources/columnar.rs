@@ -5,14 +5,12 @@
 //! them by the schema plan (a changed type is schema drift), never cast silently.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::error::ArrowError;
 use carga_config::ColumnarSource;
 
-use super::{Source, SourceAccess, SourceOutput};
-use crate::access::AccessPolicy;
+use super::{FileFormat, SourceOutput};
 use crate::error::Result;
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
@@ -26,41 +24,18 @@ pub enum Columnar {
 }
 
 /// A Parquet, Arrow IPC or Avro file.
-pub struct ColumnarFile {
-    config: ColumnarSource,
-    format: Columnar,
-    policy: AccessPolicy,
+pub(crate) struct ColumnarFile {
+    pub config: ColumnarSource,
+    pub kind: Columnar,
 }
 
-impl ColumnarFile {
-    pub fn new(config: ColumnarSource, format: Columnar, policy: AccessPolicy) -> Self {
-        Self {
-            config,
-            format,
-            policy,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Source for ColumnarFile {
-    fn describe(&self) -> String {
-        self.config.location.clone()
+impl FileFormat for ColumnarFile {
+    fn location(&self) -> &str {
+        &self.config.location
     }
 
-    async fn read(
-        self: Arc<Self>,
-        output: SourceOutput,
-        _access: SourceAccess,
-    ) -> Result<ReadStats> {
-        let this = self.clone();
-        super::parse_file(
-            &self.config.location,
-            &self.policy,
-            output,
-            move |object, output| read(object, this.format, output),
-        )
-        .await
+    fn parse(&self, object: &SourceObject, output: SourceOutput) -> Result<ReadStats> {
+        read(object, self.kind, output)
     }
 }
 

@@ -5,15 +5,12 @@
 //! Blank lines (nothing on them) are not rows: they are skipped and counted in the report, as
 //! pandas and polars skip them. A line of empty fields (`,,`) is an empty row, counted as such.
 
-use std::sync::Arc;
-
 use carga_config::{CsvOptions, CsvSource};
 use csv::ByteRecord;
 
 use super::table::{TableAssembler, truncate};
 use super::text_input::{Detected, LineCounter, utf8_input};
-use super::{Source, SourceAccess, SourceOutput};
-use crate::access::AccessPolicy;
+use super::{FileFormat, SourceOutput};
 use crate::error::{JobError, Result};
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
@@ -22,36 +19,13 @@ use crate::validation::ReadStats;
 const MAX_HEADER_NAME_BYTES: usize = 1024;
 
 /// A CSV file: local, `s3://` or `https://`.
-pub struct CsvFile {
-    config: CsvSource,
-    policy: AccessPolicy,
-}
-
-impl CsvFile {
-    pub fn new(config: CsvSource, policy: AccessPolicy) -> Self {
-        Self { config, policy }
-    }
-}
-
-#[async_trait::async_trait]
-impl Source for CsvFile {
-    fn describe(&self) -> String {
-        self.config.location.clone()
+impl FileFormat for CsvSource {
+    fn location(&self) -> &str {
+        &self.location
     }
 
-    async fn read(
-        self: Arc<Self>,
-        output: SourceOutput,
-        _access: SourceAccess,
-    ) -> Result<ReadStats> {
-        let this = self.clone();
-        super::parse_file(
-            &self.config.location,
-            &self.policy,
-            output,
-            move |object, output| read(object, &this.config.csv, output),
-        )
-        .await
+    fn parse(&self, object: &SourceObject, output: SourceOutput) -> Result<ReadStats> {
+        read(object, &self.csv, output)
     }
 }
 

@@ -6,7 +6,6 @@
 //! Cells become text and share the CSV typing path, so types, inference and errors behave alike.
 
 use std::io::BufReader;
-use std::sync::Arc;
 
 use calamine::{
     DataType as CellValue, Ods, Reader, Sheets, Xls, Xlsb, Xlsx, open_workbook_from_rs,
@@ -14,8 +13,7 @@ use calamine::{
 use carga_config::{ErrorCellPolicy, ExcelOptions, ExcelSource, ExtraCellPolicy, HeaderRow};
 
 use super::table::TableAssembler;
-use super::{Source, SourceAccess, SourceOutput};
-use crate::access::AccessPolicy;
+use super::{FileFormat, SourceOutput};
 use crate::error::Result;
 use crate::storage::{LocalCopy, SourceObject};
 use crate::validation::ReadStats;
@@ -67,36 +65,13 @@ fn open_workbook(copy: &LocalCopy, extension: Option<&str>) -> Result<Workbook, 
 }
 
 /// A workbook's sheet (xlsx, xlsm, xlsb, xls, ods).
-pub struct ExcelFile {
-    config: ExcelSource,
-    policy: AccessPolicy,
-}
-
-impl ExcelFile {
-    pub fn new(config: ExcelSource, policy: AccessPolicy) -> Self {
-        Self { config, policy }
-    }
-}
-
-#[async_trait::async_trait]
-impl Source for ExcelFile {
-    fn describe(&self) -> String {
-        self.config.location.clone()
+impl FileFormat for ExcelSource {
+    fn location(&self) -> &str {
+        &self.location
     }
 
-    async fn read(
-        self: Arc<Self>,
-        output: SourceOutput,
-        _access: SourceAccess,
-    ) -> Result<ReadStats> {
-        let this = self.clone();
-        super::parse_file(
-            &self.config.location,
-            &self.policy,
-            output,
-            move |object, output| read(object, &this.config.excel, output),
-        )
-        .await
+    fn parse(&self, object: &SourceObject, output: SourceOutput) -> Result<ReadStats> {
+        read(object, &self.excel, output)
     }
 }
 

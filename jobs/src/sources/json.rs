@@ -19,43 +19,19 @@ use serde_json::value::RawValue;
 
 use super::json_records::{RecordPosition, RecordSplitter};
 use super::text_input::utf8_input;
-use super::{Source, SourceAccess, SourceOutput, TypeHints};
-use crate::access::AccessPolicy;
+use super::{FileFormat, SourceOutput, TypeHints};
 use crate::error::{JobError, Result};
 use crate::storage::SourceObject;
 use crate::validation::ReadStats;
 
 /// A JSON file (an array of records or one record per line).
-pub struct JsonFile {
-    config: JsonSource,
-    policy: AccessPolicy,
-}
-
-impl JsonFile {
-    pub fn new(config: JsonSource, policy: AccessPolicy) -> Self {
-        Self { config, policy }
-    }
-}
-
-#[async_trait::async_trait]
-impl Source for JsonFile {
-    fn describe(&self) -> String {
-        self.config.location.clone()
+impl FileFormat for JsonSource {
+    fn location(&self) -> &str {
+        &self.location
     }
 
-    async fn read(
-        self: Arc<Self>,
-        output: SourceOutput,
-        _access: SourceAccess,
-    ) -> Result<ReadStats> {
-        let this = self.clone();
-        super::parse_file(
-            &self.config.location,
-            &self.policy,
-            output,
-            move |object, output| read(object, &this.config.json, output),
-        )
-        .await
+    fn parse(&self, object: &SourceObject, output: SourceOutput) -> Result<ReadStats> {
+        read(object, &self.json, output)
     }
 }
 

@@ -325,25 +325,50 @@ pub async fn open(
     }
 }
 
-/// A file source's body: the location resolved under the access policy (data roots, network
-/// policy), then parsed on a blocking thread; a parser that panics is an internal error.
-pub(crate) async fn parse_file<F>(
-    location: &str,
-    policy: &AccessPolicy,
-    mut output: SourceOutput,
-    parse: F,
-) -> Result<ReadStats>
-where
-    F: FnOnce(&SourceObject, SourceOutput) -> Result<ReadStats> + Send + 'static,
-{
-    let object = SourceObject::resolve(location, policy)?;
-    output.location.clone_from(&object.display);
-    let display = object.display.clone();
-    join(
-        tokio::task::spawn_blocking(move || parse(&object, output)),
-        &display,
-    )
-    .await
+/// What tells file sources apart: where the file is and how it parses.
+pub(crate) trait FileFormat: Send + Sync + 'static {
+    fn location(&self) -> &str;
+    /// Parses the resolved file (on a blocking thread).
+    fn parse(&self, object: &SourceObject, output: SourceOutput) -> Result<ReadStats>;
+}
+
+/// A file source of any format: its location resolved under the access policy (data roots,
+/// network policy), then parsed on a blocking thread; a parser that panics is an internal error.
+pub(crate) struct FileSource<F> {
+    format: Arc<F>,
+    policy: AccessPolicy,
+}
+
+impl<F: FileFormat> FileSource<F> {
+    pub(crate) fn new(format: F, policy: AccessPolicy) -> Self {
+        Self {
+            format: Arc::new(format),
+            policy,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<F: FileFormat> Source for FileSource<F> {
+    fn describe(&self) -> String {
+        self.format.location().to_owned()
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        mut output: SourceOutput,
+        _access: SourceAccess,
+    ) -> Result<ReadStats> {
+        let object = SourceObject::resolve(self.format.location(), &self.policy)?;
+        output.location.clone_from(&object.display);
+        let display = object.display.clone();
+        let format = self.format.clone();
+        join(
+            tokio::task::spawn_blocking(move || format.parse(&object, output)),
+            &display,
+        )
+        .await
+    }
 }
 
 #[cfg(test)]

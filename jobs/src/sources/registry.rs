@@ -4,13 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use carga_config::{DatasetSpec, SourceFormat, SourceSpec};
+use carga_config::{ColumnarSource, DatasetSpec, SourceFormat, SourceSpec};
 
+use super::FileSource;
 use super::Source;
 use super::columnar::{Columnar, ColumnarFile};
-use super::csv::CsvFile;
-use super::excel::ExcelFile;
-use super::json::JsonFile;
 use super::mongodb::MongoCollection;
 use super::mssql::MssqlTable;
 use super::mysql::MysqlTable;
@@ -54,20 +52,12 @@ impl SourceRegistry {
     pub fn build(&self, spec: &DatasetSpec, policy: &AccessPolicy) -> Result<Arc<dyn Source>> {
         let policy = policy.clone();
         Ok(match &spec.source {
-            SourceSpec::Csv(config) => Arc::new(CsvFile::new(config.clone(), policy)),
-            SourceSpec::Json(config) => Arc::new(JsonFile::new(config.clone(), policy)),
-            SourceSpec::Excel(config) => Arc::new(ExcelFile::new(config.clone(), policy)),
-            SourceSpec::Parquet(config) => {
-                Arc::new(ColumnarFile::new(config.clone(), Columnar::Parquet, policy))
-            }
-            SourceSpec::Arrow(config) => Arc::new(ColumnarFile::new(
-                config.clone(),
-                Columnar::ArrowIpc,
-                policy,
-            )),
-            SourceSpec::Avro(config) => {
-                Arc::new(ColumnarFile::new(config.clone(), Columnar::Avro, policy))
-            }
+            SourceSpec::Csv(config) => Arc::new(FileSource::new(config.clone(), policy)),
+            SourceSpec::Json(config) => Arc::new(FileSource::new(config.clone(), policy)),
+            SourceSpec::Excel(config) => Arc::new(FileSource::new(config.clone(), policy)),
+            SourceSpec::Parquet(config) => Arc::new(columnar(config, Columnar::Parquet, policy)),
+            SourceSpec::Arrow(config) => Arc::new(columnar(config, Columnar::ArrowIpc, policy)),
+            SourceSpec::Avro(config) => Arc::new(columnar(config, Columnar::Avro, policy)),
             SourceSpec::Postgres(config) => Arc::new(PostgresTable::new(spec, config.clone())),
             SourceSpec::Mysql(_) => Arc::new(MysqlTable::new(spec)),
             SourceSpec::Mssql(_) => Arc::new(MssqlTable::new(spec)),
@@ -102,4 +92,18 @@ impl SourceRegistry {
             ),
         }
     }
+}
+
+fn columnar(
+    config: &ColumnarSource,
+    kind: Columnar,
+    policy: AccessPolicy,
+) -> FileSource<ColumnarFile> {
+    FileSource::new(
+        ColumnarFile {
+            config: config.clone(),
+            kind,
+        },
+        policy,
+    )
 }
