@@ -15,7 +15,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p carga-worker -p carga-scheduler \
+    cargo build --release --locked -p carga-worker -p carga-api \
  && mkdir -p /out \
  && cp target/release/carga target/release/carga-scheduler /out/ \
  && mkdir -p /out/samples && cp -r samples/. /out/samples/

@@ -5,6 +5,7 @@
 //! to the report and the commit only when every chunk has written all its rows; if one gives up,
 //! the others stop and every part of the run is removed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,18 +19,29 @@ use tokio::task::JoinSet;
 use crate::delta::Watermark;
 use crate::destination::{Destination, RunTarget};
 use crate::error::{JobError, Result};
-use crate::run::{ChunkFaults, Engine, Extracted, new_cursor, stream};
+use crate::pipeline::{Extracted, new_cursor, stream};
 use crate::schema_drift::SchemaPlan;
 use crate::sink::PartFile;
 use crate::sources::{self, Chunk, Partitions, Source, SourceAccess, SourceReader, TypeHints};
 use crate::validation::{BatchChecks, ReadStats};
+
+/// Failures to inject into chunks of partitioned reads (chunk index -> attempts that fail after
+/// writing their first batch), for tests and recovery drills.
+pub(crate) type ChunkFaults = Arc<std::sync::Mutex<BTreeMap<usize, u32>>>;
+
+/// What a partitioned read takes from the engine.
+pub(crate) struct ChunkRun<'a> {
+    pub settings: &'a Settings,
+    pub destination: &'a Arc<dyn Destination>,
+    pub faults: &'a ChunkFaults,
+}
 
 /// Pause before a chunk's second attempt; doubles for each further one.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn extract(
-    engine: &Engine,
+    engine: ChunkRun<'_>,
     spec: &DatasetSpec,
     source: &Arc<dyn Source>,
     partitions: Partitions,
@@ -104,7 +116,7 @@ struct ChunkOutput {
 
 #[allow(clippy::too_many_arguments)]
 async fn extract_chunks(
-    engine: &Engine,
+    engine: ChunkRun<'_>,
     spec: &DatasetSpec,
     source: &Arc<dyn Source>,
     hints: TypeHints,
@@ -125,7 +137,7 @@ async fn extract_chunks(
             source.describe()
         )));
     }
-    let settings = engine.settings().clone();
+    let settings = engine.settings.clone();
     // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
     let template = access.clone();
     let first_reader = sources::open(
@@ -136,7 +148,9 @@ async fn extract_chunks(
         chunk_access(&template, &chunks[0]),
     )
     .await?;
-    let first_reader = engine.transformed(spec, first_reader).await?;
+    let first_reader =
+        crate::query::transform::apply_if_any(spec, first_reader, settings.query_memory_mib)
+            .await?;
     let plan = Arc::new(SchemaPlan::new(
         &spec.id,
         &first_reader.schema,
@@ -155,13 +169,13 @@ async fn extract_chunks(
             spec.timestamp_column.as_deref(),
         )?,
         plan: plan.clone(),
-        destination: engine.destination().clone(),
+        destination: engine.destination.clone(),
         settings,
         delivered: delivered.to_vec(),
         access: template,
         target: target.clone(),
         attempts,
-        faults: engine.chunk_faults().clone(),
+        faults: engine.faults.clone(),
         cancelled: AtomicBool::new(false),
     });
     let permits = Arc::new(Semaphore::new(parallel));

@@ -2,7 +2,6 @@
 //! Arrow type Carga would write, and primary keys: the seed design's "discovery de esquemas y
 //! selección de tablas", and what a user needs to write a dataset spec (table, key, cursor).
 
-use serde::Serialize;
 use sqlx::{Connection, MySqlConnection, PgConnection, Row};
 
 use crate::error::{JobError, Result};
@@ -10,26 +9,7 @@ use crate::secrets::ConnectionSecret;
 use crate::sources::{mysql, postgres};
 use carga_config::SourceFormat;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TableInfo {
-    pub schema: String,
-    pub name: String,
-    /// `table` or `view`.
-    pub kind: String,
-    /// The catalog's row estimate, when it has one.
-    pub estimated_rows: Option<i64>,
-    pub primary_key: Vec<String>,
-    pub columns: Vec<ColumnInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ColumnInfo {
-    pub name: String,
-    /// As the database declares it.
-    pub declared: String,
-    /// What Carga writes for it.
-    pub arrow: String,
-}
+pub use crate::sources::listing::{ColumnInfo, TableInfo};
 
 /// Lists the tables of a connection, optionally of one schema (PostgreSQL) or database (MySQL).
 pub async fn discover(

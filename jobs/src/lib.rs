@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod error;
 pub mod manifest;
+mod pipeline;
 pub mod preview;
 pub mod query;
 pub mod read;

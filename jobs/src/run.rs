@@ -6,16 +6,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use carga_config::{DatasetSpec, MalformedRowPolicy, Mode, Settings};
+use carga_config::{DatasetSpec, Mode, Settings};
 use chrono::Utc;
 use tracing::Instrument;
 
 use crate::access::AccessPolicy;
+use crate::chunks::ChunkFaults;
 use crate::delta::{DeltaFilter, Watermark, effective_lookback};
-use crate::destination::{Destination, PartWriter, RawZone, RunTarget};
+use crate::destination::{Destination, RawZone, RunTarget};
 use crate::encryption::{Encryptor, MasterKeyring};
 use crate::error::{JobError, Result};
 use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Manifest, ManifestSource, WatermarkRange};
+use crate::pipeline::{Extracted, new_cursor, stream};
 use crate::redact::Redactor;
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::{ConnectionSecret, LocalSecretsFile, SecretsProvider};
@@ -23,7 +25,7 @@ use crate::sink::PartFile;
 use crate::sources::{self, Source, SourceAccess, SourceReader, SourceRegistry, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
-use crate::validation::{BatchChecks, ReadProgress, ReadStats, ValidationReport};
+use crate::validation::{BatchChecks, ReadProgress, ValidationReport};
 
 /// Columns a run may widen and read again for (a file with more surprises is better declared).
 const MAX_WIDENED_COLUMNS: usize = 8;
@@ -57,48 +59,6 @@ pub struct Engine {
     destination: Arc<dyn Destination>,
     sources: SourceRegistry,
     chunk_faults: ChunkFaults,
-}
-
-/// Failures to inject into chunks of partitioned reads (chunk index -> attempts that fail after
-/// writing their first batch), for tests and recovery drills.
-pub type ChunkFaults = Arc<std::sync::Mutex<BTreeMap<usize, u32>>>;
-
-/// What the extraction produced before the report and the commit.
-pub(crate) struct Extracted {
-    pub plan: Arc<SchemaPlan>,
-    pub checks: BatchChecks,
-    pub cursor: Option<DeltaFilter>,
-    pub rows: u64,
-    pub stats: ReadStats,
-    pub files: Vec<PartFile>,
-}
-
-impl Extracted {
-    /// Applies the run-level rules (`run_rules`); a refused run removes the parts it wrote.
-    pub(crate) async fn checked(
-        mut self,
-        spec: &DatasetSpec,
-        destination: &dyn Destination,
-        resumes_from_watermark: bool,
-    ) -> Result<Self> {
-        let stats = std::mem::take(&mut self.stats);
-        match run_rules(
-            spec,
-            &self.checks,
-            self.cursor.as_ref(),
-            resumes_from_watermark,
-            stats,
-        ) {
-            Ok(stats) => {
-                self.stats = stats;
-                Ok(self)
-            }
-            Err(e) => {
-                destination.discard(&self.files).await;
-                Err(e)
-            }
-        }
-    }
 }
 
 impl Engine {
@@ -138,14 +98,6 @@ impl Engine {
             .expect("fault table")
             .insert(index, attempts);
         self
-    }
-
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    pub(crate) fn chunk_faults(&self) -> &ChunkFaults {
-        &self.chunk_faults
     }
 
     /// An engine whose credentials come from the provider the settings name (AWS needs async setup).
@@ -400,7 +352,11 @@ impl Engine {
             match source.partitions(&access).await? {
                 Some(partitions) => {
                     crate::chunks::extract(
-                        self,
+                        crate::chunks::ChunkRun {
+                            settings: &self.settings,
+                            destination: &self.destination,
+                            faults: &self.chunk_faults,
+                        },
                         spec,
                         &source,
                         partitions,
@@ -682,107 +638,6 @@ impl Engine {
         }
         writer.finish().await
     }
-}
-
-/// The delta cursor of a run: filtering in delta mode; in complete mode only tracking (when a
-/// cursor is declared), so a dataset can move to delta from where its snapshot ended.
-pub(crate) fn new_cursor(
-    spec: &DatasetSpec,
-    plan: &SchemaPlan,
-    floor: Option<&crate::delta::Watermark>,
-    delivered: &[RecordBatch],
-) -> Result<Option<DeltaFilter>> {
-    let has_cursor = spec.timestamp_column.is_some() && !spec.key.is_empty();
-    let lookback = spec.lookback_seconds();
-    Ok(match (spec.mode, has_cursor) {
-        (Mode::Delta, _) => Some(DeltaFilter::new(
-            &plan.output,
-            &spec.cursor_columns(),
-            floor,
-            lookback,
-            delivered,
-        )?),
-        (Mode::Complete, true) => Some(DeltaFilter::tracking(
-            &plan.output,
-            &spec.cursor_columns(),
-            lookback,
-        )?),
-        (Mode::Complete, false) => None,
-    })
-}
-
-/// Streams a reader through the schema plan, the checks and the cursor into the sink. Returns
-/// the rows written and the reader's statistics. `fault` (drills only) fails after the first
-/// batch is written.
-pub(crate) async fn stream(
-    mut reader: SourceReader,
-    plan: &SchemaPlan,
-    checks: &mut BatchChecks,
-    mut cursor: Option<&mut DeltaFilter>,
-    sink: &mut dyn PartWriter,
-    mut fault: Option<&mut (dyn FnMut() -> Result<()> + Send)>,
-) -> Result<(u64, ReadStats)> {
-    let mut rows_written = 0u64;
-    while let Some(batch) = reader.next_batch().await {
-        let batch = plan.apply(&batch?)?;
-        checks.observe(&batch)?;
-        let batch = match cursor.as_deref_mut() {
-            Some(cursor) => cursor.apply(&batch)?,
-            None => batch,
-        };
-        if batch.num_rows() > 0 {
-            sink.write(&batch).await?;
-            rows_written += batch.num_rows() as u64;
-            if let Some(fault) = fault.as_deref_mut() {
-                fault()?;
-            }
-        }
-    }
-    let stats = reader.finish().await?;
-    Ok((rows_written, stats))
-}
-
-/// The run-level rules once every row is read: null cursors in delta mode, empty input.
-pub(crate) fn run_rules(
-    spec: &DatasetSpec,
-    checks: &BatchChecks,
-    cursor: Option<&DeltaFilter>,
-    resumes_from_watermark: bool,
-    mut stats: ReadStats,
-) -> Result<ReadStats> {
-    let null_cursors = cursor.map_or(0, |c| c.null_cursor_rows());
-    if spec.mode == Mode::Delta && null_cursors > 0 {
-        let message = format!(
-            "{null_cursors} rows have no value in the cursor column(s) ({}) and cannot be placed after a watermark",
-            spec.cursor_columns().join(", ")
-        );
-        if spec.on_malformed_row == MalformedRowPolicy::Fail {
-            return Err(JobError::Refused {
-                dataset: spec.id.clone(),
-                message: format!("{message} (set on_malformed_row: skip to leave them out)"),
-            });
-        }
-        stats.rejected_rows += null_cursors;
-        *stats
-            .rejected_by_reason
-            .entry("null cursor value".into())
-            .or_default() += null_cursors;
-    }
-    // Zero new rows after a watermark is normal; an empty first load or snapshot is suspicious.
-    if checks.rows() == 0 && !spec.allow_empty && !resumes_from_watermark {
-        return Err(JobError::Refused {
-            dataset: spec.id.clone(),
-            message: format!(
-                "{} has no data rows ({} read, {} empty, {} blank lines, {} rejected); set allow_empty: true if that is expected",
-                spec.source.describe(),
-                stats.rows_read,
-                stats.empty_rows,
-                stats.blank_lines,
-                stats.rejected_rows
-            ),
-        });
-    }
-    Ok(stats)
 }
 
 fn explicit_types(spec: &DatasetSpec) -> Result<BTreeMap<String, arrow::datatypes::DataType>> {

@@ -1,8 +1,8 @@
 //! Carga's control plane: the catalog (PostgreSQL; SQLite embedded), cron scheduling onto the job
-//! queue (Redis through apalis; SQLite embedded), cluster-wide metrics and the HTTP API.
+//! queue (Redis through apalis; SQLite embedded) and cluster-wide metrics. The HTTP API and the
+//! `carga-scheduler` service are in `carga-api`, so a worker does not link them.
 //! Workers (`carga worker`, or `carga serve` in one process) take the jobs this enqueues.
 
-pub mod api;
 pub mod catalog;
 pub mod daemon;
 pub mod job;

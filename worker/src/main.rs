@@ -11,6 +11,7 @@ mod health;
 mod lock;
 mod notify;
 mod queue_worker;
+#[cfg(feature = "serve")]
 mod serve;
 mod sql_command;
 mod take_loop;
@@ -91,6 +92,7 @@ enum Command {
     /// Run the whole service in this process with no servers: the scheduler, the HTTP API and
     /// dashboard, and workers, with the catalog and the queue in a SQLite file beside the local
     /// bucket. Until SIGTERM or Ctrl-C.
+    #[cfg(feature = "serve")]
     Serve(serve::ServeArgs),
     /// Exit non-zero unless a worker wrote its liveness file (`--health-file`) recently: the
     /// worker's liveness probe.
@@ -267,6 +269,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             .await
         }
         Command::Worker(args) => worker(cli.settings.as_deref(), args).await,
+        #[cfg(feature = "serve")]
         Command::Serve(args) => serve::serve(cli.settings.as_deref(), args).await,
         Command::Health {
             file,

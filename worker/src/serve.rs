@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use carga_api::{self as api, ApiState};
 use carga_config::{DatasetSpec, Settings};
 use carga_jobs::Engine;
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::secrets::SecretsProvider;
 use carga_jobs::storage::Bucket;
-use carga_scheduler::api::{self, ApiState};
 use carga_scheduler::catalog::AuditEntry;
 use carga_scheduler::metrics::Metrics;
 use carga_scheduler::queue::SqliteQueue;

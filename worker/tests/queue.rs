@@ -684,7 +684,7 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     std::fs::write(&missing, "id,total\n9,1\n").unwrap();
 
     // The API with the dashboard, on a real port.
-    let state = std::sync::Arc::new(carga_scheduler::api::ApiState::new(
+    let state = std::sync::Arc::new(carga_api::ApiState::new(
         lab.catalog.clone(),
         lab.queue.clone(),
         carga_jobs::secrets::provider(&lab.settings).await,
@@ -697,11 +697,7 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(carga_scheduler::api::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
+    tokio::spawn(carga_api::serve(state, listener, std::future::pending()));
     let admin = lab.catalog.create_token("ada", "admin").await.unwrap();
 
     // The browser session; it asks for a worker once its job is queued.

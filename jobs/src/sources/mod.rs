@@ -11,6 +11,7 @@ mod csv;
 mod excel;
 mod json;
 mod json_records;
+pub mod listing;
 pub mod mongodb;
 pub mod mssql;
 pub mod mysql;

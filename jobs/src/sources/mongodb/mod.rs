@@ -326,8 +326,8 @@ const DISCOVERY_SAMPLE: i64 = 200;
 pub(crate) async fn discover(
     secret: &ConnectionSecret,
     database: Option<&str>,
-) -> Result<Vec<crate::discovery::TableInfo>> {
-    use crate::discovery::{ColumnInfo, TableInfo};
+) -> Result<Vec<super::listing::TableInfo>> {
+    use super::listing::{ColumnInfo, TableInfo};
     let failed = |e: mongodb::error::Error| JobError::Database {
         context: "discovering collections".into(),
         message: secret.redact(&e.to_string()),

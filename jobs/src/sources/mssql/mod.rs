@@ -119,8 +119,8 @@ ORDER BY k.ORDINAL_POSITION";
 pub(crate) async fn discover(
     secret: &ConnectionSecret,
     schema: Option<&str>,
-) -> Result<Vec<crate::discovery::TableInfo>> {
-    use crate::discovery::{ColumnInfo, TableInfo};
+) -> Result<Vec<super::listing::TableInfo>> {
+    use super::listing::{ColumnInfo, TableInfo};
     let failed = |e: tiberius::error::Error| JobError::Database {
         context: "discovering tables".into(),
         message: secret.redact(&e.to_string()),

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use carga_api::{self as api, ApiState, auth::Role};
 use carga_config::Settings;
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::storage::Bucket;
-use carga_scheduler::api::{self, ApiState, auth::Role};
 use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
 use clap::{Parser, Subcommand};

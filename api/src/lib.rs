@@ -26,12 +26,12 @@ use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::catalog::{AuditEntry, Catalog};
-use crate::job::{ExtractionJob, RunReason};
-use crate::metrics::{Counter, Metrics};
-use crate::queue::JobQueue;
-use crate::schedule::CronSchedule;
 use auth::{Action, Role};
+use carga_scheduler::catalog::{AuditEntry, Catalog};
+use carga_scheduler::job::{ExtractionJob, RunReason};
+use carga_scheduler::metrics::{Counter, Metrics};
+use carga_scheduler::queue::JobQueue;
+use carga_scheduler::schedule::CronSchedule;
 use client::TrustedProxies;
 use limits::TriggerLimit;
 
@@ -271,7 +271,7 @@ async fn authorize(
         subject,
         role,
         source_ip: ip,
-        token_key: crate::catalog::token_hash(token),
+        token_key: carga_scheduler::catalog::token_hash(token),
     };
     if !action.allows(role) {
         let mut entry = caller.audit(action.as_str(), dataset, "denied");
@@ -858,7 +858,7 @@ async fn waiting_run(state: &ApiState, id: &str) -> ApiResult<Option<String>> {
     {
         return Ok(Some(run_id));
     }
-    let lost = crate::catalog::RunResult {
+    let lost = carga_scheduler::catalog::RunResult {
         state: "dead",
         error: Some("the queue no longer holds this run (lost in a queue restart)".into()),
         ..Default::default()
@@ -967,7 +967,7 @@ async fn list_runs(
     Query(filter): Query<RunFilter>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, peer, Action::Read, None).await?;
-    let search = crate::catalog::RunFilter {
+    let search = carga_scheduler::catalog::RunFilter {
         dataset_id: filter.dataset.clone().filter(|d| !d.is_empty()),
         state: filter.state.clone().filter(|s| !s.is_empty()),
         search: filter.q.clone().filter(|q| !q.is_empty()),

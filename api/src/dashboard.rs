@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 
 use super::auth::Action;
 use super::{ApiError, ApiResult, ApiState, Caller, authorize};
-use crate::catalog::{RunFilter, RunRecord};
-use crate::job::{ExtractionJob, RunReason};
-use crate::schedule::CronSchedule;
+use carga_scheduler::catalog::{RunFilter, RunRecord};
+use carga_scheduler::job::{ExtractionJob, RunReason};
+use carga_scheduler::schedule::CronSchedule;
 
 /// A worker whose last heartbeat is older than this is shown as gone (the workers' default
 /// heartbeat, 10 s, times the missed heartbeats apalis allows, 3).
