@@ -16,6 +16,8 @@ use carga_scheduler::{Catalog, JobQueue, QueueSettings};
 use serde_json::Value;
 use tower::ServiceExt;
 
+// The scheduler crate's test harness (service checks, a fresh catalog database), shared.
+#[path = "../../scheduler/tests/common/mod.rs"]
 mod common;
 
 fn services_available() -> bool {

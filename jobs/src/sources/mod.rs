@@ -61,8 +61,9 @@ pub trait Source: Send + Sync + 'static {
     }
 
     /// Reads the source: announces the schema on `output`, then sends its batches, applying
-    /// the malformed-row policy through `output.reject`. With `access.schema_only`, it stops
-    /// after the schema. A delta run's `access.floor` may be used to read less (the run's
+    /// the malformed-row policy through `output.reject`. With `access.schema_only` it may stop
+    /// after the schema (the database sources do); any source stops at its next send once the
+    /// reader is dropped. A delta run's `access.floor` may be used to read less (the run's
     /// cursor still filters every row, so reading more is never wrong).
     async fn read(self: Arc<Self>, output: SourceOutput, access: SourceAccess)
     -> Result<ReadStats>;
