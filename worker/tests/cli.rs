@@ -306,3 +306,21 @@ fn errors_are_said_once_and_plainly() {
     assert_eq!(errors[0].matches("No such file").count(), 1, "{stderr}");
     assert!(errors[0].contains("nowhere.csv"), "{stderr}");
 }
+
+#[test]
+fn logs_to_a_pipe_are_plain_text_and_say_when_a_run_starts_and_commits() {
+    let dir = workspace();
+    let out = carga(
+        dir.path(),
+        &["run", "--dataset", "samples/ventas.yaml"],
+        &[("RUST_LOG", "info")],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("run started") && stderr.contains("run committed"),
+        "{stderr}"
+    );
+    // stderr is a pipe here: no colour escape codes in what a log collector would store.
+    assert!(!stderr.contains('\u{1b}'), "escape codes in {stderr:?}");
+}
