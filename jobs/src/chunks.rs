@@ -66,22 +66,12 @@ pub(crate) async fn extract(
         access,
         previous_schema,
         target,
-        ChunkPlan {
-            chunks,
-            parallel,
-            attempts,
-        },
+        (&chunks, parallel, attempts),
         delivered,
     )
     .await;
     hold.release().await;
     result
-}
-
-struct ChunkPlan {
-    chunks: Vec<Chunk>,
-    parallel: usize,
-    attempts: u32,
 }
 
 /// What every chunk task shares.
@@ -114,6 +104,8 @@ struct ChunkOutput {
     files: Vec<PartFile>,
 }
 
+/// Runs the plan's chunks (`Partitions` without its hold): at most `parallel` at once, each
+/// tried up to `attempts` times.
 #[allow(clippy::too_many_arguments)]
 async fn extract_chunks(
     engine: ChunkRun<'_>,
@@ -123,14 +115,9 @@ async fn extract_chunks(
     access: SourceAccess,
     previous_schema: Option<&Schema>,
     target: &RunTarget,
-    plan: ChunkPlan,
+    (chunks, parallel, attempts): (&[Chunk], usize, u32),
     delivered: &[RecordBatch],
 ) -> Result<Extracted> {
-    let ChunkPlan {
-        chunks,
-        parallel,
-        attempts,
-    } = plan;
     if chunks.is_empty() {
         return Err(JobError::Internal(format!(
             "{} planned no partitions",
@@ -139,13 +126,12 @@ async fn extract_chunks(
     }
     let settings = engine.settings.clone();
     // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
-    let template = access.clone();
     let first_reader = sources::open(
         source,
         spec,
         settings.batch_rows,
         hints.clone(),
-        chunk_access(&template, &chunks[0]),
+        chunk_access(&access, &chunks[0]),
     )
     .await?;
     let first_reader =
@@ -172,7 +158,7 @@ async fn extract_chunks(
         destination: engine.destination.clone(),
         settings,
         delivered: delivered.to_vec(),
-        access: template,
+        access,
         target: target.clone(),
         attempts,
         faults: engine.faults.clone(),
@@ -181,7 +167,7 @@ async fn extract_chunks(
     let permits = Arc::new(Semaphore::new(parallel));
     let mut tasks = JoinSet::new();
     let mut first_reader = Some(first_reader);
-    for chunk in chunks {
+    for chunk in chunks.iter().cloned() {
         let reader = if chunk.index == 0 {
             first_reader.take()
         } else {
