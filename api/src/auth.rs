@@ -54,6 +54,10 @@ pub enum Action {
     DeleteJob,
     /// Query the committed raw zone (decrypted) with SQL.
     Sql,
+    /// Write or delete a connection in the store (an editor only their own).
+    WriteConnection,
+    /// Log in with a stored connection to see that it answers.
+    TestConnection,
 }
 
 impl Action {
@@ -61,9 +65,9 @@ impl Action {
         use Role::*;
         match self {
             Action::Read => true,
-            Action::WriteConfig => matches!(role, Editor | Admin),
+            Action::WriteConfig | Action::WriteConnection => matches!(role, Editor | Admin),
             Action::Approve => matches!(role, Approver | Admin),
-            Action::Trigger | Action::Preview | Action::RetryJob => {
+            Action::Trigger | Action::Preview | Action::RetryJob | Action::TestConnection => {
                 matches!(role, Editor | Approver | Admin)
             }
             Action::KillJob | Action::Sql => matches!(role, Approver | Admin),
@@ -84,6 +88,8 @@ impl Action {
             Action::KillJob => "kill_job",
             Action::DeleteJob => "delete_job",
             Action::Sql => "sql",
+            Action::WriteConnection => "write_connection",
+            Action::TestConnection => "test_connection",
         }
     }
 }
@@ -106,6 +112,8 @@ mod tests {
             (Action::KillJob, [false, false, true, true]),
             (Action::DeleteJob, [false, false, false, true]),
             (Action::Sql, [false, false, true, true]),
+            (Action::WriteConnection, [false, true, false, true]),
+            (Action::TestConnection, [false, true, true, true]),
         ];
         let roles = [Role::Viewer, Role::Editor, Role::Approver, Role::Admin];
         for (action, allowed) in expect {

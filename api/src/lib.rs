@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+mod connections;
 mod dashboard;
 pub mod limits;
 mod sql;
@@ -135,6 +136,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/queue", get(queue_stats))
         .route("/audit", get(audit_log))
         .route("/sql", post(sql::run))
+        .merge(connections::routes())
         .merge(dashboard::routes())
         .with_state(state)
 }

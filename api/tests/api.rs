@@ -11,10 +11,14 @@ use axum::http::{Method, Request, StatusCode};
 use carga_api::{self as api, ApiState};
 use carga_config::Settings;
 use carga_jobs::access::AccessPolicy;
+use carga_jobs::secrets::SecretsProvider;
 use carga_jobs::storage::Bucket;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings};
 use serde_json::Value;
 use tower::ServiceExt;
+
+#[path = "api/connection_store.rs"]
+mod connection_store;
 
 // The scheduler crate's test harness (service checks, a fresh catalog database), shared.
 #[path = "../../scheduler/tests/common/mod.rs"]
@@ -32,11 +36,17 @@ struct Api {
     settings: Settings,
     router: axum::Router,
     catalog: Catalog,
+    secrets: Arc<dyn SecretsProvider>,
     queue: JobQueue,
 }
 
 impl Api {
     async fn new() -> Self {
+        Self::with_secrets(None).await
+    }
+
+    /// An API whose secrets provider is `secrets` (the local secrets file when `None`).
+    async fn with_secrets(secrets: Option<Arc<dyn SecretsProvider>>) -> Self {
         let (unique, url) = common::fresh_postgres_database("carga_api").await;
         let catalog = Catalog::connect(&url).await.unwrap();
         catalog.migrate().await.unwrap();
@@ -59,11 +69,15 @@ impl Api {
         )
         .unwrap();
         let access = AccessPolicy::for_server(&settings, &[dir.path().to_owned()], &[]);
+        let secrets = match secrets {
+            Some(secrets) => secrets,
+            None => carga_jobs::secrets::provider(&settings).await,
+        };
         let state = Arc::new(
             ApiState::new(
                 catalog.clone(),
                 queue.clone(),
-                carga_jobs::secrets::provider(&settings).await,
+                secrets.clone(),
                 Bucket::open(&settings).unwrap(),
                 access,
             )
@@ -76,6 +90,7 @@ impl Api {
             settings,
             router,
             catalog,
+            secrets,
             queue,
         }
     }

@@ -19,12 +19,18 @@ pub struct Settings {
     pub secrets_provider: SecretsProvider,
     /// Endpoint override for AWS Secrets Manager (a local test server).
     pub secrets_endpoint: Option<String>,
+    /// Put before each connection id to name its secret in AWS Secrets Manager (`carga/`, so
+    /// an IAM policy can grant `secret:carga/*` and nothing else). Empty by default.
+    pub secrets_prefix: String,
     /// JSON file of connection credentials by connection id (the local secrets provider):
     /// `{"<id>": {"url": "postgres://..."}}` or the fields of an AWS RDS secret
     /// (`engine`, `host`, `port`, `username`, `password`, `dbname`).
     pub secrets_file: PathBuf,
-    /// Master key that wraps each file's data key.
+    /// Master key that wraps each file's data key: an id in `key_file`, or `kms://<key id, ARN
+    /// or alias/name>` for a key in AWS KMS.
     pub master_key_id: String,
+    /// Endpoint override for AWS KMS (a local test server).
+    pub kms_endpoint: Option<String>,
     /// Create `key_file` with a fresh random master key when it does not exist (embedded default).
     pub create_key_if_missing: bool,
     pub compression: Compression,
@@ -88,8 +94,10 @@ impl Default for Settings {
             key_file: ".carga/master-keys.json".into(),
             secrets_provider: SecretsProvider::Local,
             secrets_endpoint: None,
+            secrets_prefix: String::new(),
             secrets_file: ".carga/secrets.json".into(),
             master_key_id: "carga-master".into(),
+            kms_endpoint: None,
             create_key_if_missing: true,
             compression: Compression::Zstd,
             rows_per_file: 5_000_000,
@@ -146,11 +154,17 @@ impl Settings {
         if let Some(v) = var("CARGA_SECRETS_ENDPOINT") {
             self.secrets_endpoint = Some(v);
         }
+        if let Some(v) = var("CARGA_SECRETS_PREFIX") {
+            self.secrets_prefix = v;
+        }
         if let Some(v) = var("CARGA_SECRETS_FILE") {
             self.secrets_file = v.into();
         }
         if let Some(v) = var("CARGA_MASTER_KEY_ID") {
             self.master_key_id = v;
+        }
+        if let Some(v) = var("CARGA_KMS_ENDPOINT") {
+            self.kms_endpoint = Some(v);
         }
         if let Some(v) = var("CARGA_CREATE_KEY_IF_MISSING") {
             self.create_key_if_missing = parse_env("CARGA_CREATE_KEY_IF_MISSING", &v)?;

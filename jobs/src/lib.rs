@@ -3,6 +3,7 @@
 
 pub mod access;
 mod chunks;
+pub mod connections;
 pub mod delta;
 pub mod destination;
 pub mod discovery;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod manifest;
 mod pipeline;
 pub mod preview;
+pub mod private_file;
 pub mod query;
 pub mod read;
 pub mod redact;

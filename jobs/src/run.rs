@@ -14,7 +14,7 @@ use crate::access::AccessPolicy;
 use crate::chunks::ChunkFaults;
 use crate::delta::{DeltaFilter, Watermark, effective_lookback};
 use crate::destination::{Destination, RawZone, RunTarget};
-use crate::encryption::{Encryptor, MasterKeyring};
+use crate::encryption::Encryptor;
 use crate::error::{JobError, Result};
 use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Manifest, ManifestSource, WatermarkRange};
 use crate::pipeline::{Extracted, new_cursor, stream};
@@ -64,12 +64,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(settings: Settings) -> Result<Self> {
         let bucket = Bucket::open(&settings)?;
-        let keyring = MasterKeyring::from_file_or_create(
-            &settings.key_file,
-            &settings.master_key_id,
-            settings.create_key_if_missing,
-        )?;
-        let encryptor = Encryptor::new(keyring, &settings.master_key_id)?;
+        let encryptor = Encryptor::from_settings(&settings)?;
         let secrets: Arc<dyn SecretsProvider> =
             Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
         // Only what the settings open: an embedding program widens it with `with_access`.
@@ -449,7 +444,7 @@ impl Engine {
             validation_report_sha256: Some(report_written.sha256.clone()),
             encryption: EncryptionInfo {
                 algorithm: "AES_GCM_V1".into(),
-                master_key_id: self.settings.master_key_id.clone(),
+                master_key_id: self.encryptor.master_key_id(),
                 key_material: "PKMT1 in each file's footer key metadata".into(),
             },
         };

@@ -89,6 +89,11 @@ impl ConnectionSecret {
         }
     }
 
+    /// Every field, for the connection store's checks inside this crate (never to be answered).
+    pub(crate) fn fields(&self) -> &BTreeMap<String, Value> {
+        &self.fields
+    }
+
     /// One field as text (strings as they are, numbers printed).
     pub fn field(&self, name: &str) -> Option<String> {
         match self.fields.get(name)? {
@@ -212,10 +217,42 @@ impl ConnectionSecret {
     }
 }
 
-/// Where connection secrets come from.
+/// What `SecretsProvider::store` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Created,
+    Replaced,
+    /// `replace` was false and the id already holds a secret: nothing was written.
+    AlreadyExists,
+}
+
+/// Where connection secrets come from, and (for the connection store) where they are written.
+/// Values only go in: no method returns what `store` wrote but `connection`, which the workers and
+/// the test call use and the API never answers with.
 #[async_trait::async_trait]
 pub trait SecretsProvider: Send + Sync {
     async fn connection(&self, connection_id: &str) -> Result<ConnectionSecret>;
+
+    /// Writes a connection's fields under its id, replacing what was there when `replace`.
+    async fn store(
+        &self,
+        connection_id: &str,
+        _fields: &BTreeMap<String, Value>,
+        _replace: bool,
+    ) -> Result<Stored> {
+        Err(read_only(connection_id))
+    }
+
+    /// Removes a connection's secret; `false` when there was none.
+    async fn remove(&self, connection_id: &str) -> Result<bool> {
+        Err(read_only(connection_id))
+    }
+}
+
+fn read_only(connection_id: &str) -> JobError {
+    JobError::Secret(format!(
+        "connection '{connection_id}': this secrets provider is read-only"
+    ))
 }
 
 /// The provider the settings name.
@@ -229,38 +266,99 @@ pub async fn provider(settings: &carga_config::Settings) -> std::sync::Arc<dyn S
                 settings.secrets_endpoint.as_deref(),
                 settings.s3.region.as_deref(),
             )
-            .await,
+            .await
+            .with_prefix(&settings.secrets_prefix),
         ),
     }
 }
 
-/// `{"<connection id>": {...fields...}}` in a local file: the embedded default.
+type SecretsByConnection = BTreeMap<String, BTreeMap<String, Value>>;
+
+/// `{"<connection id>": {...fields...}}` in a local file: the embedded default. Writes (the
+/// connection store in `carga serve`) replace the file atomically, readable by its owner only,
+/// one writer at a time within the process.
 pub struct LocalSecretsFile {
     path: PathBuf,
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl LocalSecretsFile {
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self {
+            path,
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn read_all(&self) -> Result<SecretsByConnection> {
+        let text = tokio::fs::read_to_string(&self.path)
+            .await
+            .map_err(|e| JobError::io(format!("secrets file {}", self.path.display()), e))?;
+        // Parse errors would quote the file: report only where it failed.
+        serde_json::from_str(&text).map_err(|e| {
+            JobError::Secret(format!(
+                "secrets file {} is not a JSON object of id -> fields (line {}, column {})",
+                self.path.display(),
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// The file's connections, none when it does not exist yet.
+    async fn read_for_update(&self) -> Result<SecretsByConnection> {
+        match tokio::fs::try_exists(&self.path).await {
+            Ok(false) => Ok(BTreeMap::new()),
+            _ => self.read_all().await,
+        }
+    }
+
+    /// Replaces the file: a private temporary file beside it, then a rename, so a reader sees
+    /// the old or the new file, never half of one.
+    async fn write_all(&self, all: &SecretsByConnection) -> Result<()> {
+        let body = serde_json::to_vec_pretty(all).expect("JSON values always serialize");
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || crate::private_file::replace(&path, &body))
+            .await
+            .map_err(|e| JobError::Internal(format!("writing the secrets file: {e}")))?
     }
 }
 
 #[async_trait::async_trait]
 impl SecretsProvider for LocalSecretsFile {
+    async fn store(
+        &self,
+        connection_id: &str,
+        fields: &BTreeMap<String, Value>,
+        replace: bool,
+    ) -> Result<Stored> {
+        let _one_writer = self.writing.lock().await;
+        let mut all = self.read_for_update().await?;
+        let existed = all.contains_key(connection_id);
+        if existed && !replace {
+            return Ok(Stored::AlreadyExists);
+        }
+        all.insert(connection_id.to_owned(), fields.clone());
+        self.write_all(&all).await?;
+        Ok(if existed {
+            Stored::Replaced
+        } else {
+            Stored::Created
+        })
+    }
+
+    async fn remove(&self, connection_id: &str) -> Result<bool> {
+        let _one_writer = self.writing.lock().await;
+        let mut all = self.read_for_update().await?;
+        if all.remove(connection_id).is_none() {
+            return Ok(false);
+        }
+        self.write_all(&all).await?;
+        Ok(true)
+    }
+
     async fn connection(&self, connection_id: &str) -> Result<ConnectionSecret> {
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|e| JobError::io(format!("secrets file {}", self.path.display()), e))?;
-        // Parse errors would quote the file: report only where it failed.
-        let mut all: BTreeMap<String, BTreeMap<String, Value>> = serde_json::from_str(&text)
-            .map_err(|e| {
-                JobError::Secret(format!(
-                    "secrets file {} is not a JSON object of id -> fields (line {}, column {})",
-                    self.path.display(),
-                    e.line(),
-                    e.column()
-                ))
-            })?;
+        let mut all = self.read_all().await?;
         let fields = all.remove(connection_id).ok_or_else(|| {
             JobError::Secret(format!(
                 "connection '{connection_id}' is not in the secrets file {}",
@@ -276,6 +374,8 @@ impl SecretsProvider for LocalSecretsFile {
 /// for Secrets Manager itself come from the standard AWS chain (environment, profile, role).
 pub struct AwsSecretsManager {
     client: aws_sdk_secretsmanager::Client,
+    /// Put before every connection id (`carga/` lets an IAM policy grant `carga/*` only).
+    prefix: String,
 }
 
 impl AwsSecretsManager {
@@ -290,8 +390,41 @@ impl AwsSecretsManager {
         }
         Self {
             client: aws_sdk_secretsmanager::Client::new(&loader.load().await),
+            prefix: String::new(),
         }
     }
+
+    /// A client on a configuration the caller built (its own credentials provider, as in tests).
+    pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_secretsmanager::Client::new(config),
+            prefix: String::new(),
+        }
+    }
+
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    fn name(&self, connection_id: &str) -> String {
+        format!("{}{connection_id}", self.prefix)
+    }
+}
+
+/// A Secrets Manager error as text: the service's code and message name the secret, never its
+/// value.
+fn service_error<E, R>(error: &aws_sdk_secretsmanager::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use std::error::Error;
+    error
+        .as_service_error()
+        .map(|s| s.to_string())
+        .or_else(|| error.source().map(|s| s.to_string()))
+        .unwrap_or_else(|| error.to_string())
 }
 
 #[async_trait::async_trait]
@@ -300,17 +433,13 @@ impl SecretsProvider for AwsSecretsManager {
         let response = self
             .client
             .get_secret_value()
-            .secret_id(connection_id)
+            .secret_id(self.name(connection_id))
             .send()
             .await
             .map_err(|e| {
-                // The service's error code and message name the secret, never its value.
-                let detail = e
-                    .as_service_error()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.to_string());
                 JobError::Secret(format!(
-                    "connection '{connection_id}' from AWS Secrets Manager: {detail}"
+                    "connection '{connection_id}' from AWS Secrets Manager: {}",
+                    service_error(&e)
                 ))
             })?;
         let text = response.secret_string().ok_or_else(|| {
@@ -322,6 +451,106 @@ impl SecretsProvider for AwsSecretsManager {
             ))
         })?;
         Ok(ConnectionSecret::new(connection_id, fields))
+    }
+
+    /// `CreateSecret`; when the name exists and `replace`, `PutSecretValue` (restoring a secret
+    /// scheduled for deletion first, so an id can be written again after a delete).
+    async fn store(
+        &self,
+        connection_id: &str,
+        fields: &BTreeMap<String, Value>,
+        replace: bool,
+    ) -> Result<Stored> {
+        use aws_sdk_secretsmanager::operation::create_secret::CreateSecretError;
+        let name = self.name(connection_id);
+        let body = serde_json::to_string(fields).expect("JSON values always serialize");
+        let failed = |what: &str, detail: String| {
+            JobError::Secret(format!(
+                "connection '{connection_id}': {what} in AWS Secrets Manager: {detail}"
+            ))
+        };
+        let created = self
+            .client
+            .create_secret()
+            .name(&name)
+            .description("Carga connection (written through the connection store)")
+            .secret_string(&body)
+            .send()
+            .await;
+        match created {
+            Ok(_) => return Ok(Stored::Created),
+            // The name is taken: by a live secret, or by one scheduled for deletion (AWS says
+            // InvalidRequest for that, some emulators ResourceExists).
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(
+                        CreateSecretError::ResourceExistsException(_)
+                            | CreateSecretError::InvalidRequestException(_)
+                    )
+                ) => {}
+            Err(e) => return Err(failed("creating it", service_error(&e))),
+        }
+        let scheduled_for_deletion = self
+            .client
+            .describe_secret()
+            .secret_id(&name)
+            .send()
+            .await
+            .map_err(|e| failed("describing it", service_error(&e)))?
+            .deleted_date()
+            .is_some();
+        if !replace && !scheduled_for_deletion {
+            return Ok(Stored::AlreadyExists);
+        }
+        if scheduled_for_deletion {
+            self.client
+                .restore_secret()
+                .secret_id(&name)
+                .send()
+                .await
+                .map_err(|e| failed("restoring it", service_error(&e)))?;
+        }
+        self.client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(&body)
+            .send()
+            .await
+            .map_err(|e| failed("writing it", service_error(&e)))?;
+        Ok(if scheduled_for_deletion {
+            Stored::Created
+        } else {
+            Stored::Replaced
+        })
+    }
+
+    /// `DeleteSecret` with Secrets Manager's recovery window (7 days): an operator can restore
+    /// a connection deleted by mistake.
+    async fn remove(&self, connection_id: &str) -> Result<bool> {
+        use aws_sdk_secretsmanager::operation::delete_secret::DeleteSecretError;
+        match self
+            .client
+            .delete_secret()
+            .secret_id(self.name(connection_id))
+            .recovery_window_in_days(7)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.as_service_error(),
+                    Some(DeleteSecretError::ResourceNotFoundException(_))
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(JobError::Secret(format!(
+                "connection '{connection_id}': deleting it in AWS Secrets Manager: {}",
+                service_error(&e)
+            ))),
+        }
     }
 }
 

@@ -48,6 +48,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "retries",
         include_str!("../../migrations/0003_retries.sql"),
     ),
+    (
+        4,
+        "connections",
+        include_str!("../../migrations/0004_connections.sql"),
+    ),
 ];
 
 /// The embedded mode's file: the catalog and the queue's tables (`queue::sqlite`).
@@ -66,6 +71,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "retries",
         include_str!("../../migrations/sqlite/0003_retries.sql"),
+    ),
+    (
+        4,
+        "connections",
+        include_str!("../../migrations/sqlite/0004_connections.sql"),
     ),
 ];
 
@@ -180,6 +190,22 @@ pub struct AuditEntry {
     pub source_ip: Option<String>,
     pub result: &'static str,
     pub detail: Option<String>,
+}
+
+/// What the catalog shows of a connection in the store: never a value.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub connection_id: String,
+    pub kind: String,
+    /// Where its credentials go (`host:port`).
+    pub hosts: Vec<String>,
+    /// The names of the fields it holds.
+    pub fields: Vec<String>,
+    /// Who created it: an editor may change or delete only their own.
+    pub owner: String,
+    pub updated_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -735,6 +761,114 @@ impl Catalog {
     }
 
     /// Creates an API token for `subject` with `role`; only its hash is stored.
+    /// Claims a new connection id for `by`; `None` when the id is already in the store (two
+    /// editors creating one id at once: one of them gets it).
+    pub async fn create_connection(
+        &self,
+        connection_id: &str,
+        kind: &str,
+        hosts: &[String],
+        fields: &[String],
+        by: &str,
+    ) -> Result<Option<ConnectionRecord>> {
+        let now = Utc::now();
+        with_pool!(self, |pool| {
+            let row = sqlx::query(
+                "INSERT INTO connections (connection_id, kind, hosts, fields, owner, updated_by,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $6)
+                 ON CONFLICT (connection_id) DO NOTHING
+                 RETURNING *",
+            )
+            .bind(connection_id)
+            .bind(kind)
+            .bind(sqlx::types::Json(hosts))
+            .bind(sqlx::types::Json(fields))
+            .bind(by)
+            .bind(now)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.as_ref().map(connection_from_row).transpose()?)
+        })
+    }
+
+    /// Records a connection written to the store (the owner stays who created it).
+    pub async fn upsert_connection(
+        &self,
+        connection_id: &str,
+        kind: &str,
+        hosts: &[String],
+        fields: &[String],
+        by: &str,
+    ) -> Result<ConnectionRecord> {
+        let now = Utc::now();
+        with_pool!(self, |pool| {
+            let row = sqlx::query(
+                "INSERT INTO connections (connection_id, kind, hosts, fields, owner, updated_by,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $6)
+                 ON CONFLICT (connection_id) DO UPDATE SET
+                     kind = EXCLUDED.kind, hosts = EXCLUDED.hosts, fields = EXCLUDED.fields,
+                     updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
+                 RETURNING *",
+            )
+            .bind(connection_id)
+            .bind(kind)
+            .bind(sqlx::types::Json(hosts))
+            .bind(sqlx::types::Json(fields))
+            .bind(by)
+            .bind(now)
+            .fetch_one(pool)
+            .await?;
+            Ok(connection_from_row(&row)?)
+        })
+    }
+
+    pub async fn connection(&self, connection_id: &str) -> Result<Option<ConnectionRecord>> {
+        with_pool!(self, |pool| {
+            let row = sqlx::query("SELECT * FROM connections WHERE connection_id = $1")
+                .bind(connection_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(connection_from_row).transpose()?)
+        })
+    }
+
+    pub async fn connections(&self) -> Result<Vec<ConnectionRecord>> {
+        with_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT * FROM connections ORDER BY connection_id")
+                .fetch_all(pool)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(connection_from_row)
+                .collect::<sqlx::Result<_>>()?)
+        })
+    }
+
+    pub async fn delete_connection(&self, connection_id: &str) -> Result<bool> {
+        let deleted = with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM connections WHERE connection_id = $1")
+                .bind(connection_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(deleted > 0)
+    }
+
+    /// The datasets whose spec names `connection_id`.
+    pub async fn datasets_using(&self, connection_id: &str) -> Result<Vec<String>> {
+        with_pool!(self, |pool| {
+            Ok(sqlx::query_scalar(
+                "SELECT dataset_id FROM dataset_crons WHERE connection_id = $1 ORDER BY dataset_id",
+            )
+            .bind(connection_id)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
     pub async fn create_token(&self, subject: &str, role: &str) -> Result<String> {
         let token = format!("carga_{}", hex::encode(rand::random::<[u8; 24]>()));
         with_pool!(self, |pool| {
@@ -937,6 +1071,28 @@ where
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
         updated_by: row.text("updated_by")?,
+    })
+}
+
+fn connection_from_row<R: CatalogRow>(row: &R) -> sqlx::Result<ConnectionRecord>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let names = |column: &str| -> sqlx::Result<Vec<String>> {
+        serde_json::from_value(row.json(column)?).map_err(|e| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(e),
+        })
+    };
+    Ok(ConnectionRecord {
+        connection_id: row.text("connection_id")?,
+        kind: row.text("kind")?,
+        hosts: names("hosts")?,
+        fields: names("fields")?,
+        owner: row.text("owner")?,
+        updated_by: row.text("updated_by")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
     })
 }
 

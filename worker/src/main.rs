@@ -1,7 +1,7 @@
 //! `carga`: runs extraction jobs: one-shot on this machine (`carga run`), as a queue worker
 //! (`carga worker`), or the whole service in one process (`carga serve`); reads committed data back
 //! (`carga read`), tests connections (`carga preview`), lists databases' tables (`carga discover`)
-//! and creates master keys (`carga keygen`).
+//! and creates and rotates master keys (`carga keygen`, `carga keys rotate`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -105,10 +105,28 @@ enum Command {
     },
     /// Create a master key file with one new random 256-bit key.
     Keygen {
+        /// The key file to create (never overwritten).
         #[arg(long)]
         key_file: PathBuf,
+        /// The new key's id, which every file it wraps names.
         #[arg(long, default_value = "carga-master")]
         key_id: String,
+    },
+    /// Manage master keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new random key to the settings' key file and make it current: new files use it,
+    /// files written before keep reading with the key that wrapped them.
+    Rotate {
+        /// The new key's id (default: carga-master-<UTC date and time>).
+        #[arg(long)]
+        key_id: Option<String>,
     },
 }
 
@@ -275,6 +293,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             file,
             max_age_seconds,
         } => health::check(&file, std::time::Duration::from_secs(max_age_seconds)),
+        Command::Keys {
+            command: KeysCommand::Rotate { key_id },
+        } => rotate_keys(cli.settings.as_deref(), key_id),
         Command::Keygen { key_file, key_id } => {
             anyhow::ensure!(
                 !key_file.exists(),
@@ -291,10 +312,38 @@ async fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// `carga keys rotate`: a new current key in the key file. A KMS key rotates in KMS.
+fn rotate_keys(settings_path: Option<&Path>, key_id: Option<String>) -> Result<()> {
+    let settings = Settings::load(settings_path)?;
+    if let Some(kms_key) = settings
+        .master_key_id
+        .strip_prefix(carga_jobs::encryption::KMS_SCHEME)
+    {
+        anyhow::bail!(
+            "the master key is in AWS KMS ('{kms_key}'): KMS rotates its material itself \
+             (aws kms enable-key-rotation --key-id {kms_key}) and old files keep reading; to move \
+             to another KMS key set master_key_id to kms://<new key> (files name the key that \
+             wrapped them, so older files stay readable while that key exists)"
+        );
+    }
+    let key_id = key_id.unwrap_or_else(|| {
+        format!(
+            "carga-master-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        )
+    });
+    MasterKeyring::rotate_file(&settings.key_file, &key_id)?;
+    println!(
+        "{}: '{key_id}' is now the current master key; files written before keep reading with \
+         their own key (keep every key in the file)",
+        settings.key_file.display()
+    );
+    Ok(())
+}
+
 async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     let settings = Settings::load(settings_path)?;
     let key_file = settings.key_file.clone();
-    let master_key_id = settings.master_key_id.clone();
     let policy = AccessPolicy::for_command(&settings, Some(spec_path));
     let engine = Engine::from_settings(settings).await?.with_access(policy);
     let tables = load_spec(spec_path)?.per_table();
@@ -304,14 +353,14 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
             .run(spec)
             .await
             .map_err(|e| anyhow::anyhow!("dataset '{}' was not committed: {e}", spec.id))?;
-        print_outcome(&outcome, spec_path, spec, &key_file, &master_key_id);
+        print_outcome(&outcome, spec_path, spec, &key_file);
         return Ok(());
     }
     // A multi-table dataset runs table by table; one table's failure does not stop the others.
     let mut failed = Vec::new();
     for spec in &tables {
         match engine.run(spec).await {
-            Ok(outcome) => print_outcome(&outcome, spec_path, spec, &key_file, &master_key_id),
+            Ok(outcome) => print_outcome(&outcome, spec_path, spec, &key_file),
             Err(e) => {
                 eprintln!("error: dataset '{}' was not committed: {e}", spec.id);
                 failed.push(spec.id.clone());
@@ -349,7 +398,6 @@ fn print_outcome(
     spec_path: &Path,
     spec: &DatasetSpec,
     key_file: &Path,
-    master_key_id: &str,
 ) {
     let manifest = &outcome.manifest;
     let report = &outcome.report;
@@ -364,12 +412,17 @@ fn print_outcome(
     if manifest.files.is_empty() {
         println!("  data:     no new rows, no files written");
     } else {
+        let master_key_id = &manifest.encryption.master_key_id;
+        let held_in = if master_key_id.starts_with(carga_jobs::encryption::KMS_SCHEME) {
+            "AWS KMS".to_owned()
+        } else {
+            key_file.display().to_string()
+        };
         println!(
-            "  data:     {}/ ({} encrypted Parquet file(s), {} bytes, master key '{master_key_id}' in {})",
+            "  data:     {}/ ({} encrypted Parquet file(s), {} bytes, master key '{master_key_id}' in {held_in})",
             outcome.data_url,
             manifest.files.len(),
             manifest.bytes,
-            key_file.display()
         );
     }
     println!("  manifest: {}", outcome.manifest_url);

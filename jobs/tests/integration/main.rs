@@ -5,6 +5,7 @@ mod common;
 mod file_sources;
 mod fuzz_readers;
 mod interop_pyarrow;
+mod key_management;
 mod malformed_inputs;
 mod messy_inputs;
 mod mongodb;

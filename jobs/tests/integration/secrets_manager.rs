@@ -1,7 +1,5 @@
 //! Connection credentials from AWS Secrets Manager (moto_server on loopback), end to end: an
 //! RDS-shaped secret drives a PostgreSQL extraction; unknown ids fail clearly; no value leaks.
-//!
-//! One test function on purpose: it sets the AWS credential variables before any thread starts.
 
 use crate::common::{Lab, service_available};
 use carga_config::SecretsProvider as ProviderKind;
@@ -21,13 +19,7 @@ fn connections_come_from_aws_secrets_manager() {
     {
         return;
     }
-    // SAFETY: this binary's only test sets these before it starts any other thread.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
-    }
+    crate::common::aws_test_credentials();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -318,6 +318,29 @@ impl Batcher {
     }
 }
 
+/// "Test connection": the server answers `ping` with these credentials (the driver logs in on
+/// the first command).
+pub(crate) async fn ping(secret: &ConnectionSecret) -> Result<String> {
+    let failed = |e: mongodb::error::Error| JobError::Database {
+        context: format!("testing connection '{}'", secret.id()),
+        message: secret.redact(&e.to_string()),
+    };
+    let client = Client::with_uri_str(secret.database_url("mongodb", 27017)?)
+        .await
+        .map_err(failed)?;
+    let database = secret
+        .field("database")
+        .or_else(|| secret.field("dbname"))
+        .or_else(|| client.default_database().map(|d| d.name().to_owned()))
+        .unwrap_or_else(|| "admin".to_owned());
+    client
+        .database(&database)
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map_err(failed)?;
+    Ok(format!("MongoDB (ping answered by database '{database}')"))
+}
+
 /// Documents sampled per collection by discovery.
 const DISCOVERY_SAMPLE: i64 = 200;
 

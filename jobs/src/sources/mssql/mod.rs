@@ -76,6 +76,31 @@ async fn connect(config: Config) -> tiberius::Result<SqlClient> {
     Client::connect(config, tcp.compat_write()).await
 }
 
+/// "Test connection": logs in and asks the server's version.
+pub(crate) async fn server_version(secret: &ConnectionSecret) -> Result<String> {
+    let failed = |e: tiberius::error::Error| JobError::Database {
+        context: format!("testing connection '{}'", secret.id()),
+        message: secret.redact(&e.to_string()),
+    };
+    let mut client = connect(config_from(secret)?).await.map_err(failed)?;
+    let row = client
+        .simple_query("SELECT CAST(@@VERSION AS nvarchar(4000))")
+        .await
+        .map_err(failed)?
+        .into_row()
+        .await
+        .map_err(failed)?;
+    let version = row
+        .as_ref()
+        .and_then(|r| r.get::<&str, _>(0))
+        .unwrap_or("SQL Server")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(version)
+}
+
 /// The columns of `schema.table`, in table order.
 async fn table_columns(
     client: &mut SqlClient,

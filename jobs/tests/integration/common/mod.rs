@@ -23,6 +23,27 @@ pub fn service_available(name: &str, address: &str) -> bool {
     skip_unless(reachable, &format!("{name} is not reachable at {address}"))
 }
 
+/// Sets the AWS credential variables moto accepts, once per test process, before a test makes
+/// its first AWS client (the standard chain reads them).
+pub fn aws_test_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the same constant values every time, written once, before this test's
+        // threads read them; no other code in this binary writes these variables.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+            std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
+        }
+    });
+}
+
+/// The moto server tests talk to for S3, Secrets Manager and KMS.
+pub fn moto_endpoint() -> String {
+    std::env::var("CARGA_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
 /// Returns `condition`; when false, prints a skip notice, or panics when CI requires everything.
 pub fn skip_unless(condition: bool, why: &str) -> bool {
     if !condition {

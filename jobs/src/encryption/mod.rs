@@ -6,9 +6,22 @@
 //! key material come from the `parquet-key-management` crate; this module supplies the master keys
 //! (a local key file) and adapts the crate's keys to the `parquet` version we build with.
 //!
-//! Wrapped DEK format (what a pyarrow `KmsClient.unwrap_key` receives): base64 of
-//! `nonce(12) || AES-GCM ciphertext || tag(16)`, AAD = the master key id, key = the master key
-//! (16 or 32 bytes).
+//! Two kinds of master key, chosen by `master_key_id`:
+//!
+//! - a key in the local key file (the embedded default). Wrapped DEK format (what a pyarrow
+//!   `KmsClient.unwrap_key` receives): base64 of `nonce(12) || AES-GCM ciphertext || tag(16)`,
+//!   AAD = the master key id, key = the master key (16 or 32 bytes). The key file is
+//!   `{"<id>": "<base64>"}`, or after `carga keys rotate` `{"current": "<id>", "keys": {…}}`:
+//!   new files use the current key, older files name the key that wrapped them.
+//! - `kms://<key id or alias>`: a key in AWS KMS (`aws_kms`), with double wrapping so a run
+//!   makes O(1) KMS calls.
+//!
+//! Reading routes each file's master key id to the key file when it holds that id, else to KMS,
+//! so files written before a move from the key file to KMS stay readable.
+
+mod aws_kms;
+
+pub use aws_kms::{AwsKms, KmsTarget};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -30,10 +43,21 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::{JobError, Result};
 
-/// Master keys by id, read from a JSON key file `{"<key id>": "<base64 key>"}`.
-#[derive(Clone)]
+/// Master keys by id, read from a JSON key file `{"<key id>": "<base64 key>"}` (or its rotated
+/// form `{"current": "<key id>", "keys": {…}}`).
+#[derive(Clone, Default)]
 pub struct MasterKeyring {
     keys: HashMap<String, Vec<u8>>,
+    /// The key new files use, when the file names one (after a rotation).
+    current: Option<String>,
+}
+
+/// The key file after a rotation.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotatedKeyFile {
+    current: String,
+    keys: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for MasterKeyring {
@@ -50,12 +74,24 @@ impl MasterKeyring {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| JobError::io(format!("master key file {}", path.display()), e))?;
-        let encoded: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        let not_a_key_file = |e: serde_json::Error| {
+            // Only where it failed: the message must not quote key material.
             JobError::Encryption(format!(
-                "master key file {} is not a JSON object of id -> base64 key: {e}",
-                path.display()
+                "master key file {} is not a JSON object of id -> base64 key (line {}, column {})",
+                path.display(),
+                e.line(),
+                e.column()
             ))
-        })?;
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(not_a_key_file)?;
+        let (current, encoded) = if value.get("keys").is_some_and(|k| k.is_object()) {
+            let rotated: RotatedKeyFile = serde_json::from_value(value).map_err(not_a_key_file)?;
+            (Some(rotated.current), rotated.keys)
+        } else {
+            let flat: BTreeMap<String, String> =
+                serde_json::from_value(value).map_err(not_a_key_file)?;
+            (None, flat)
+        };
         let mut keys = HashMap::new();
         for (id, b64) in encoded {
             let key = BASE64.decode(b64.trim()).map_err(|_| {
@@ -73,15 +109,50 @@ impl MasterKeyring {
             }
             keys.insert(id, key);
         }
-        Ok(Self { keys })
+        if let Some(current) = current.as_deref().filter(|c| !keys.contains_key(*c)) {
+            return Err(JobError::Encryption(format!(
+                "master key file {} names '{current}' as current but holds no such key",
+                path.display()
+            )));
+        }
+        Ok(Self { keys, current })
+    }
+
+    /// Adds a new random 256-bit key named `key_id` to the key file and makes it the current
+    /// one: new files use it; files written before keep naming (and reading with) their key.
+    /// The file is replaced atomically and stays readable by its owner only.
+    pub fn rotate_file(path: &Path, key_id: &str) -> Result<Self> {
+        let mut ring = Self::from_file(path)?;
+        if ring.keys.contains_key(key_id) {
+            return Err(JobError::Encryption(format!(
+                "master key file {} already holds a key '{key_id}'",
+                path.display()
+            )));
+        }
+        ring.keys.insert(key_id.to_owned(), random_key()?);
+        ring.current = Some(key_id.to_owned());
+        let file = RotatedKeyFile {
+            current: key_id.to_owned(),
+            keys: ring
+                .keys
+                .iter()
+                .map(|(id, key)| (id.clone(), BASE64.encode(key)))
+                .collect(),
+        };
+        let body = serde_json::to_vec_pretty(&file).expect("JSON always serializes");
+        crate::private_file::replace(path, &body)?;
+        Ok(ring)
+    }
+
+    /// The key new files use: the file's current key, else `configured` (the settings'
+    /// `master_key_id`).
+    pub fn current_or<'a>(&'a self, configured: &'a str) -> &'a str {
+        self.current.as_deref().unwrap_or(configured)
     }
 
     /// Writes a new key file holding one random 256-bit key, readable by its owner only.
     pub fn create_file(path: &Path, key_id: &str) -> Result<Self> {
-        let mut key = vec![0u8; 32];
-        SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| JobError::Encryption("system random generator failed".into()))?;
+        let key = random_key()?;
         let body = serde_json::json!({ key_id: BASE64.encode(&key) });
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -90,6 +161,7 @@ impl MasterKeyring {
         write_private_file(path, body.to_string().as_bytes())?;
         Ok(Self {
             keys: HashMap::from([(key_id.to_owned(), key)]),
+            current: None,
         })
     }
 
@@ -112,6 +184,14 @@ impl MasterKeyring {
             ))
         })
     }
+}
+
+fn random_key() -> Result<Vec<u8>> {
+    let mut key = vec![0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| JobError::Encryption("system random generator failed".into()))?;
+    Ok(key)
 }
 
 #[cfg(unix)]
@@ -193,6 +273,50 @@ impl KmsClient for LocalKmsClient {
     }
 }
 
+/// Sends each master key id to where that key lives: the key file when it holds the id, else
+/// AWS KMS when one is configured.
+struct KeyRouter {
+    local: LocalKmsClient,
+    kms: Option<Arc<AwsKms>>,
+}
+
+impl KeyRouter {
+    fn client_for(
+        &self,
+        master_key_identifier: &str,
+    ) -> parquet_key_management::errors::Result<&dyn KmsClient> {
+        if self.local.keyring.contains(master_key_identifier) {
+            return Ok(&self.local);
+        }
+        match &self.kms {
+            Some(kms) => Ok(kms.as_ref()),
+            None => Err(general(&format!(
+                "master key '{master_key_identifier}' is not in the key file (and no kms:// master key is configured)"
+            ))),
+        }
+    }
+}
+
+impl KmsClient for KeyRouter {
+    fn wrap_key(
+        &self,
+        key_bytes: &[u8],
+        master_key_identifier: &str,
+    ) -> parquet_key_management::errors::Result<String> {
+        self.client_for(master_key_identifier)?
+            .wrap_key(key_bytes, master_key_identifier)
+    }
+
+    fn unwrap_key(
+        &self,
+        wrapped_key: &str,
+        master_key_identifier: &str,
+    ) -> parquet_key_management::errors::Result<Vec<u8>> {
+        self.client_for(master_key_identifier)?
+            .unwrap_key(wrapped_key, master_key_identifier)
+    }
+}
+
 fn aead_key(key: &[u8]) -> parquet_key_management::errors::Result<LessSafeKey> {
     let algorithm = match key.len() {
         16 => &AES_128_GCM,
@@ -216,17 +340,68 @@ fn general(message: &str) -> parquet_key_management::errors::Error {
 pub struct Encryptor {
     factory: Arc<CryptoFactory>,
     connection: Arc<KmsConnectionConfig>,
+    /// The id in each file's key material (a KMS key id without `kms://`).
     master_key_id: String,
+    /// KMS keys wrap a key-encryption key (cached), not every file's data key.
+    double_wrapping: bool,
+    kms: Option<Arc<AwsKms>>,
 }
 
+/// The prefix of a master key held by AWS KMS in `master_key_id`.
+pub const KMS_SCHEME: &str = "kms://";
+
 impl Encryptor {
+    /// Local master keys only: `master_key_id` must be in `keyring`.
     pub fn new(keyring: MasterKeyring, master_key_id: &str) -> Result<Self> {
-        if !keyring.contains(master_key_id) {
+        let master_key_id = keyring.current_or(master_key_id).to_owned();
+        if !keyring.contains(&master_key_id) {
             return Err(JobError::Encryption(format!(
                 "master key '{master_key_id}' is not in the key file"
             )));
         }
-        let client: KmsClientRef = Arc::new(LocalKmsClient { keyring });
+        Ok(Self::build(keyring, None, master_key_id))
+    }
+
+    /// The master key the settings name: `kms://<key>` (AWS KMS at `kms_endpoint`, or AWS's for
+    /// the region; the key file, when there is one, still reads older files), else the key
+    /// file's current key (created when missing and allowed).
+    pub fn from_settings(settings: &carga_config::Settings) -> Result<Self> {
+        let Some(kms_key) = settings.master_key_id.strip_prefix(KMS_SCHEME) else {
+            let keyring = MasterKeyring::from_file_or_create(
+                &settings.key_file,
+                &settings.master_key_id,
+                settings.create_key_if_missing,
+            )?;
+            return Self::new(keyring, &settings.master_key_id);
+        };
+        if kms_key.is_empty() {
+            return Err(JobError::Encryption(
+                "master_key_id 'kms://' names no KMS key (kms://<key id, ARN or alias/name>)"
+                    .into(),
+            ));
+        }
+        let keyring = if settings.key_file.exists() {
+            MasterKeyring::from_file(&settings.key_file)?
+        } else {
+            MasterKeyring::default()
+        };
+        let kms = AwsKms::start(KmsTarget {
+            endpoint: settings.kms_endpoint.clone(),
+            region: settings.s3.region.clone(),
+        })?;
+        Ok(Self::build(
+            keyring,
+            Some(Arc::new(kms)),
+            kms_key.to_owned(),
+        ))
+    }
+
+    fn build(keyring: MasterKeyring, kms: Option<Arc<AwsKms>>, master_key_id: String) -> Self {
+        let double_wrapping = !keyring.contains(&master_key_id);
+        let client: KmsClientRef = Arc::new(KeyRouter {
+            local: LocalKmsClient { keyring },
+            kms: kms.clone(),
+        });
         let factory = CryptoFactory::new(
             move |_: &KmsConnectionInfo| -> parquet_key_management::errors::Result<KmsClientRef> {
                 Ok(client.clone())
@@ -236,17 +411,33 @@ impl Encryptor {
             .set_kms_instance_id("carga-local".into())
             .set_kms_instance_url("local-key-file".into())
             .build();
-        Ok(Self {
+        Self {
             factory: Arc::new(factory),
             connection: Arc::new(connection),
-            master_key_id: master_key_id.to_owned(),
-        })
+            master_key_id,
+            double_wrapping,
+            kms,
+        }
+    }
+
+    /// The master key new files use, as a manifest names it (`kms://…` for a KMS key).
+    pub fn master_key_id(&self) -> String {
+        if self.kms.is_some() && self.double_wrapping {
+            format!("{KMS_SCHEME}{}", self.master_key_id)
+        } else {
+            self.master_key_id.clone()
+        }
+    }
+
+    /// Calls made to AWS KMS so far (0 with local keys).
+    pub fn kms_calls_made(&self) -> u64 {
+        self.kms.as_ref().map_or(0, |kms| kms.calls_made())
     }
 
     /// Properties for one new file: a fresh data key encrypting footer and every column.
     pub fn file_encryption(&self) -> Result<Arc<FileEncryptionProperties>> {
         let config = EncryptionConfiguration::builder(self.master_key_id.clone())
-            .set_double_wrapping(false)
+            .set_double_wrapping(self.double_wrapping)
             .build()
             .map_err(|e| JobError::Encryption(e.to_string()))?;
         let keys = self
@@ -303,6 +494,7 @@ mod tests {
                 ("k1".to_owned(), vec![7u8; 32]),
                 ("k2".to_owned(), vec![9u8; 16]),
             ]),
+            current: None,
         }
     }
 
