@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -74,7 +74,7 @@ async fn overview(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let caller = authorize(&state, &headers, peer, Action::Read, None).await?;
     let now = Utc::now();
     let queue = state.queue.stats().await.map_err(ApiError::internal)?;
     let oldest = state
@@ -183,7 +183,7 @@ async fn overview(
         "workers": workers,
         "throughput": throughput,
         "datasets": datasets,
-        "attention": attention,
+        "attention": crate::visible_runs(caller.role, attention),
     }))
     .into_response())
 }
@@ -462,6 +462,9 @@ async fn report(
 }
 
 /// A run's manifest or validation report, read from the bucket (the first, for a multi-table run).
+/// Their sealed values (the watermark's, the whole report) are opened for the roles that may see
+/// data values (those that may query it with SQL) when this process has the key; others get
+/// what is readable without it.
 async fn run_document(
     state: &ApiState,
     headers: &HeaderMap,
@@ -469,7 +472,7 @@ async fn run_document(
     run_id: &str,
     pick: fn(&RunRecord) -> Option<String>,
 ) -> ApiResult<Response> {
-    authorize(state, headers, peer, Action::Read, None).await?;
+    let caller = authorize(state, headers, peer, Action::Read, None).await?;
     let run = state
         .catalog
         .run(run_id)
@@ -494,5 +497,12 @@ async fn run_document(
         .bytes()
         .await
         .map_err(ApiError::internal)?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    let keys = state
+        .sql
+        .as_ref()
+        .filter(|_| Action::Sql.allows(caller.role))
+        .map(|engine| engine.encryptor());
+    let document = carga_jobs::destination::raw_zone::open_document(&bytes, keys)
+        .map_err(ApiError::internal)?;
+    Ok(Json(document).into_response())
 }

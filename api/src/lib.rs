@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use auth::{Action, Role};
-use carga_scheduler::catalog::{AuditEntry, Catalog};
+use carga_scheduler::catalog::{AuditEntry, Catalog, RunRecord};
 use carga_scheduler::job::{ExtractionJob, RunReason};
 use carga_scheduler::metrics::{Counter, Metrics};
 use carga_scheduler::queue::JobQueue;
@@ -945,6 +945,24 @@ fn filter_time(text: Option<&str>, end: bool) -> ApiResult<Option<chrono::DateTi
     Ok(Some(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc()))
 }
 
+/// What a role that may not see data values is shown instead of a watermark.
+const SEALED_VALUE: &str = "(sealed: approvers and admins see it)";
+
+/// Run history as `role` may see it: watermarks are values from the data (a timestamp and a
+/// key), shown only to the roles that may query the data (approver, admin), as in the raw zone.
+pub(crate) fn visible_runs(role: Role, mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
+    if !Action::Sql.allows(role) {
+        for run in &mut runs {
+            for watermark in [&mut run.watermark_before, &mut run.watermark_after] {
+                if watermark.is_some() {
+                    *watermark = Some(SEALED_VALUE.to_owned());
+                }
+            }
+        }
+    }
+    runs
+}
+
 async fn dataset_runs(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -952,14 +970,14 @@ async fn dataset_runs(
     Path(id): Path<String>,
     Query(filter): Query<RunFilter>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, peer, Action::Read, Some(&id)).await?;
+    let caller = authorize(&state, &headers, peer, Action::Read, Some(&id)).await?;
     let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
     let runs = state
         .catalog
         .runs(Some(&id), filter.state.as_deref(), limit)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(runs).into_response())
+    Ok(Json(visible_runs(caller.role, runs)).into_response())
 }
 
 async fn list_runs(
@@ -968,7 +986,7 @@ async fn list_runs(
     headers: HeaderMap,
     Query(filter): Query<RunFilter>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let caller = authorize(&state, &headers, peer, Action::Read, None).await?;
     let search = carga_scheduler::catalog::RunFilter {
         dataset_id: filter.dataset.clone().filter(|d| !d.is_empty()),
         state: filter.state.clone().filter(|s| !s.is_empty()),
@@ -982,7 +1000,7 @@ async fn list_runs(
         .search_runs(&search)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(runs).into_response())
+    Ok(Json(visible_runs(caller.role, runs)).into_response())
 }
 
 async fn get_run(
@@ -991,7 +1009,7 @@ async fn get_run(
     headers: HeaderMap,
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, peer, Action::Read, None).await?;
+    let caller = authorize(&state, &headers, peer, Action::Read, None).await?;
     let run = state
         .catalog
         .run(&run_id)
@@ -999,7 +1017,7 @@ async fn get_run(
         .map_err(ApiError::internal)?;
     let run =
         run.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run '{run_id}'")))?;
-    Ok(Json(run).into_response())
+    Ok(Json(visible_runs(caller.role, vec![run]).pop()).into_response())
 }
 
 async fn queue_stats(

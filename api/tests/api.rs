@@ -751,3 +751,50 @@ async fn sql_is_for_approvers_and_admins_and_audited() {
             && sql.contains(&("ada", "error"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_are_shown_only_to_roles_that_may_see_data() {
+    if !services_available() {
+        return;
+    }
+    use carga_scheduler::catalog::RunResult;
+    use carga_scheduler::job::{ExtractionJob, RunReason};
+    let api = Api::new().await;
+    let viewer = api.catalog.create_token("vera", "viewer").await.unwrap();
+    let editor = api.catalog.create_token("eddie", "editor").await.unwrap();
+    let approver = api.catalog.create_token("april", "approver").await.unwrap();
+    let job = ExtractionJob::new("ventas", RunReason::Trigger);
+    api.catalog
+        .insert_queued_runs(std::slice::from_ref(&job))
+        .await
+        .unwrap();
+    api.catalog.run_started(&job, "w1", 1).await.unwrap();
+    let watermark = "2031-07-19T08:41:29, K-9d0e17";
+    api.catalog
+        .run_finished(
+            &job.run_id,
+            1,
+            &RunResult {
+                state: "succeeded",
+                watermark_after: Some(watermark.into()),
+                ..RunResult::default()
+            },
+        )
+        .await
+        .unwrap();
+    for (token, sees) in [(&viewer, false), (&editor, false), (&approver, true)] {
+        for path in [
+            format!("/runs/{}", job.run_id),
+            "/runs".to_owned(),
+            "/datasets/ventas/runs".to_owned(),
+        ] {
+            let (status, body) = api.call(Method::GET, &path, Some(token), None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert_eq!(
+                body.to_string().contains("K-9d0e17"),
+                sees,
+                "{path}: {body}"
+            );
+        }
+    }
+}

@@ -447,6 +447,8 @@ impl Engine {
                 master_key_id: self.encryptor.master_key_id(),
                 key_material: "PKMT1 in each file's footer key metadata".into(),
             },
+            // The destination seals the watermark's values when it commits.
+            sealed: None,
         };
         let committed = match self.destination.commit(&manifest).await {
             Ok(committed) => committed,

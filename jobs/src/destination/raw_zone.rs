@@ -1,6 +1,8 @@
 //! The raw zone as a destination: encrypted Parquet parts under
 //! `raw/<dataset>/ingest_date=<date>/<run-id>/`, and a manifest log under `raw/<dataset>/_manifests/`
-//! whose numbered manifests are created if absent (see `manifest.rs`).
+//! whose numbered manifests are created if absent (see `manifest.rs`). Manifests are committed
+//! with their watermark values sealed, and each run's validation report is sealed whole (it holds
+//! rejected rows and per-column statistics): only `dataset`, `run_id` and `status` stay readable.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -12,11 +14,64 @@ use sha2::Digest;
 
 use super::{Committed, Destination, PartWriter, RunTarget, Written};
 use crate::encryption::Encryptor;
+use crate::encryption::Sealed;
 use crate::error::{JobError, Result};
 use crate::manifest::{Manifest, ManifestLog};
 use crate::sink::{PartFile, PartSink};
 use crate::storage::Bucket;
 use crate::validation::{RunStatus, ValidationReport};
+
+/// 3: the report is sealed; only these fields are readable.
+const SEALED_REPORT_VERSION: u32 = 3;
+
+/// A validation report as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredReport {
+    format_version: u32,
+    dataset: String,
+    run_id: String,
+    status: RunStatus,
+    sealed: Sealed,
+}
+
+fn report_context(dataset: &str, run_id: &str) -> String {
+    format!("validation report {dataset} {run_id}")
+}
+
+/// A manifest or validation report from the raw zone as JSON: sealed values opened with `keys`,
+/// or left sealed without them (what a role that may not see data values gets).
+pub fn open_document(bytes: &[u8], keys: Option<&Encryptor>) -> Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| JobError::bad_input("raw-zone document", e.to_string()))?;
+    let (Some(keys), true) = (keys, value.get("sealed").is_some()) else {
+        return Ok(value);
+    };
+    if value.get("files").is_some() {
+        let mut manifest: Manifest = serde_json::from_value(value)
+            .map_err(|e| JobError::bad_input("manifest", e.to_string()))?;
+        manifest.unseal(keys)?;
+        return serde_json::to_value(manifest).map_err(|e| JobError::Internal(e.to_string()));
+    }
+    let report = open_report(bytes, keys, "validation report")?;
+    serde_json::to_value(report).map_err(|e| JobError::Internal(e.to_string()))
+}
+
+/// A stored report, opened (reports written before sealing read as they are).
+fn open_report(bytes: &[u8], keys: &Encryptor, shown_as: &str) -> Result<ValidationReport> {
+    let not_a_report = |e: serde_json::Error| {
+        JobError::bad_input(shown_as, format!("not a validation report: {e}"))
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(not_a_report)?;
+    if value.get("sealed").is_none() {
+        return serde_json::from_value(value).map_err(not_a_report);
+    }
+    let stored: StoredReport = serde_json::from_value(value).map_err(not_a_report)?;
+    let plain = keys.open(
+        &stored.sealed,
+        &report_context(&stored.dataset, &stored.run_id),
+    )?;
+    serde_json::from_slice(&plain).map_err(not_a_report)
+}
 
 /// Manifests looked at (newest first) to find a run's commit: one run per dataset at a time
 /// means a run's commit is among the last few.
@@ -45,8 +100,12 @@ impl RawZone {
         ))
     }
 
+    fn log(&self, dataset: &str) -> ManifestLog {
+        ManifestLog::new(&self.bucket, dataset).with_keys(&self.encryptor)
+    }
+
     fn report_path(&self, run: &RunTarget) -> Path {
-        ManifestLog::new(&self.bucket, &run.dataset)
+        self.log(&run.dataset)
             .dir()
             .clone()
             .join(format!("{}.validation.json", run.run_id))
@@ -83,11 +142,11 @@ impl PartWriter for PartSink {
 #[async_trait::async_trait]
 impl Destination for RawZone {
     async fn latest(&self, dataset: &str) -> Result<Option<Manifest>> {
-        ManifestLog::new(&self.bucket, dataset).latest().await
+        self.log(dataset).latest().await
     }
 
     async fn committed(&self, dataset: &str, run_id: &str) -> Result<Option<Committed>> {
-        let log = ManifestLog::new(&self.bucket, dataset);
+        let log = self.log(dataset);
         for sequence in log
             .sequences()
             .await?
@@ -101,12 +160,7 @@ impl Destination for RawZone {
             }
             let report_path = Path::from(manifest.validation_report.as_str());
             let bytes = self.read_object(&report_path).await?;
-            let report: ValidationReport = serde_json::from_slice(&bytes).map_err(|e| {
-                JobError::bad_input(
-                    self.bucket.display(&report_path),
-                    format!("not a validation report: {e}"),
-                )
-            })?;
+            let report = open_report(&bytes, &self.encryptor, &self.bucket.display(&report_path))?;
             return Ok(Some(Committed {
                 manifest_url: self.bucket.display(&log.path_of(sequence)),
                 report_url: self.bucket.display(&report_path),
@@ -141,7 +195,7 @@ impl Destination for RawZone {
         schema: SchemaRef,
         name: &str,
     ) -> Result<Box<dyn PartWriter>> {
-        let dir = ManifestLog::new(&self.bucket, &run.dataset).dir().clone();
+        let dir = self.log(&run.dataset).dir().clone();
         let sink = PartSink::new(
             self.bucket.clone(),
             dir,
@@ -172,7 +226,18 @@ impl Destination for RawZone {
         if report.error.is_some() {
             report.status = RunStatus::Failed;
         }
-        let body = serde_json::to_vec_pretty(&report)
+        let plain = serde_json::to_vec(&report)
+            .map_err(|e| JobError::bad_input("validation report", e.to_string()))?;
+        let stored = StoredReport {
+            format_version: SEALED_REPORT_VERSION,
+            dataset: run.dataset.clone(),
+            run_id: run.run_id.clone(),
+            status: report.status,
+            sealed: self
+                .encryptor
+                .seal(&plain, &report_context(&run.dataset, &run.run_id))?,
+        };
+        let body = serde_json::to_vec_pretty(&stored)
             .map_err(|e| JobError::bad_input("validation report", e.to_string()))?;
         let sha256 = hex::encode(sha2::Sha256::digest(&body));
         self.bucket
@@ -188,9 +253,7 @@ impl Destination for RawZone {
     }
 
     async fn commit(&self, manifest: &Manifest) -> Result<Written> {
-        let path = ManifestLog::new(&self.bucket, &manifest.dataset)
-            .commit(manifest)
-            .await?;
+        let path = self.log(&manifest.dataset).commit(manifest).await?;
         Ok(Written {
             url: self.bucket.display(&path),
             path: path.to_string(),

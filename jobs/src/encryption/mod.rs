@@ -20,8 +20,10 @@
 //! so files written before a move from the key file to KMS stay readable.
 
 mod aws_kms;
+mod sealed;
 
 pub use aws_kms::{AwsKms, KmsTarget};
+pub use sealed::Sealed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

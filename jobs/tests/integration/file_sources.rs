@@ -279,14 +279,13 @@ async fn validation_report_covers_headers_empties_duplicates_and_timestamps() {
         (1, false)
     );
     // The report is stored beside the manifest and referenced by it.
-    let stored = std::fs::read(
+    let stored = lab.document(
         lab.dir
             .path()
             .join("bucket")
             .join(&outcome.manifest.validation_report),
-    )
-    .unwrap();
-    let stored: carga_jobs::validation::ValidationReport = serde_json::from_slice(&stored).unwrap();
+    );
+    let stored: carga_jobs::validation::ValidationReport = serde_json::from_value(stored).unwrap();
     assert_eq!(&stored, report);
 }
 

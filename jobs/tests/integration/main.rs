@@ -18,5 +18,6 @@ mod query;
 mod rest;
 mod runs;
 mod s3;
+mod sealed_metadata;
 mod secrets_manager;
 mod source_conformance;

@@ -105,11 +105,13 @@ fn spec(lab: &Lab, location: &str, connection: &str, auth: &str) -> carga_config
     ))
 }
 
-/// The run's error and its validation report, as an operator (or the editor) would read them.
-fn what_the_run_left(failure: &carga_jobs::RunFailure) -> String {
+/// The run's error and its validation report (as stored, and opened with the key), as an
+/// operator (or the editor) would read them.
+fn what_the_run_left(lab: &Lab, failure: &carga_jobs::RunFailure) -> String {
     let mut text = failure.to_string();
     if let Some(report) = &failure.report_url {
         text.push_str(&std::fs::read_to_string(report).unwrap());
+        text.push_str(&lab.document(report).to_string());
     }
     text
 }
@@ -137,7 +139,7 @@ async fn stored_credentials_never_reach_a_host_their_connection_does_not_name() 
             matches!(failure.error, JobError::Denied { .. }),
             "{connection} {auth}: {failure}"
         );
-        let left = what_the_run_left(&failure);
+        let left = what_the_run_left(&lab, &failure);
         assert!(left.contains("may send its credentials only to"), "{left}");
         assert!(
             !redactor.finds_secret_in(&left),
@@ -171,7 +173,7 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
             failure.to_string().contains("redirect refused"),
             "{failure}"
         );
-        assert!(!redactor.finds_secret_in(&what_the_run_left(&failure)));
+        assert!(!redactor.finds_secret_in(&what_the_run_left(&lab, &failure)));
     }
     assert!(
         thief.requests().is_empty(),
@@ -192,7 +194,7 @@ async fn an_allowed_api_that_echoes_the_credentials_leaves_no_form_of_them_in_th
     ] {
         let spec = spec(&lab, &format!("{}/items", echo.base), "echo-bound", auth);
         let failure = lab.engine().run(&spec).await.unwrap_err();
-        let left = what_the_run_left(&failure);
+        let left = what_the_run_left(&lab, &failure);
         assert!(left.contains("401"), "{left}");
         assert!(!redactor.finds_secret_in(&left), "{auth}: {left}");
         if auth == "{type: basic}" {

@@ -123,12 +123,20 @@ impl Lab {
 
     pub async fn manifests(&self, dataset: &str) -> Vec<Manifest> {
         let engine = self.engine();
-        let log = ManifestLog::new(engine.bucket(), dataset);
+        let log = ManifestLog::new(engine.bucket(), dataset).with_keys(engine.encryptor());
         let mut out = Vec::new();
         for sequence in log.sequences().await.unwrap() {
             out.push(log.load(sequence).await.unwrap());
         }
         out
+    }
+
+    /// A stored manifest or validation report, opened with the master key as the dashboard
+    /// shows it to roles that may see data values.
+    pub fn document(&self, path: impl AsRef<std::path::Path>) -> serde_json::Value {
+        let bytes = std::fs::read(path).unwrap();
+        carga_jobs::destination::raw_zone::open_document(&bytes, Some(self.engine().encryptor()))
+            .unwrap()
     }
 
     /// Where a committed part lives on disk.
