@@ -15,47 +15,59 @@ use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
 use clap::{Parser, Subcommand};
 
+/// `carga-scheduler --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CARGA_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "carga-scheduler",
-    version,
-    about = "Carga's scheduler daemon and HTTP API"
+    version = VERSION,
+    about = "Carga's scheduler daemon and HTTP API",
+    after_help = "Exit codes: 0 success; 1 failure (a server unreachable, a stopped service); 2 usage error."
 )]
 struct Cli {
-    /// Settings file (YAML) for the bucket and secrets provider; CARGA_* variables override it.
-    #[arg(long, global = true, env = "CARGA_SETTINGS")]
-    settings: Option<PathBuf>,
-    /// PostgreSQL catalog.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The catalog every subcommand migrates first.
+#[derive(clap::Args)]
+struct CatalogArgs {
+    /// PostgreSQL catalog (migrated at start).
     #[arg(
         long,
-        global = true,
         env = "CARGA_CATALOG_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     catalog_url: String,
-    #[arg(
-        long,
-        global = true,
-        env = "CARGA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
-    /// Queue name (the prefix of its Redis keys).
-    #[arg(
-        long,
-        global = true,
-        env = "CARGA_QUEUE",
-        default_value = "carga:extractions"
-    )]
-    queue: String,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the scheduler and the API until SIGTERM or Ctrl-C.
     Serve {
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        /// Settings file (YAML) for the bucket, keys and secrets provider; CARGA_* variables
+        /// override it.
+        #[arg(long, env = "CARGA_SETTINGS")]
+        settings: Option<PathBuf>,
+        /// Redis holding the queue.
+        #[arg(
+            long,
+            env = "CARGA_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379"
+        )]
+        redis_url: String,
+        /// Queue name (the prefix of its Redis keys).
+        #[arg(long, env = "CARGA_QUEUE", default_value = "carga:extractions")]
+        queue: String,
+        /// Address the API listens on.
         #[arg(long, env = "CARGA_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Serve the API only (another replica schedules).
@@ -65,15 +77,21 @@ enum Command {
         #[arg(long)]
         no_api: bool,
         /// Seconds between catalog re-reads.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, env = "CARGA_REFRESH_SECONDS", default_value_t = 10)]
         refresh_seconds: u64,
         #[command(flatten)]
         api: api::ApiArgs,
     },
     /// Apply the catalog migrations and exit.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
     /// Create an API token and print it (only its hash is stored).
     Token {
+        #[command(flatten)]
+        catalog: CatalogArgs,
+        /// Who the token is for (named in the audit log).
         #[arg(long)]
         subject: String,
         /// viewer, editor, approver or admin.
@@ -86,16 +104,19 @@ enum Command {
 async fn main() -> Result<()> {
     carga_scheduler::logging::init("info");
     let cli = Cli::parse();
-    let catalog = Catalog::connect(&cli.catalog_url)
+    let (Command::Serve { catalog, .. }
+    | Command::Migrate { catalog }
+    | Command::Token { catalog, .. }) = &cli.command;
+    let catalog = Catalog::connect(&catalog.catalog_url)
         .await
         .context("connecting to the catalog")?;
     catalog.migrate().await.context("migrating the catalog")?;
     match cli.command {
-        Command::Migrate => {
+        Command::Migrate { .. } => {
             println!("catalog migrated");
             Ok(())
         }
-        Command::Token { subject, role } => {
+        Command::Token { subject, role, .. } => {
             let role = Role::parse(&role).with_context(|| {
                 format!("unknown role '{role}' (viewer, editor, approver, admin)")
             })?;
@@ -104,15 +125,19 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Serve {
+            settings,
+            redis_url,
+            queue,
             listen,
             no_scheduler,
             no_api,
             refresh_seconds,
             api: api_args,
+            ..
         } => {
             let queue = JobQueue::connect(&QueueSettings {
-                redis_url: cli.redis_url.clone(),
-                name: cli.queue.clone(),
+                redis_url,
+                name: queue,
                 ..QueueSettings::default()
             })
             .await
@@ -131,7 +156,7 @@ async fn main() -> Result<()> {
                 tasks.spawn(scheduler.run(shutdown.wait()));
             }
             if !no_api {
-                let settings = Settings::load(cli.settings.as_deref())?;
+                let settings = Settings::load(settings.as_deref())?;
                 // Specs come from editors: only the roots and networks the settings open.
                 let access = AccessPolicy::for_server(&settings, &[], &[]);
                 let state = ApiState::new(
@@ -167,5 +192,35 @@ async fn main() -> Result<()> {
             while tasks.join_next().await.is_some() {}
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_and_flag_is_described_and_each_lists_only_its_own() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut missing = Vec::new();
+        for sub in command.get_subcommands() {
+            if sub.get_name() != "help" && sub.get_about().is_none() {
+                missing.push(sub.get_name().to_owned());
+            }
+            for arg in sub.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        let migrate = command.find_subcommand("migrate").unwrap();
+        let flags: Vec<&str> = migrate
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .filter(|id| *id != "help")
+            .collect();
+        assert_eq!(flags, ["catalog_url"]);
     }
 }

@@ -24,11 +24,24 @@ use carga_jobs::secrets;
 use carga_jobs::{Engine, discovery};
 use clap::{Parser, Subcommand};
 
+/// `carga --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CARGA_COMMIT"),
+    ")"
+);
+
+/// Exit codes (documented in the README and `carga --help`).
+const EXIT_RUN_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
 #[derive(Parser)]
 #[command(
     name = "carga",
-    version,
-    about = "Carga: ingest datasets into an encrypted Parquet raw zone"
+    version = VERSION,
+    about = "Carga: ingest datasets into an encrypted Parquet raw zone",
+    after_help = "Exit codes: 0 success; 1 the work failed (a run, a query, a connection); 2 usage or configuration error (flags, settings, a dataset spec)."
 )]
 struct Cli {
     /// Settings file (YAML); CARGA_* environment variables override it. Defaults: local folder
@@ -62,13 +75,16 @@ enum Command {
     /// Test a dataset's connection: read the first page or batch of its source with its
     /// credentials and print the schema Carga would write and a few rows, as JSON. Writes nothing.
     Preview {
+        /// Dataset spec (YAML).
         #[arg(long)]
         dataset: PathBuf,
+        /// Rows to show at most.
         #[arg(long, default_value_t = 10)]
         rows: usize,
     },
     /// Check a dataset spec without running it.
     Check {
+        /// Dataset spec (YAML).
         #[arg(long)]
         dataset: PathBuf,
     },
@@ -77,7 +93,7 @@ enum Command {
         /// Connection id in the secrets provider.
         #[arg(long)]
         connection: String,
-        /// postgres, mysql or mariadb.
+        /// postgres, mysql, mariadb, mssql or mongodb.
         #[arg(long)]
         format: String,
         /// Only this schema (PostgreSQL) or database (MySQL).
@@ -97,6 +113,7 @@ enum Command {
     /// Exit non-zero unless a worker wrote its liveness file (`--health-file`) recently: the
     /// worker's liveness probe.
     Health {
+        /// The liveness file the worker writes (`carga worker --health-file`).
         #[arg(long, env = "CARGA_HEALTH_FILE")]
         file: PathBuf,
         /// Older than this is a stuck worker.
@@ -117,6 +134,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `carga man > carga.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -132,21 +156,24 @@ enum KeysCommand {
 
 #[derive(clap::Args)]
 struct WorkerArgs {
-    /// This worker's name in the queue (unique per process).
+    /// This worker's name in the queue (unique per process; default: host-pid).
     #[arg(long, env = "CARGA_WORKER_NAME")]
     name: Option<String>,
+    /// PostgreSQL catalog (run history).
     #[arg(
         long,
         env = "CARGA_CATALOG_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     catalog_url: String,
+    /// Redis holding the queue, the locks and the counters.
     #[arg(
         long,
         env = "CARGA_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
+    /// Queue name (the prefix of its Redis keys).
     #[arg(long, env = "CARGA_QUEUE", default_value = "carga:extractions")]
     queue: String,
     /// RabbitMQ for the transformation message and notifications; none sent when absent.
@@ -154,7 +181,9 @@ struct WorkerArgs {
     amqp_url: Option<String>,
     #[command(flatten)]
     jobs: JobArgs,
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds between heartbeats (a worker silent for `--missed-heartbeats` of them is
+    /// presumed dead and its jobs handed to others).
+    #[arg(long, env = "CARGA_HEARTBEAT_SECONDS", default_value_t = 10.0)]
     heartbeat_seconds: f64,
 }
 
@@ -165,21 +194,22 @@ struct JobArgs {
     #[arg(long, env = "CARGA_WORKER_CONCURRENCY", default_value_t = 2)]
     concurrency: usize,
     /// Attempts per job before it goes to the dead set.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "CARGA_MAX_ATTEMPTS", default_value_t = 5)]
     max_attempts: u32,
     /// Wait before the second attempt; doubles for each later one.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, env = "CARGA_BACKOFF_SECONDS", default_value_t = 30.0)]
     backoff_seconds: f64,
-    #[arg(long, default_value_t = 1800.0)]
+    /// The longest wait between attempts.
+    #[arg(long, env = "CARGA_MAX_BACKOFF_SECONDS", default_value_t = 1800.0)]
     max_backoff_seconds: f64,
     /// Missed heartbeats after which a worker's jobs are handed to others.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "CARGA_MISSED_HEARTBEATS", default_value_t = 3)]
     missed_heartbeats: usize,
     /// TTL of the per-dataset lock (renewed at a third of it while a run lasts).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, env = "CARGA_LOCK_TTL_SECONDS", default_value_t = 60.0)]
     lock_ttl_seconds: f64,
     /// How long a job waits for another run of its dataset before going back to the queue.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, env = "CARGA_LOCK_WAIT_SECONDS", default_value_t = 30.0)]
     lock_wait_seconds: f64,
     /// Write the time here on every heartbeat round, for `carga health` (a liveness probe).
     #[arg(long, env = "CARGA_HEALTH_FILE")]
@@ -218,10 +248,31 @@ async fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
 }
+
+/// 2 when the settings, a spec or a flag's value is wrong (nothing ran); 1 when the work failed.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let misconfigured = error.chain().any(|cause| {
+        cause.downcast_ref::<carga_config::ConfigError>().is_some()
+            || cause
+                .downcast_ref::<carga_jobs::JobError>()
+                .is_some_and(|e| matches!(e, carga_jobs::JobError::Config(_)))
+            || cause.downcast_ref::<UsageError>().is_some()
+    });
+    if misconfigured {
+        EXIT_USAGE
+    } else {
+        EXIT_RUN_FAILED
+    }
+}
+
+/// A flag's value clap could not check (an unknown format, a missing file): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 /// An error and its causes, each said once: a cause whose text the message already holds (as
 /// `cannot read x: No such file` holds its io error) is not repeated.
@@ -296,6 +347,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Keys {
             command: KeysCommand::Rotate { key_id },
         } => rotate_keys(cli.settings.as_deref(), key_id),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "carga", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Keygen { key_file, key_id } => {
             anyhow::ensure!(
                 !key_file.exists(),
@@ -384,11 +445,11 @@ fn load_spec(path: &Path) -> Result<DatasetSpec> {
     let spec = DatasetSpec::from_file(path)?;
     carga_jobs::sources::SourceRegistry::default()
         .check_format(&spec)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     if spec.trigger == carga_config::Trigger::TimedPull || spec.time_zone.is_some() {
         let cron = spec.cron.as_deref().unwrap_or("0 0 * * *");
         carga_scheduler::schedule::CronSchedule::parse(cron, spec.time_zone.as_deref())
-            .map_err(|e| anyhow::anyhow!("{}: dataset '{}': {e}", path.display(), spec.id))?;
+            .map_err(|e| UsageError(format!("{}: dataset '{}': {e}", path.display(), spec.id)))?;
     }
     Ok(spec)
 }
@@ -499,9 +560,9 @@ async fn discover(
     let settings = Settings::load(settings_path)?;
     let format: SourceFormat = serde_json::from_value(serde_json::Value::String(format.to_owned()))
         .map_err(|_| {
-            anyhow::anyhow!(
+            UsageError(format!(
                 "--format '{format}' is not one of postgres, mysql, mariadb, mssql, mongodb"
-            )
+            ))
         })?;
     let secret = secrets::provider(&settings)
         .await
@@ -573,4 +634,43 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
     take_loop::run(shared, Shutdown::on_signals().wait()).await?;
     eprintln!("worker '{name}' stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand says what it does and every flag what it means (`--help` is the manual).
+    fn undescribed(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_name() != "help" && sub.get_about().is_none() {
+                missing.push(name.clone());
+            }
+            undescribed(sub, &name, missing);
+        }
+    }
+
+    #[test]
+    fn every_command_and_flag_is_described() {
+        let mut missing = Vec::new();
+        undescribed(
+            &<Cli as clap::CommandFactory>::command(),
+            "carga",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        assert!(VERSION.contains("(commit "), "{VERSION}");
+        assert!(!env!("CARGA_COMMIT").is_empty());
+    }
 }

@@ -124,20 +124,53 @@ fn failures_exit_non_zero_with_the_reason() {
         &["run", "--dataset", "samples/ventas.yaml"],
         &[],
     );
-    assert!(!out.status.success());
+    // 1: the run failed.
+    assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("dataset 'ventas' was not committed") && stderr.contains("line 2"),
         "{stderr}"
     );
 
+    // 2: a configuration error (a spec that does not exist, a bad setting, a bad flag).
     let check = carga(
         dir.path(),
         &["check", "--dataset", "samples/nope.yaml"],
         &[],
     );
-    assert!(!check.status.success());
+    assert_eq!(check.status.code(), Some(2));
     assert!(text(&check.stderr).contains("nope.yaml"));
+    let setting = carga(
+        dir.path(),
+        &["run", "--dataset", "samples/ventas.yaml"],
+        &[("CARGA_COMPRESSION", "lz77")],
+    );
+    assert_eq!(setting.status.code(), Some(2), "{}", text(&setting.stderr));
+    let flag = carga(dir.path(), &["run", "--datasett", "x"], &[]);
+    assert_eq!(flag.status.code(), Some(2));
+}
+
+#[test]
+fn version_completions_and_man_page_come_from_the_cli_itself() {
+    let dir = workspace();
+    let version = carga(dir.path(), &["--version"], &[]);
+    assert!(
+        text(&version.stdout).contains("(commit "),
+        "{}",
+        text(&version.stdout)
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let completions = carga(dir.path(), &["completions", shell], &[]);
+        assert!(completions.status.success());
+        assert!(text(&completions.stdout).contains("keys"), "{shell}");
+    }
+    let man = carga(dir.path(), &["man"], &[]);
+    assert!(man.status.success());
+    let page = text(&man.stdout);
+    assert!(
+        page.contains(".TH") && page.contains("Exit codes"),
+        "{page}"
+    );
 }
 
 #[test]
