@@ -2,6 +2,7 @@
 //! Parquet in the raw zone, committed by a manifest.
 
 pub mod access;
+mod aws_error;
 mod chunks;
 pub mod connections;
 pub mod delta;

@@ -412,21 +412,6 @@ impl AwsSecretsManager {
     }
 }
 
-/// A Secrets Manager error as text: the service's code and message name the secret, never its
-/// value.
-fn service_error<E, R>(error: &aws_sdk_secretsmanager::error::SdkError<E, R>) -> String
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use std::error::Error;
-    error
-        .as_service_error()
-        .map(|s| s.to_string())
-        .or_else(|| error.source().map(|s| s.to_string()))
-        .unwrap_or_else(|| error.to_string())
-}
-
 #[async_trait::async_trait]
 impl SecretsProvider for AwsSecretsManager {
     async fn connection(&self, connection_id: &str) -> Result<ConnectionSecret> {
@@ -439,7 +424,7 @@ impl SecretsProvider for AwsSecretsManager {
             .map_err(|e| {
                 JobError::Secret(format!(
                     "connection '{connection_id}' from AWS Secrets Manager: {}",
-                    service_error(&e)
+                    crate::aws_error::sdk_error_text(&e)
                 ))
             })?;
         let text = response.secret_string().ok_or_else(|| {
@@ -489,7 +474,7 @@ impl SecretsProvider for AwsSecretsManager {
                             | CreateSecretError::InvalidRequestException(_)
                     )
                 ) => {}
-            Err(e) => return Err(failed("creating it", service_error(&e))),
+            Err(e) => return Err(failed("creating it", crate::aws_error::sdk_error_text(&e))),
         }
         let scheduled_for_deletion = self
             .client
@@ -497,7 +482,7 @@ impl SecretsProvider for AwsSecretsManager {
             .secret_id(&name)
             .send()
             .await
-            .map_err(|e| failed("describing it", service_error(&e)))?
+            .map_err(|e| failed("describing it", crate::aws_error::sdk_error_text(&e)))?
             .deleted_date()
             .is_some();
         if !replace && !scheduled_for_deletion {
@@ -509,7 +494,7 @@ impl SecretsProvider for AwsSecretsManager {
                 .secret_id(&name)
                 .send()
                 .await
-                .map_err(|e| failed("restoring it", service_error(&e)))?;
+                .map_err(|e| failed("restoring it", crate::aws_error::sdk_error_text(&e)))?;
         }
         self.client
             .put_secret_value()
@@ -517,7 +502,7 @@ impl SecretsProvider for AwsSecretsManager {
             .secret_string(&body)
             .send()
             .await
-            .map_err(|e| failed("writing it", service_error(&e)))?;
+            .map_err(|e| failed("writing it", crate::aws_error::sdk_error_text(&e)))?;
         Ok(if scheduled_for_deletion {
             Stored::Created
         } else {
@@ -548,7 +533,7 @@ impl SecretsProvider for AwsSecretsManager {
             }
             Err(e) => Err(JobError::Secret(format!(
                 "connection '{connection_id}': deleting it in AWS Secrets Manager: {}",
-                service_error(&e)
+                crate::aws_error::sdk_error_text(&e)
             ))),
         }
     }

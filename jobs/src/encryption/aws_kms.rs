@@ -134,7 +134,7 @@ async fn perform(
             .plaintext(Blob::new(plain))
             .send()
             .await
-            .map_err(|e| describe("Encrypt", &service_message(&e)))?
+            .map_err(|e| describe("Encrypt", &crate::aws_error::sdk_error_text(&e)))?
             .ciphertext_blob
             .map(Blob::into_inner)
             .ok_or_else(|| format!("AWS KMS Encrypt with key '{key_id}' returned no ciphertext")),
@@ -144,24 +144,11 @@ async fn perform(
             .ciphertext_blob(Blob::new(blob))
             .send()
             .await
-            .map_err(|e| describe("Decrypt", &service_message(&e)))?
+            .map_err(|e| describe("Decrypt", &crate::aws_error::sdk_error_text(&e)))?
             .plaintext
             .map(Blob::into_inner)
             .ok_or_else(|| format!("AWS KMS Decrypt with key '{key_id}' returned no plaintext")),
     }
-}
-
-fn service_message<E, R>(error: &aws_sdk_kms::error::SdkError<E, R>) -> String
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use std::error::Error;
-    error
-        .as_service_error()
-        .map(|s| s.to_string())
-        .or_else(|| error.source().map(|s| s.to_string()))
-        .unwrap_or_else(|| error.to_string())
 }
 
 impl KmsClient for AwsKms {

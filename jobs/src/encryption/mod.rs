@@ -436,8 +436,8 @@ impl Encryptor {
         self.kms.as_ref().map_or(0, |kms| kms.calls_made())
     }
 
-    /// Properties for one new file: a fresh data key encrypting footer and every column.
-    pub fn file_encryption(&self) -> Result<Arc<FileEncryptionProperties>> {
+    /// A fresh data key and its PKMT1 key material (the key wrapped by the current master key).
+    fn new_data_key(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         let config = EncryptionConfiguration::builder(self.master_key_id.clone())
             .set_double_wrapping(self.double_wrapping)
             .build()
@@ -446,7 +446,12 @@ impl Encryptor {
             .factory
             .file_encryption_keys(self.connection.clone(), &config)
             .map_err(|e| JobError::Encryption(e.to_string()))?;
-        let (footer_key, footer_key_metadata) = keys.footer_key().clone_parts();
+        Ok(keys.footer_key().clone_parts())
+    }
+
+    /// Properties for one new file: a fresh data key encrypting footer and every column.
+    pub fn file_encryption(&self) -> Result<Arc<FileEncryptionProperties>> {
+        let (footer_key, footer_key_metadata) = self.new_data_key()?;
         FileEncryptionProperties::builder(footer_key)
             .with_footer_key_metadata(footer_key_metadata)
             .build()

@@ -7,12 +7,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use parquet_key_management::crypto_factory::{DecryptionConfiguration, EncryptionConfiguration};
+use parquet_key_management::crypto_factory::DecryptionConfiguration;
 use ring::aead::{Aad, NONCE_LEN, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use super::{CloneParts, Encryptor, aead_key};
+use super::{Encryptor, aead_key};
 use crate::error::{JobError, Result};
 
 pub const SEALED_ALGORITHM: &str = "AES_GCM";
@@ -31,15 +31,7 @@ pub struct Sealed {
 impl Encryptor {
     /// Seals `plaintext` for `context` (e.g. `manifest raw/ventas/…/00000000000000000003`).
     pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<Sealed> {
-        let config = EncryptionConfiguration::builder(self.master_key_id.clone())
-            .set_double_wrapping(self.double_wrapping)
-            .build()
-            .map_err(|e| JobError::Encryption(e.to_string()))?;
-        let keys = self
-            .factory
-            .file_encryption_keys(self.connection.clone(), &config)
-            .map_err(|e| JobError::Encryption(e.to_string()))?;
-        let (key, key_material) = keys.footer_key().clone_parts();
+        let (key, key_material) = self.new_data_key()?;
         let sealing = aead_key(&key).map_err(|e| JobError::Encryption(e.to_string()))?;
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
