@@ -58,6 +58,8 @@ pub enum Action {
     WriteConnection,
     /// Log in with a stored connection to see that it answers.
     TestConnection,
+    /// Upload a file for a dataset (an editor and up; each their own uploads).
+    Upload,
 }
 
 impl Action {
@@ -67,7 +69,11 @@ impl Action {
             Action::Read => true,
             Action::WriteConfig | Action::WriteConnection => matches!(role, Editor | Admin),
             Action::Approve => matches!(role, Approver | Admin),
-            Action::Trigger | Action::Preview | Action::RetryJob | Action::TestConnection => {
+            Action::Trigger
+            | Action::Preview
+            | Action::RetryJob
+            | Action::TestConnection
+            | Action::Upload => {
                 matches!(role, Editor | Approver | Admin)
             }
             Action::KillJob | Action::Sql => matches!(role, Approver | Admin),
@@ -90,6 +96,7 @@ impl Action {
             Action::Sql => "sql",
             Action::WriteConnection => "write_connection",
             Action::TestConnection => "test_connection",
+            Action::Upload => "upload",
         }
     }
 }
@@ -114,6 +121,7 @@ mod tests {
             (Action::Sql, [false, false, true, true]),
             (Action::WriteConnection, [false, true, false, true]),
             (Action::TestConnection, [false, true, true, true]),
+            (Action::Upload, [false, true, true, true]),
         ];
         let roles = [Role::Viewer, Role::Editor, Role::Approver, Role::Admin];
         for (action, allowed) in expect {

@@ -498,7 +498,7 @@ async fn run_document(
         .await
         .map_err(ApiError::internal)?;
     let keys = state
-        .sql
+        .engine
         .as_ref()
         .filter(|_| Action::Sql.allows(caller.role))
         .map(|engine| engine.encryptor());

@@ -8,6 +8,7 @@ mod connections;
 mod dashboard;
 pub mod limits;
 mod sql;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use auth::{Action, Role};
 use carga_scheduler::catalog::{AuditEntry, Catalog, RunRecord};
 use carga_scheduler::job::{ExtractionJob, RunReason};
 use carga_scheduler::metrics::{Counter, Metrics};
+use carga_scheduler::notify::Notifier;
 use carga_scheduler::queue::JobQueue;
 use carga_scheduler::schedule::CronSchedule;
 use client::TrustedProxies;
@@ -50,8 +52,13 @@ pub struct ApiState {
     pub trusted_proxies: TrustedProxies,
     /// Triggers per token.
     pub trigger_limit: TriggerLimit,
-    /// The engine `POST /sql` queries the raw zone with; `None` when this process has no key.
-    pub sql: Option<Arc<carga_jobs::Engine>>,
+    /// The engine with this process's bucket and master key: `POST /sql` queries the raw zone
+    /// with it, uploads are sealed and validated with it; `None` when this process has no key.
+    pub engine: Option<Arc<carga_jobs::Engine>>,
+    /// Where upload events go (RabbitMQ); `None` sends none.
+    pub notifier: Option<Arc<Notifier>>,
+    /// Uploads a request is writing right now: a second writer is refused, not raced.
+    pub(crate) uploads_in_flight: upload::InFlight,
 }
 
 /// The API's own flags, shared by `carga-scheduler serve` and `carga serve`.
@@ -95,13 +102,23 @@ impl ApiState {
             access,
             trusted_proxies: TrustedProxies::default(),
             trigger_limit: TriggerLimit::default(),
-            sql: None,
+            engine: None,
+            notifier: None,
+            uploads_in_flight: upload::InFlight::default(),
         }
     }
 
-    /// Serves `POST /sql` with this engine (its bucket and master key).
-    pub fn with_sql(mut self, engine: carga_jobs::Engine) -> Self {
-        self.sql = Some(Arc::new(engine));
+    /// Serves `POST /sql` and `/upload/dataset` with this engine (its bucket and master key);
+    /// specs may then name its uploads.
+    pub fn with_engine(mut self, engine: carga_jobs::Engine) -> Self {
+        self.access.uploads = engine.policy().uploads.clone();
+        self.engine = Some(Arc::new(engine));
+        self
+    }
+
+    /// Publishes upload events (`upload_success`, `validation_failed`) through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(Arc::new(notifier));
         self
     }
 
@@ -137,6 +154,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/audit", get(audit_log))
         .route("/sql", post(sql::run))
         .merge(connections::routes())
+        .merge(upload::routes())
         .merge(dashboard::routes())
         .with_state(state)
 }
@@ -147,6 +165,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    upload::spawn_sweeper(state.clone());
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -393,7 +412,17 @@ async fn put_dataset(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let caller = authorize(&state, &headers, peer, Action::WriteConfig, Some(&id)).await?;
-    let spec = match validate_spec(&state, &id, &body).await {
+    let checked = match validate_spec(&state, &id, &body).await {
+        Ok(spec) => {
+            let location = spec.source.location().unwrap_or_default();
+            match upload::check_use(&state, &caller, location).await {
+                Ok(()) => Ok(spec),
+                Err(why) => Err(SpecProblem::Invalid(format!("dataset '{id}': {why}"))),
+            }
+        }
+        Err(problem) => Err(problem),
+    };
+    let spec = match checked {
         Ok(spec) => spec,
         Err(problem) => {
             let mut entry = caller.audit("write_config", Some(&id), problem.audit_result());

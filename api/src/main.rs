@@ -79,6 +79,9 @@ enum Command {
         /// Seconds between catalog re-reads.
         #[arg(long, env = "CARGA_REFRESH_SECONDS", default_value_t = 10)]
         refresh_seconds: u64,
+        /// RabbitMQ for upload events (upload_success, validation_failed); none sent when absent.
+        #[arg(long, env = "CARGA_AMQP_URL")]
+        amqp_url: Option<String>,
         #[command(flatten)]
         api: api::ApiArgs,
     },
@@ -132,6 +135,7 @@ async fn main() -> Result<()> {
             no_scheduler,
             no_api,
             refresh_seconds,
+            amqp_url,
             api: api_args,
             ..
         } => {
@@ -171,11 +175,15 @@ async fn main() -> Result<()> {
                     create_key_if_missing: false,
                     ..settings.clone()
                 }) {
-                    Ok(engine) => state.with_sql(engine),
+                    Ok(engine) => state.with_engine(engine),
                     Err(e) => {
-                        tracing::warn!(error = %e, "no master key: POST /sql is unavailable");
+                        tracing::warn!(error = %e, "no master key: POST /sql and uploads are unavailable");
                         state
                     }
+                };
+                let state = match &amqp_url {
+                    Some(url) => state.with_notifier(carga_scheduler::notify::Notifier::new(url)),
+                    None => state,
                 };
                 let state = Arc::new(api_args.apply(state).map_err(anyhow::Error::msg)?);
                 let listener = tokio::net::TcpListener::bind(listen)

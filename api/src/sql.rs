@@ -43,7 +43,7 @@ pub(super) async fn run(
         )
     })?;
     let query: String = request.query.chars().take(AUDITED_QUERY_CHARS).collect();
-    let Some(engine) = &state.sql else {
+    let Some(engine) = &state.engine else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "this API process has no master key to decrypt the raw zone with (start it with the key file or KMS key the workers use)",

@@ -19,6 +19,8 @@ use tower::ServiceExt;
 
 #[path = "api/connection_store.rs"]
 mod connection_store;
+#[path = "api/uploads.rs"]
+mod uploads;
 
 // The scheduler crate's test harness (service checks, a fresh catalog database), shared.
 #[path = "../../scheduler/tests/common/mod.rs"]
@@ -34,6 +36,7 @@ fn services_available() -> bool {
 struct Api {
     _dir: tempfile::TempDir,
     settings: Settings,
+    state: Arc<ApiState>,
     router: axum::Router,
     catalog: Catalog,
     secrets: Arc<dyn SecretsProvider>,
@@ -47,6 +50,15 @@ impl Api {
 
     /// An API whose secrets provider is `secrets` (the local secrets file when `None`).
     async fn with_secrets(secrets: Option<Arc<dyn SecretsProvider>>) -> Self {
+        Self::build(secrets, |_| {}, None).await
+    }
+
+    /// An API with `tweak` applied to its settings and upload events sent to `amqp_url`.
+    async fn build(
+        secrets: Option<Arc<dyn SecretsProvider>>,
+        tweak: impl FnOnce(&mut Settings),
+        amqp_url: Option<&str>,
+    ) -> Self {
         let (unique, url) = common::fresh_postgres_database("carga_api").await;
         let catalog = Catalog::connect(&url).await.unwrap();
         catalog.migrate().await.unwrap();
@@ -57,12 +69,13 @@ impl Api {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             bucket: dir.path().join("bucket").display().to_string(),
             key_file: dir.path().join("keys.json"),
             secrets_file: dir.path().join("secrets.json"),
             ..Settings::default()
         };
+        tweak(&mut settings);
         std::fs::write(
             &settings.secrets_file,
             r#"{"sales-db": {"url": "postgres://reader:s3cr3t-value@db.example:5432/sales"}}"#,
@@ -73,21 +86,24 @@ impl Api {
             Some(secrets) => secrets,
             None => carga_jobs::secrets::provider(&settings).await,
         };
-        let state = Arc::new(
-            ApiState::new(
-                catalog.clone(),
-                queue.clone(),
-                secrets.clone(),
-                Bucket::open(&settings).unwrap(),
-                access,
-            )
-            .with_sql(carga_jobs::Engine::new(settings.clone()).unwrap()),
-        );
+        let mut state = ApiState::new(
+            catalog.clone(),
+            queue.clone(),
+            secrets.clone(),
+            Bucket::open(&settings).unwrap(),
+            access,
+        )
+        .with_engine(carga_jobs::Engine::new(settings.clone()).unwrap());
+        if let Some(url) = amqp_url {
+            state = state.with_notifier(carga_scheduler::notify::Notifier::new(url));
+        }
+        let state = Arc::new(state);
         let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
-        let router = api::router(state).layer(MockConnectInfo(peer));
+        let router = api::router(state.clone()).layer(MockConnectInfo(peer));
         Self {
             _dir: dir,
             settings,
+            state,
             router,
             catalog,
             secrets,

@@ -10,7 +10,9 @@ pub use dataset::{
     DatasetSpec, MalformedRowPolicy, MissingColumnPolicy, Mode, NewColumnPolicy, Trigger,
 };
 pub use error::ConfigError;
-pub use settings::{Compression, S3Settings, SecretsProvider, Settings, SourceAccessSettings};
+pub use settings::{
+    Compression, S3Settings, SecretsProvider, Settings, SourceAccessSettings, UploadSettings,
+};
 pub use source::{
     ColumnarSource, CsvOptions, CsvSource, Encoding, ErrorCellPolicy, ExcelOptions, ExcelSource,
     ExtraCellPolicy, HeaderRow, IncrementalParam, JsonOptions, JsonSource, MixedTypesPolicy,

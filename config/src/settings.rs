@@ -45,6 +45,27 @@ pub struct Settings {
     pub sources: SourceAccessSettings,
     /// Memory DataFusion may use per query (a transform, `carga sql`), in MiB.
     pub query_memory_mib: usize,
+    /// File uploads through the API (`/upload/dataset`).
+    pub uploads: UploadSettings,
+}
+
+/// Limits of `/upload/dataset`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadSettings {
+    /// The largest file accepted, in bytes (`Tus-Max-Size`).
+    pub max_bytes: u64,
+    /// An unfinished upload with no bytes for this long is removed.
+    pub abandoned_after_hours: u64,
+}
+
+impl Default for UploadSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 50 << 30,
+            abandoned_after_hours: 24,
+        }
+    }
 }
 
 /// The fence around what a spec can read. `None` means "the default of the command": `carga run`
@@ -106,6 +127,7 @@ impl Default for Settings {
             s3: S3Settings::default(),
             sources: SourceAccessSettings::default(),
             query_memory_mib: 512,
+            uploads: UploadSettings::default(),
         }
     }
 }
@@ -196,6 +218,13 @@ impl Settings {
         if let Some(v) = var("CARGA_QUERY_MEMORY_MIB") {
             self.query_memory_mib = parse_env("CARGA_QUERY_MEMORY_MIB", &v)?;
         }
+        if let Some(v) = var("CARGA_UPLOAD_MAX_BYTES") {
+            self.uploads.max_bytes = parse_env("CARGA_UPLOAD_MAX_BYTES", &v)?;
+        }
+        if let Some(v) = var("CARGA_UPLOAD_ABANDONED_AFTER_HOURS") {
+            self.uploads.abandoned_after_hours =
+                parse_env("CARGA_UPLOAD_ABANDONED_AFTER_HOURS", &v)?;
+        }
         if let Some(v) = var("CARGA_LOCAL_ROOTS") {
             // A PATH-like list; an empty value means no local file may be read.
             self.sources.local_roots = Some(
@@ -217,6 +246,11 @@ impl Settings {
             ("rows_per_row_group", self.rows_per_row_group),
             ("batch_rows", self.batch_rows),
             ("query_memory_mib", self.query_memory_mib),
+            ("uploads.max_bytes", self.uploads.max_bytes as usize),
+            (
+                "uploads.abandoned_after_hours",
+                self.uploads.abandoned_after_hours as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -24,6 +24,7 @@ pub mod sink;
 pub mod sources;
 pub mod storage;
 pub mod typing;
+pub mod upload;
 pub mod validation;
 
 pub use error::{JobError, Result};

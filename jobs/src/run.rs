@@ -25,6 +25,7 @@ use crate::sink::PartFile;
 use crate::sources::{self, Source, SourceAccess, SourceReader, SourceRegistry, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
+use crate::upload::UploadArea;
 use crate::validation::{BatchChecks, ReadProgress, ValidationReport};
 
 /// Columns a run may widen and read again for (a file with more surprises is better declared).
@@ -68,7 +69,8 @@ impl Engine {
         let secrets: Arc<dyn SecretsProvider> =
             Arc::new(LocalSecretsFile::new(settings.secrets_file.clone()));
         // Only what the settings open: an embedding program widens it with `with_access`.
-        let policy = AccessPolicy::from_settings(&settings, &[], false, &[]);
+        let mut policy = AccessPolicy::from_settings(&settings, &[], false, &[]);
+        policy.uploads = Some(UploadArea::new(bucket.clone(), encryptor.clone()));
         let destination: Arc<dyn Destination> = Arc::new(RawZone::new(
             bucket.clone(),
             encryptor.clone(),
@@ -107,10 +109,24 @@ impl Engine {
         self
     }
 
-    /// Replaces what this engine's specs may reach (data roots, networks).
-    pub fn with_access(mut self, policy: AccessPolicy) -> Self {
+    /// Replaces what this engine's specs may reach (data roots, networks); uploads are always
+    /// this engine's own.
+    pub fn with_access(mut self, mut policy: AccessPolicy) -> Self {
+        policy.uploads = self.policy.uploads.take();
         self.policy = policy;
         self
+    }
+
+    /// The files uploaded to this engine's bucket.
+    pub fn uploads(&self) -> &UploadArea {
+        self.policy
+            .uploads
+            .as_ref()
+            .expect("an engine always has its upload area")
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     pub fn policy(&self) -> &AccessPolicy {
@@ -296,6 +312,55 @@ impl Engine {
         .await
     }
 
+    /// Reads the whole source through the schema plan and the checks, as a complete run
+    /// would, and writes nothing: the report of an upload's initial validation. Input the
+    /// checks refuse gives a failed report; `Err` is for what is not the input's fault (the
+    /// store, the key).
+    pub async fn validate(&self, spec: &DatasetSpec, run_id: &str) -> Result<ValidationReport> {
+        let progress = Arc::new(ReadProgress::default());
+        let checked = async {
+            spec.validate()?;
+            let source = self.sources.build(spec, &self.policy)?;
+            let hints = TypeHints {
+                explicit: explicit_types(spec)?,
+                ..TypeHints::default()
+            };
+            let access = SourceAccess {
+                secret: None,
+                floor: None,
+                lookback: None,
+                chunk: None,
+                progress: progress.clone(),
+                pushed_filter: None,
+                schema_only: false,
+            };
+            self.extract_single(spec, &source, hints, access, None, None, &[])
+                .await
+        }
+        .await;
+        match checked {
+            Ok(extracted) => {
+                let mut report = extracted.checks.into_report(
+                    &spec.id,
+                    run_id,
+                    &spec.source.describe(),
+                    extracted.stats,
+                    0,
+                );
+                report.schema_changes = extracted.plan.changes.clone();
+                Ok(report)
+            }
+            Err(e) if e.is_validation() => Ok(ValidationReport::failed_early(
+                &spec.id,
+                run_id,
+                &spec.source.describe(),
+                e.to_string(),
+                &progress,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn execute(
         &self,
         spec: &DatasetSpec,
@@ -370,7 +435,7 @@ impl Engine {
                         hints,
                         access,
                         previous_schema,
-                        target,
+                        Some(target),
                         &delivered,
                     )
                     .await?
@@ -476,7 +541,8 @@ impl Engine {
         hints: TypeHints,
         access: SourceAccess,
         previous_schema: Option<&arrow::datatypes::Schema>,
-        target: &RunTarget,
+        // `None` reads and checks every row but writes nothing (`validate`).
+        target: Option<&RunTarget>,
         delivered: &[RecordBatch],
     ) -> Result<Extracted> {
         let floor = access.floor.clone();
@@ -505,9 +571,13 @@ impl Engine {
             let mut checks =
                 BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
             let mut cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
-            let mut sink = self
-                .destination
-                .parts(target, plan.output.clone(), "part-", false)?;
+            let mut sink = match target {
+                Some(target) => {
+                    self.destination
+                        .parts(target, plan.output.clone(), "part-", false)?
+                }
+                None => Box::new(crate::destination::Discard),
+            };
             // Until the parts are complete, any failure removes what this run uploaded.
             let streamed = match stream(
                 reader,

@@ -14,6 +14,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::access::{AccessPolicy, LocalRoots};
 use crate::error::{JobError, Result};
+use crate::upload::{UPLOAD_SCHEME, UploadArea};
 
 /// The raw zone: an object store plus a prefix inside it, with a printable base URL.
 #[derive(Clone, Debug)]
@@ -112,11 +113,30 @@ pub enum SourceObjectKind {
         client: reqwest::Client,
         url: url::Url,
     },
+    /// A file uploaded through the API, decrypted as it is read.
+    Upload { area: UploadArea, id: String },
 }
 
 impl SourceObject {
     pub fn resolve(location: &str, policy: &AccessPolicy) -> Result<Self> {
         let display = location.to_owned();
+        if let Some(id) = location.strip_prefix(UPLOAD_SCHEME) {
+            let area = policy.uploads.clone().ok_or_else(|| JobError::Denied {
+                rule: "uploads",
+                message: format!(
+                    "{location}: this process has no access to uploaded files (its bucket and master key)"
+                ),
+            })?;
+            crate::upload::check_id(id)
+                .map_err(|_| JobError::bad_input(location, "not an upload id"))?;
+            return Ok(Self {
+                display,
+                kind: SourceObjectKind::Upload {
+                    area,
+                    id: id.to_owned(),
+                },
+            });
+        }
         if let Some(rest) = location.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').ok_or_else(|| {
                 JobError::bad_input(location, "an s3:// location needs a bucket and a key")
@@ -201,6 +221,27 @@ impl SourceObject {
                     SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone());
                 Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
             }
+            SourceObjectKind::Upload { area, id } => {
+                let state = runtime
+                    .block_on(area.state(id))
+                    .map_err(|e| JobError::bad_input(&self.display, e.to_string()))?
+                    .ok_or_else(|| JobError::bad_input(&self.display, "no such upload"))?;
+                if !state.is_complete() {
+                    return Err(JobError::bad_input(
+                        &self.display,
+                        format!(
+                            "the upload is not finished ({} of {} bytes received)",
+                            state.offset,
+                            state.length.map_or("?".into(), |l| l.to_string())
+                        ),
+                    ));
+                }
+                let reader = SyncIoBridge::new_with_handle(
+                    StreamReader::new(area.plaintext(&state)),
+                    runtime.clone(),
+                );
+                Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+            }
         }
     }
 
@@ -242,7 +283,9 @@ impl SourceObject {
                 file: self.open_local()?,
                 path: path.clone(),
             }),
-            SourceObjectKind::Remote { .. } | SourceObjectKind::Http { .. } => {
+            SourceObjectKind::Remote { .. }
+            | SourceObjectKind::Http { .. }
+            | SourceObjectKind::Upload { .. } => {
                 let mut temp = tempfile::NamedTempFile::new()
                     .map_err(|e| JobError::io("creating a temporary file", e))?;
                 let mut reader = self.open_blocking(runtime)?;

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 mod health;
 mod lock;
-mod notify;
 mod queue_worker;
 #[cfg(feature = "serve")]
 mod serve;
@@ -627,7 +626,10 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
         metrics: carga_scheduler::metrics::Metrics::new(queue.clone()),
         catalog,
         queue,
-        notifier: args.amqp_url.as_deref().map(notify::Notifier::new),
+        notifier: args
+            .amqp_url
+            .as_deref()
+            .map(carga_scheduler::notify::Notifier::new),
         settings: args.jobs.worker_settings(name.clone()),
     });
     eprintln!("worker '{name}' taking jobs from '{}'", args.queue);

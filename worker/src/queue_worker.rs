@@ -21,7 +21,7 @@ use carga_scheduler::{ExtractionJob, JobQueue};
 use tracing::Instrument;
 
 use crate::lock::DatasetLock;
-use crate::notify::{Notification, Notifier};
+use carga_scheduler::notify::{Notification, Notifier};
 
 /// Times a job may go back to the queue without an attempt (busy dataset, unreachable catalog)
 /// before it is dead, as apalis-redis does.
@@ -331,6 +331,8 @@ async fn finish_succeeded(
         rows: Some(rows),
         manifest: result.manifest_url.clone(),
         reason: None,
+        upload_id: None,
+        report: result.report_url.clone(),
     };
     publish(notifier, "notification.upload_success", &note).await;
 }
@@ -368,6 +370,8 @@ async fn finish_failed(shared: &Shared, job: &ExtractionJob, state: &'static str
         rows: None,
         manifest: None,
         reason: Some(reason.to_owned()),
+        upload_id: None,
+        report: None,
     };
     publish(notifier, &format!("notification.{event}"), &note).await;
 }

@@ -28,7 +28,7 @@ use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSett
 
 use crate::queue_worker::Shared;
 use crate::take_loop;
-use crate::{JobArgs, default_worker_name, notify};
+use crate::{JobArgs, default_worker_name};
 
 /// Who the embedded mode's own changes are recorded as in the audit log.
 const LOCAL_SUBJECT: &str = "carga-serve";
@@ -127,7 +127,11 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         Bucket::open(&settings)?,
         access.clone(),
     )
-    .with_sql(Engine::new(settings.clone())?.with_access(access.clone()));
+    .with_engine(Engine::new(settings.clone())?.with_access(access.clone()));
+    let api_state = match &args.amqp_url {
+        Some(url) => api_state.with_notifier(carga_scheduler::notify::Notifier::new(url)),
+        None => api_state,
+    };
     let api_state = Arc::new(args.api.apply(api_state).map_err(anyhow::Error::msg)?);
     let stopped = shutdown.wait();
     tasks.spawn(async move {
@@ -157,7 +161,10 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         catalog,
         queue,
         metrics,
-        notifier: args.amqp_url.as_deref().map(notify::Notifier::new),
+        notifier: args
+            .amqp_url
+            .as_deref()
+            .map(carga_scheduler::notify::Notifier::new),
         settings: args.jobs.worker_settings(default_worker_name()),
     });
     tasks.spawn(take_loop::run(shared, shutdown.wait()));

@@ -684,17 +684,20 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     std::fs::write(&missing, "id,total\n9,1\n").unwrap();
 
     // The API with the dashboard, on a real port.
-    let state = std::sync::Arc::new(carga_api::ApiState::new(
-        lab.catalog.clone(),
-        lab.queue.clone(),
-        carga_jobs::secrets::provider(&lab.settings).await,
-        Bucket::open(&lab.settings).unwrap(),
-        carga_jobs::access::AccessPolicy::for_server(
-            &lab.settings,
-            &[lab.dir.path().to_owned()],
-            &[],
-        ),
-    ));
+    let state = std::sync::Arc::new(
+        carga_api::ApiState::new(
+            lab.catalog.clone(),
+            lab.queue.clone(),
+            carga_jobs::secrets::provider(&lab.settings).await,
+            Bucket::open(&lab.settings).unwrap(),
+            carga_jobs::access::AccessPolicy::for_server(
+                &lab.settings,
+                &[lab.dir.path().to_owned()],
+                &[],
+            ),
+        )
+        .with_engine(carga_jobs::Engine::new(lab.settings.clone()).unwrap()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(carga_api::serve(state, listener, std::future::pending()));

@@ -28,6 +28,9 @@ pub struct AccessPolicy {
     pub s3: S3Settings,
     pub local: LocalRoots,
     pub network: NetworkPolicy,
+    /// Files uploaded through the API (`upload://<id>`): the bucket's upload area and the key
+    /// its bytes are sealed with; `None` where this process has neither.
+    pub uploads: Option<crate::upload::UploadArea>,
 }
 
 impl AccessPolicy {
@@ -64,6 +67,7 @@ impl AccessPolicy {
                     .allow_private_networks
                     .unwrap_or(default_private),
             },
+            uploads: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl AccessPolicy {
             network: NetworkPolicy {
                 allow_private: true,
             },
+            uploads: None,
         }
     }
 }

@@ -27,6 +27,22 @@ pub trait PartWriter: Send {
     async fn abort(self: Box<Self>);
 }
 
+/// A writer that keeps nothing: a validation pass reads and checks every row, and stores none.
+pub(crate) struct Discard;
+
+#[async_trait::async_trait]
+impl PartWriter for Discard {
+    async fn write(&mut self, _batch: &RecordBatch) -> Result<()> {
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<Vec<PartFile>> {
+        Ok(Vec::new())
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
 /// Where a run's pieces are, once written or committed (printable addresses).
 #[derive(Debug, Clone)]
 pub struct Written {

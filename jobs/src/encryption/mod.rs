@@ -20,9 +20,11 @@
 //! so files written before a move from the key file to KMS stay readable.
 
 mod aws_kms;
+mod frames;
 mod sealed;
 
 pub use aws_kms::{AwsKms, KmsTarget};
+pub use frames::{FRAME_BYTES, FRAME_OVERHEAD, FrameOpener, FrameSealer, FrameSplitter};
 pub use sealed::Sealed;
 
 use std::collections::{BTreeMap, HashMap};
@@ -447,6 +449,19 @@ impl Encryptor {
             .file_encryption_keys(self.connection.clone(), &config)
             .map_err(|e| JobError::Encryption(e.to_string()))?;
         Ok(keys.footer_key().clone_parts())
+    }
+
+    /// The data key inside PKMT1 `key_material` (a sealed value's, a stream's), unwrapped by
+    /// the master key it names.
+    fn unwrap_data_key(&self, key_material: &str, context: &str) -> Result<Vec<u8>> {
+        let refused = |e: &dyn std::fmt::Display| JobError::Encryption(format!("{context}: {e}"));
+        let unwrapper = self
+            .factory
+            .key_unwrapper(self.connection.clone(), DecryptionConfiguration::default())
+            .map_err(|e| refused(&e))?;
+        unwrapper
+            .unwrap_key(key_material.as_bytes())
+            .map_err(|e| refused(&e))
     }
 
     /// Properties for one new file: a fresh data key encrypting footer and every column.

@@ -7,7 +7,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use parquet_key_management::crypto_factory::DecryptionConfiguration;
 use ring::aead::{Aad, NONCE_LEN, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -64,13 +63,7 @@ impl Encryptor {
                 sealed.algorithm
             )));
         }
-        let unwrapper = self
-            .factory
-            .key_unwrapper(self.connection.clone(), DecryptionConfiguration::default())
-            .map_err(|e| refused(&e.to_string()))?;
-        let key = unwrapper
-            .unwrap_key(sealed.key_material.as_bytes())
-            .map_err(|e| refused(&e.to_string()))?;
+        let key = self.unwrap_data_key(&sealed.key_material, context)?;
         let opening = aead_key(&key).map_err(|e| refused(&e.to_string()))?;
         let bytes = BASE64
             .decode(&sealed.ciphertext)

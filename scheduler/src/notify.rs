@@ -1,6 +1,7 @@
-//! Messages to RabbitMQ after each run: `dataset_ready` for the transformation engine when data
+//! Messages to RabbitMQ: after each run, `dataset_ready` for the transformation engine when data
 //! was committed, and a notification (`upload_success`, `validation_failed`,
-//! `extraction_failed`) for people and audit consumers.
+//! `extraction_failed`) for people and audit consumers; after each file upload's validation,
+//! `upload_success` or `validation_failed` with the upload's id.
 //!
 //! Everything goes to one durable topic exchange; the queues the consumers read are declared and
 //! bound here too, so a message published before any consumer started is kept. Publishes wait
@@ -38,6 +39,12 @@ pub struct Notification {
     pub manifest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The upload the event is about (events of `POST /upload/dataset`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    /// The validation report's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 pub struct Notifier {
