@@ -24,7 +24,7 @@ use carga_scheduler::catalog::ConnectionRecord;
 use serde_json::{Value, json};
 
 use crate::auth::{Action, Role};
-use crate::{ApiError, ApiResult, ApiState, Caller, authorize};
+use crate::{ApiError, ApiResult, ApiState, Caller, audit_detail, authorize};
 
 pub(crate) fn routes() -> Router<Arc<ApiState>> {
     Router::new()
@@ -92,13 +92,7 @@ async fn audit(
     result: &'static str,
     detail: String,
 ) -> ApiResult<()> {
-    let mut entry = caller.audit(action, None, result);
-    entry.detail = Some(detail);
-    state
-        .catalog
-        .audit(&entry)
-        .await
-        .map_err(ApiError::internal)
+    audit_detail(state, caller, action, None, result, detail).await
 }
 
 /// Refuses, audited, with the same message to the caller and the log.

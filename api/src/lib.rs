@@ -226,6 +226,24 @@ impl Caller {
     }
 }
 
+/// Writes an audit entry with its detail (what was done or why it was refused).
+async fn audit_detail(
+    state: &ApiState,
+    caller: &Caller,
+    action: &str,
+    dataset: Option<&str>,
+    result: &'static str,
+    detail: String,
+) -> ApiResult<()> {
+    let mut entry = caller.audit(action, dataset, result);
+    entry.detail = Some(detail);
+    state
+        .catalog
+        .audit(&entry)
+        .await
+        .map_err(ApiError::internal)
+}
+
 /// The bearer token of a request, or why there is none.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {

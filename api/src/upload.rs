@@ -39,7 +39,7 @@ use carga_scheduler::notify::Notification;
 use serde_json::json;
 
 use crate::auth::{Action, Role};
-use crate::{ApiError, ApiResult, ApiState, Caller, authorize};
+use crate::{ApiError, ApiResult, ApiState, Caller, audit_detail, authorize};
 
 const TUS_VERSION: &str = "1.0.0";
 const TUS_EXTENSIONS: &str = "creation,creation-with-upload,termination";
@@ -122,13 +122,7 @@ async fn audit(
     result: &'static str,
     detail: String,
 ) -> ApiResult<()> {
-    let mut entry = caller.audit(action, Some(dataset), result);
-    entry.detail = Some(detail);
-    state
-        .catalog
-        .audit(&entry)
-        .await
-        .map_err(ApiError::internal)
+    audit_detail(state, caller, action, Some(dataset), result, detail).await
 }
 
 /// `OPTIONS /upload/dataset`: what this server speaks (tus discovery; no token needed).
@@ -411,6 +405,20 @@ async fn owned_upload(
     Ok(upload)
 }
 
+/// The caller, the engine and the upload `id` for a request about one upload (HEAD, GET,
+/// DELETE): authorised, and the caller's own upload (or an admin's view).
+async fn request_for_upload(
+    state: &ApiState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    id: &str,
+) -> ApiResult<(Caller, Arc<Engine>, UploadState)> {
+    let caller = authorize(state, headers, peer, Action::Upload, None).await?;
+    let engine = engine(state)?.clone();
+    let upload = owned_upload(state, &engine, &caller, id).await?;
+    Ok((caller, engine, upload))
+}
+
 /// `HEAD /upload/dataset/{id}`: the offset to resume from.
 async fn offset(
     State(state): State<Arc<ApiState>>,
@@ -418,9 +426,7 @@ async fn offset(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, peer, Action::Upload, None).await?;
-    let engine = engine(&state)?;
-    let upload = owned_upload(&state, engine, &caller, &id).await?;
+    let (_, _, upload) = request_for_upload(&state, &headers, peer, &id).await?;
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     headers.insert("upload-offset", upload.offset.into());
@@ -438,9 +444,7 @@ async fn status(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, peer, Action::Upload, None).await?;
-    let engine = engine(&state)?;
-    let upload = owned_upload(&state, engine, &caller, &id).await?;
+    let (_, _, upload) = request_for_upload(&state, &headers, peer, &id).await?;
     let outcome = upload.outcome.as_ref();
     Ok(axum::Json(json!({
         "uploadId": upload.id,
@@ -464,9 +468,7 @@ async fn terminate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, peer, Action::Upload, None).await?;
-    let engine = engine(&state)?;
-    let upload = owned_upload(&state, engine, &caller, &id).await?;
+    let (caller, engine, upload) = request_for_upload(&state, &headers, peer, &id).await?;
     let Some(_claim) = state.uploads_in_flight.claim(&id) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
