@@ -102,12 +102,42 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# Resident memory by phase: idle, receiving (the cut requests), the last request (bytes, then
+# the validation's read).
+phase = {"name": "idle"}
+peaks = {}
+
+
+def sample():
+    while server.poll() is None:
+        try:
+            value = rss_mib(server.pid)
+        except OSError:
+            return
+        peaks[phase["name"]] = max(peaks.get(phase["name"], 0.0), value)
+        time.sleep(0.05)
+
+
+import threading  # noqa: E402
+
+threading.Thread(target=sample, daemon=True).start()
+time.sleep(1)
+
 metadata = f"dataset {base64.b64encode(b'ventas_bench').decode()},filename {base64.b64encode(b'ventas.csv').decode()}"
 response, _ = request("POST", "/upload/dataset", {"Upload-Length": str(length), "Upload-Metadata": metadata})
 assert response.status == 201, response.status
 location = response.getheader("Location")
 
 started = time.monotonic()
+phase["name"] = "receiving"
 offset = 0
 for fraction in (0.3, 0.6):
     stop = int(length * fraction) + 7
@@ -117,6 +147,7 @@ for fraction in (0.3, 0.6):
     assert offset == stop, "bytes were lost at the cut"
 
 sent_at = time.monotonic()
+phase["name"] = "last request (receiving, then validating)"
 with open(csv_path, "rb") as f:
     f.seek(offset)
 
@@ -145,3 +176,5 @@ print(f"\nfile: {length / 2**20:.0f} MiB, {rows} rows; two cuts, resumed")
 print(f"upload: {upload_rate / 2**20:.0f} MiB/s (encrypted into the bucket, cuts included)")
 print(f"upload + validation: {total:.1f} s (validation ≈ {validation:.1f} s, {rows / max(validation, 1e-9):,.0f} rows/s)")
 print(f"server peak RSS (VmHWM): {peak:.0f} MiB")
+for name, value in peaks.items():
+    print(f"  peak RSS while {name}: {value:.0f} MiB")

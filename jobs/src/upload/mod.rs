@@ -41,10 +41,12 @@ const AREA: &str = "temp";
 const STATES: &str = "temp/uploads";
 /// The state's layout.
 const STATE_VERSION: u32 = 1;
-/// Bytes handed to the object store at once; S3 parts must be at least 5 MiB.
-const PART_BYTES: usize = 8 << 20;
-/// Parts in flight per request (memory per request ≈ this × `PART_BYTES`).
+/// Bytes per multipart part: the least S3 takes, since each part in flight is memory.
+const PART_BYTES: usize = 5 << 20;
+/// Parts in flight per request (memory per request ≈ (this + 1) × `PART_BYTES`).
 const PARTS_IN_FLIGHT: usize = 2;
+/// Sealed bytes gathered before they are handed to the part being filled (the buffer is reused).
+const HANDOFF_BYTES: usize = 1 << 20;
 /// First bytes kept from a segment at offset 0, for the format check.
 const HEAD_BYTES: usize = 4096;
 
@@ -403,7 +405,7 @@ impl<'a> SegmentWriter<'a> {
             path: area.bucket.path(object),
             sealer,
             pending: Vec::with_capacity(FRAME_BYTES),
-            sealed: Vec::new(),
+            sealed: Vec::with_capacity(HANDOFF_BYTES + FRAME_BYTES + 64),
             upload: None,
             received: 0,
             head: keep_head.then(Vec::new),
@@ -425,7 +427,7 @@ impl<'a> SegmentWriter<'a> {
             self.pending.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
         }
-        if self.sealed.len() >= PART_BYTES {
+        if self.sealed.len() >= HANDOFF_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -447,7 +449,8 @@ impl<'a> SegmentWriter<'a> {
             .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(|e| JobError::store(format!("writing {}", self.path), e))?;
-        upload.put(Bytes::from(std::mem::take(&mut self.sealed)));
+        upload.write(&self.sealed);
+        self.sealed.clear();
         Ok(())
     }
 
