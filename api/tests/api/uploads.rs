@@ -505,36 +505,16 @@ async fn a_small_file_goes_in_one_multipart_request_and_termination_removes_an_u
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "validated_with_warnings", "{answer}");
     let id = answer["uploadId"].as_str().unwrap().to_owned();
-    let (status, shown) = api
-        .call(
-            Method::GET,
-            &format!("/upload/dataset/{id}"),
-            Some(&editor),
-            None,
-        )
-        .await;
+    let path = format!("/upload/dataset/{id}");
+    let (status, shown) = api.call(Method::GET, &path, Some(&editor), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["status"], "validated_with_warnings");
     assert_eq!(shown["offset"], shown["length"]);
 
     // tus termination.
-    let (status, _) = api
-        .call(
-            Method::DELETE,
-            &format!("/upload/dataset/{id}"),
-            Some(&editor),
-            None,
-        )
-        .await;
+    let (status, _) = api.call(Method::DELETE, &path, Some(&editor), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = api
-        .call(
-            Method::GET,
-            &format!("/upload/dataset/{id}"),
-            Some(&editor),
-            None,
-        )
-        .await;
+    let (status, _) = api.call(Method::GET, &path, Some(&editor), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let temp = Path::new(&api.settings.bucket).join("temp");
     assert!(files_under(&temp).is_empty(), "{:?}", files_under(&temp));
