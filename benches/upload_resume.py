@@ -41,8 +41,10 @@ with open(csv_path, "w") as out:
 rows = row
 length = os.path.getsize(csv_path)
 
-env = dict(os.environ, CARGA_BUCKET=f"{work}/bucket", CARGA_KEY_FILE=f"{work}/keys.json",
+# A local bucket unless CARGA_BUCKET names one (e.g. s3://… with CARGA_S3_ENDPOINT for moto).
+env = dict(os.environ, CARGA_KEY_FILE=f"{work}/keys.json",
            CARGA_SECRETS_FILE=f"{work}/secrets.json", RUST_LOG="warn")
+env.setdefault("CARGA_BUCKET", f"{work}/bucket")
 server = subprocess.Popen([binary, "serve", "--state-dir", f"{work}/state", "--listen", f"127.0.0.1:{port}"],
                           env=env, stdout=subprocess.DEVNULL, stderr=open(f"{work}/serve.log", "w"))
 token_file = f"{work}/state/admin-token"
