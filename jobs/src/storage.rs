@@ -14,7 +14,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::access::{AccessPolicy, LocalRoots};
 use crate::error::{JobError, Result};
-use crate::upload::{UPLOAD_SCHEME, UploadArea};
+use crate::upload::{UPLOAD_SCHEME, UploadArea, UploadError};
 
 /// The raw zone: an object store plus a prefix inside it, with a printable base URL.
 #[derive(Clone, Debug)]
@@ -222,9 +222,13 @@ impl SourceObject {
                 Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
             }
             SourceObjectKind::Upload { area, id } => {
+                // The store failing is not the input's fault (and must not reject an upload).
                 let state = runtime
                     .block_on(area.state(id))
-                    .map_err(|e| JobError::bad_input(&self.display, e.to_string()))?
+                    .map_err(|e| match e {
+                        UploadError::Job(e) => e,
+                        other => JobError::bad_input(&self.display, other.to_string()),
+                    })?
                     .ok_or_else(|| JobError::bad_input(&self.display, "no such upload"))?;
                 if !state.is_complete() {
                     return Err(JobError::bad_input(

@@ -12,8 +12,6 @@ use crate::error::{JobError, Result};
 /// Plaintext bytes per frame: small enough to hold a few per stream, large enough that the
 /// 20 bytes of framing and tag cost nothing.
 pub const FRAME_BYTES: usize = 64 * 1024;
-/// Bytes a frame adds to its plaintext: the length prefix and the tag.
-pub const FRAME_OVERHEAD: usize = 4 + 16;
 
 fn nonce(index: u64) -> Nonce {
     let mut bytes = [0u8; NONCE_LEN];
@@ -40,10 +38,7 @@ impl FrameSealer {
     /// Appends the sealed frame of `plaintext` (at most `FRAME_BYTES`) to `out`.
     pub fn seal(&mut self, plaintext: &[u8], last: bool, out: &mut Vec<u8>) -> Result<()> {
         debug_assert!(plaintext.len() <= FRAME_BYTES);
-        let start = out.len();
-        out.extend_from_slice(&[0u8; 4]);
-        out.extend_from_slice(plaintext);
-        let mut body = out.split_off(start + 4);
+        let mut body = plaintext.to_vec();
         self.key
             .seal_in_place_append_tag(
                 nonce(self.next),
@@ -51,7 +46,7 @@ impl FrameSealer {
                 &mut body,
             )
             .map_err(|_| JobError::Encryption("sealing a frame failed".into()))?;
-        out[start..start + 4].copy_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
         out.extend_from_slice(&body);
         self.next += 1;
         Ok(())
@@ -91,10 +86,7 @@ impl Encryptor {
     /// A sealer for a new stream named `context`, and the key material (PKMT1 JSON) to store
     /// beside it.
     pub fn frame_sealer(&self, context: &str) -> Result<(FrameSealer, String)> {
-        let (key, material) = self.new_data_key()?;
-        let key = aead_key(&key).map_err(|e| JobError::Encryption(e.to_string()))?;
-        let material = String::from_utf8(material)
-            .map_err(|_| JobError::Encryption("key material is not UTF-8".into()))?;
+        let (key, material) = self.new_aead_key()?;
         Ok((
             FrameSealer {
                 key,
@@ -121,35 +113,41 @@ impl Encryptor {
 #[derive(Default)]
 pub struct FrameSplitter {
     buffer: Vec<u8>,
+    /// Where the next frame starts in `buffer`: frames are taken without moving what follows
+    /// them; the consumed front is dropped when more bytes arrive.
+    start: usize,
 }
 
 impl FrameSplitter {
     pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.drain(..self.start);
+        self.start = 0;
         self.buffer.extend_from_slice(bytes);
     }
 
     /// The next whole frame body, if buffered; `Err` for a length no sealer writes.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
-        if self.buffer.len() < 4 {
+        let pending = &self.buffer[self.start..];
+        if pending.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_be_bytes(pending[..4].try_into().expect("4 bytes")) as usize;
         if !(16..=FRAME_BYTES + 16).contains(&len) {
             return Err(JobError::Encryption(format!(
                 "a frame of {len} bytes: not a sealed stream, or corrupted"
             )));
         }
-        if self.buffer.len() < 4 + len {
+        if pending.len() < 4 + len {
             return Ok(None);
         }
-        let body = self.buffer[4..4 + len].to_vec();
-        self.buffer.drain(..4 + len);
+        let body = pending[4..4 + len].to_vec();
+        self.start += 4 + len;
         Ok(Some(body))
     }
 
     /// Bytes left over that do not make a frame.
     pub fn leftover(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() - self.start
     }
 }
 

@@ -24,7 +24,7 @@ mod frames;
 mod sealed;
 
 pub use aws_kms::{AwsKms, KmsTarget};
-pub use frames::{FRAME_BYTES, FRAME_OVERHEAD, FrameOpener, FrameSealer, FrameSplitter};
+pub use frames::{FRAME_BYTES, FrameOpener, FrameSealer, FrameSplitter};
 pub use sealed::Sealed;
 
 use std::collections::{BTreeMap, HashMap};
@@ -449,6 +449,16 @@ impl Encryptor {
             .file_encryption_keys(self.connection.clone(), &config)
             .map_err(|e| JobError::Encryption(e.to_string()))?;
         Ok(keys.footer_key().clone_parts())
+    }
+
+    /// A fresh data key as an AES-GCM key, and its wrapped form (PKMT1 key material) to store
+    /// beside what it seals.
+    fn new_aead_key(&self) -> Result<(LessSafeKey, String)> {
+        let (key, material) = self.new_data_key()?;
+        let key = aead_key(&key).map_err(|e| JobError::Encryption(e.to_string()))?;
+        let material = String::from_utf8(material)
+            .map_err(|_| JobError::Encryption("key material is not UTF-8".into()))?;
+        Ok((key, material))
     }
 
     /// The data key inside PKMT1 `key_material` (a sealed value's, a stream's), unwrapped by

@@ -30,8 +30,7 @@ pub struct Sealed {
 impl Encryptor {
     /// Seals `plaintext` for `context` (e.g. `manifest raw/ventas/…/00000000000000000003`).
     pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<Sealed> {
-        let (key, key_material) = self.new_data_key()?;
-        let sealing = aead_key(&key).map_err(|e| JobError::Encryption(e.to_string()))?;
+        let (sealing, key_material) = self.new_aead_key()?;
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -48,8 +47,7 @@ impl Encryptor {
         out.extend_from_slice(&sealed);
         Ok(Sealed {
             algorithm: SEALED_ALGORITHM.into(),
-            key_material: String::from_utf8(key_material)
-                .map_err(|_| JobError::Encryption("key material is not UTF-8".into()))?,
+            key_material,
             ciphertext: BASE64.encode(out),
         })
     }
