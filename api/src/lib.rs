@@ -7,6 +7,7 @@ pub mod client;
 mod connections;
 mod dashboard;
 pub mod limits;
+mod problem;
 mod sql;
 mod upload;
 
@@ -156,6 +157,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(connections::routes())
         .merge(upload::routes())
         .merge(dashboard::routes())
+        .fallback(problem::not_found)
+        .layer(axum::middleware::map_response(problem::as_problem))
         .with_state(state)
 }
 
@@ -197,7 +200,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        problem::response(self.status, &self.message)
     }
 }
 

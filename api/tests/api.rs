@@ -158,7 +158,7 @@ mode: delta\ntimestamp_column: updated_at\nkey: [id]\ntrigger: timed_pull\ncron:
 time_zone: America/Bogota\n";
 
 fn error_of(body: &Value) -> &str {
-    body["error"].as_str().unwrap_or_default()
+    body["detail"].as_str().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -812,5 +812,112 @@ async fn watermarks_are_shown_only_to_roles_that_may_see_data() {
                 "{path}: {body}"
             );
         }
+    }
+}
+
+/// Every error answer is an RFC 9457 problem: Carga's refusals and axum's own rejections alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_is_a_problem_document() {
+    if !services_available() {
+        return;
+    }
+    let api = Api::new().await;
+    let viewer = api.catalog.create_token("vera", "viewer").await.unwrap();
+    let admin = api.catalog.create_token("ada", "admin").await.unwrap();
+    // (method, path, token, body, the status expected)
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        StatusCode,
+    );
+    let cases: [Case; 6] = [
+        (
+            Method::GET,
+            "/datasets",
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::PUT,
+            "/datasets/sales",
+            Some(&viewer),
+            Some(GOOD),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            "/no/such/endpoint",
+            Some(&admin),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::PATCH,
+            "/datasets",
+            Some(&admin),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::GET,
+            "/runs?limit=many",
+            Some(&admin),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/runs/actions",
+            Some(&admin),
+            Some("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (method, path, token, body, expected) in cases {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut request = Request::builder().method(method.clone()).uri(path);
+        if let Some(value) = &authorization {
+            request = request.header("authorization", value);
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap();
+        let response = api.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let problem: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{method} {path}: {}", String::from_utf8_lossy(&bytes)));
+        // A body or query that does not parse: 400, or 422 where it parses but does not fit.
+        let fits = status == expected
+            || (expected == StatusCode::BAD_REQUEST && status == StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(fits, "{method} {path}: {status} {problem}");
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "{method} {path}"
+        );
+        assert_eq!(problem["status"], status.as_u16(), "{method} {path}");
+        assert_eq!(problem["type"], "about:blank");
+        assert_eq!(
+            problem["title"],
+            status.canonical_reason().unwrap(),
+            "{method} {path}"
+        );
+        assert!(
+            !problem["detail"].as_str().unwrap_or_default().is_empty(),
+            "{method} {path}: {problem}"
+        );
     }
 }

@@ -206,6 +206,9 @@ impl Settings {
         if let Some(v) = var("CARGA_ROWS_PER_FILE") {
             self.rows_per_file = parse_env("CARGA_ROWS_PER_FILE", &v)?;
         }
+        if let Some(v) = var("CARGA_BATCH_ROWS") {
+            self.batch_rows = parse_env("CARGA_BATCH_ROWS", &v)?;
+        }
         if let Some(v) = var("CARGA_S3_ENDPOINT") {
             self.s3.endpoint = Some(v);
         }

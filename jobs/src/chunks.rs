@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use crate::delta::Watermark;
 use crate::destination::{Destination, RunTarget};
 use crate::error::{JobError, Result};
-use crate::pipeline::{Extracted, new_cursor, stream};
+use crate::pipeline::{AfterBatch, Extracted, Streamed, new_cursor, stream};
 use crate::schema_drift::SchemaPlan;
 use crate::sink::PartFile;
 use crate::sources::{self, Chunk, Partitions, Source, SourceAccess, SourceReader, TypeHints};
@@ -253,11 +253,11 @@ async fn run_chunk(
     let _permit = permits
         .acquire_owned()
         .await
-        .map_err(|_| cancelled(&chunk))?;
+        .map_err(|_| cancelled(chunk.index))?;
     let mut delay = FIRST_RETRY_DELAY;
     for attempt in 1..=shared.attempts {
         if shared.cancelled.load(Ordering::SeqCst) {
-            return Err(cancelled(&chunk));
+            return Err(cancelled(chunk.index));
         }
         match attempt_chunk(&shared, &chunk, reader.take()).await {
             Ok(output) => return Ok(output),
@@ -269,11 +269,11 @@ async fn run_chunk(
             Err(e) => return Err(e),
         }
     }
-    Err(cancelled(&chunk))
+    Err(cancelled(chunk.index))
 }
 
 async fn attempt_chunk(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     chunk: &Chunk,
     reader: Option<SourceReader>,
 ) -> Result<ChunkOutput> {
@@ -297,59 +297,58 @@ async fn attempt_chunk(
             .await?
         }
     };
-    let mut checks = shared.checks_template.sibling()?;
-    let mut cursor = new_cursor(
+    let checks = shared.checks_template.sibling()?;
+    let cursor = new_cursor(
         &shared.spec,
         &shared.plan,
         shared.floor.as_ref(),
         &shared.delivered,
     )?;
-    let mut sink = shared.destination.parts(
+    let sink = shared.destination.parts(
         &shared.target,
         shared.plan.output.clone(),
         &format!("part-c{:04}-", chunk.index),
         false,
     )?;
-    let mut after_batch = || -> Result<()> {
-        if shared.cancelled.load(Ordering::SeqCst) {
-            return Err(cancelled(chunk));
+    let watcher = shared.clone();
+    let index = chunk.index;
+    let after_batch: AfterBatch = Box::new(move || {
+        if watcher.cancelled.load(Ordering::SeqCst) {
+            return Err(cancelled(index));
         }
-        let mut faults = shared.faults.lock().expect("fault table");
-        if let Some(left) = faults.get_mut(&chunk.index).filter(|n| **n > 0) {
+        let mut faults = watcher.faults.lock().expect("fault table");
+        if let Some(left) = faults.get_mut(&index).filter(|n| **n > 0) {
             *left -= 1;
             return Err(JobError::Database {
-                context: format!("chunk {}", chunk.index),
+                context: format!("chunk {index}"),
                 message: "injected fault".into(),
             });
         }
         Ok(())
-    };
-    let streamed = stream(
+    });
+    let Streamed {
+        rows,
+        stats,
+        checks,
+        cursor,
+        files,
+    } = stream(
         reader,
         &shared.plan,
-        &mut checks,
-        cursor.as_mut(),
-        sink.as_mut(),
-        Some(&mut after_batch),
+        checks,
+        cursor,
+        sink,
+        Some(after_batch),
     )
-    .await;
-    match streamed {
-        Ok((rows, stats)) => {
-            let files = sink.finish().await?;
-            Ok(ChunkOutput {
-                index: chunk.index,
-                checks,
-                cursor,
-                rows,
-                stats,
-                files,
-            })
-        }
-        Err(e) => {
-            sink.abort().await;
-            Err(e)
-        }
-    }
+    .await?;
+    Ok(ChunkOutput {
+        index: chunk.index,
+        checks,
+        cursor,
+        rows,
+        stats,
+        files,
+    })
 }
 
 /// Failures worth another attempt: the connection, the store, the disk. Bad data fails again.
@@ -365,9 +364,9 @@ fn is_transient(error: &JobError) -> bool {
 
 const CANCELLED: &str = "stopped because another chunk failed";
 
-fn cancelled(chunk: &Chunk) -> JobError {
+fn cancelled(index: usize) -> JobError {
     JobError::Refused {
-        dataset: format!("chunk {}", chunk.index),
+        dataset: format!("chunk {index}"),
         message: CANCELLED.into(),
     }
 }

@@ -3,11 +3,11 @@
 
 pub mod access;
 mod aws_error;
+pub mod bucket;
 mod chunks;
 pub mod connections;
 pub mod delta;
 pub mod destination;
-pub mod discovery;
 pub mod encryption;
 pub mod error;
 pub mod manifest;

@@ -17,7 +17,7 @@ use crate::destination::{Destination, RawZone, RunTarget};
 use crate::encryption::Encryptor;
 use crate::error::{JobError, Result};
 use crate::manifest::{EncryptionInfo, FORMAT_VERSION, Manifest, ManifestSource, WatermarkRange};
-use crate::pipeline::{Extracted, new_cursor, stream};
+use crate::pipeline::{Extracted, Streamed, new_cursor, stream};
 use crate::redact::Redactor;
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::{ConnectionSecret, LocalSecretsFile, SecretsProvider};
@@ -248,6 +248,18 @@ impl Engine {
         spec: &DatasetSpec,
         run_id: &str,
     ) -> std::result::Result<RunOutcome, RunFailure> {
+        self.run_observed(spec, run_id, Arc::new(ReadProgress::default()))
+            .await
+    }
+
+    /// Runs with a given run id and says how far the read has got in `progress` as it goes
+    /// (the worker writes it to the catalog for the dashboard; `carga run` draws it).
+    pub async fn run_observed(
+        &self,
+        spec: &DatasetSpec,
+        run_id: &str,
+        progress: Arc<ReadProgress>,
+    ) -> std::result::Result<RunOutcome, RunFailure> {
         let run_id = run_id.to_owned();
         let span = tracing::info_span!("run", dataset = %spec.id, run_id = %run_id);
         async {
@@ -269,7 +281,6 @@ impl Engine {
                 Ok(Some(secret)) => secret.redactor(),
                 _ => Redactor::none(),
             };
-            let progress = Arc::new(ReadProgress::default());
             let executed = match secret {
                 Ok(secret) => {
                     self.execute(spec, &target, started_at, secret, progress.clone())
@@ -568,10 +579,10 @@ impl Engine {
                 spec.new_columns,
                 spec.missing_columns,
             )?);
-            let mut checks =
+            let checks =
                 BatchChecks::new(&plan.output, &spec.key, spec.timestamp_column.as_deref())?;
-            let mut cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
-            let mut sink = match target {
+            let cursor = new_cursor(spec, &plan, floor.as_ref(), delivered)?;
+            let sink = match target {
                 Some(target) => {
                     self.destination
                         .parts(target, plan.output.clone(), "part-", false)?
@@ -579,23 +590,13 @@ impl Engine {
                 None => Box::new(crate::destination::Discard),
             };
             // Until the parts are complete, any failure removes what this run uploaded.
-            let streamed = match stream(
-                reader,
-                &plan,
-                &mut checks,
-                cursor.as_mut(),
-                sink.as_mut(),
-                None,
-            )
-            .await
-            {
+            let streamed = match stream(reader, &plan, checks, cursor, sink, None).await {
                 Ok(streamed) => streamed,
                 Err(JobError::Reread {
                     column,
                     data_type,
                     message,
                 }) if hints.widened.len() < MAX_WIDENED_COLUMNS => {
-                    sink.abort().await;
                     warnings.push(format!(
                         "{message}: the file was read again with '{column}' as {}",
                         crate::typing::describe(&data_type)
@@ -605,13 +606,15 @@ impl Engine {
                     access.progress.restart();
                     continue;
                 }
-                Err(e) => {
-                    sink.abort().await;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             };
-            let files = sink.finish().await?;
-            let (rows, mut stats) = streamed;
+            let Streamed {
+                rows,
+                mut stats,
+                checks,
+                cursor,
+                files,
+            } = streamed;
             stats.warnings.extend(warnings);
             return Extracted {
                 plan,

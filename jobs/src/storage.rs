@@ -1,95 +1,20 @@
-//! Where bytes live: the raw-zone bucket and source objects, each an `object_store` behind a path.
+//! Where a source's bytes come from: a local file under the data roots, an `s3://` object, an
+//! `http(s)` URL or an upload, each checked against the access policy and read as a stream.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use carga_config::{S3Settings, Settings};
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::access::{AccessPolicy, LocalRoots};
+pub use crate::bucket::Bucket;
+use crate::bucket::s3_store;
 use crate::error::{JobError, Result};
 use crate::upload::{UPLOAD_SCHEME, UploadArea, UploadError};
-
-/// The raw zone: an object store plus a prefix inside it, with a printable base URL.
-#[derive(Clone, Debug)]
-pub struct Bucket {
-    pub store: Arc<dyn ObjectStore>,
-    prefix: Path,
-    base_url: String,
-}
-
-impl Bucket {
-    pub fn open(settings: &Settings) -> Result<Self> {
-        let location = settings.bucket.as_str();
-        if let Some(rest) = location.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let store = s3_store(bucket, &settings.s3)?;
-            return Ok(Self {
-                store,
-                prefix: Path::from(prefix.trim_matches('/')),
-                base_url: format!("s3://{bucket}"),
-            });
-        }
-        let dir = PathBuf::from(location.strip_prefix("file://").unwrap_or(location));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| JobError::io(format!("creating bucket folder {}", dir.display()), e))?;
-        let dir = dir
-            .canonicalize()
-            .map_err(|e| JobError::io(format!("bucket folder {}", dir.display()), e))?;
-        let store = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| JobError::store(format!("bucket folder {}", dir.display()), e))?;
-        Ok(Self {
-            store: Arc::new(store),
-            prefix: Path::default(),
-            base_url: dir.display().to_string(),
-        })
-    }
-
-    /// A path inside the bucket, below its prefix.
-    pub fn path(&self, relative: &str) -> Path {
-        let relative = Path::from(relative);
-        if self.prefix.as_ref().is_empty() {
-            relative
-        } else {
-            self.prefix.parts().chain(relative.parts()).collect()
-        }
-    }
-
-    /// A human (and pyarrow) usable address of `path`: `s3://bucket/key` or an absolute file path.
-    pub fn display(&self, path: &Path) -> String {
-        format!("{}/{}", self.base_url, path)
-    }
-
-    /// The path behind an address `display` made; `None` for an address outside this bucket.
-    pub fn locate(&self, address: &str) -> Option<Path> {
-        let key = address.strip_prefix(&self.base_url)?.strip_prefix('/')?;
-        Path::parse(key).ok().filter(|p| !p.as_ref().is_empty())
-    }
-}
-
-pub(crate) fn s3_store(bucket: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>> {
-    // Credentials come from the standard AWS environment / instance role, never from our settings.
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if let Some(endpoint) = &s3.endpoint {
-        builder = builder.with_endpoint(endpoint);
-    }
-    if let Some(region) = &s3.region {
-        builder = builder.with_region(region);
-    }
-    if s3.allow_http {
-        builder = builder.with_allow_http(true);
-    }
-    let store = builder
-        .build()
-        .map_err(|e| JobError::store(format!("S3 bucket '{bucket}'"), e))?;
-    Ok(Arc::new(store))
-}
 
 /// A source file to read: a local path, an `s3://` object or an `https://` URL, resolved and
 /// checked against the process's access policy.
@@ -246,6 +171,26 @@ impl SourceObject {
                 );
                 Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
             }
+        }
+    }
+
+    /// The object's size in bytes, where the store says it without reading it (live progress).
+    /// Must be called from a blocking thread.
+    pub fn size_blocking(&self, runtime: &tokio::runtime::Handle) -> Option<u64> {
+        match &self.kind {
+            SourceObjectKind::Local { .. } => {
+                self.open_local().ok()?.metadata().ok().map(|m| m.len())
+            }
+            SourceObjectKind::Remote { store, path } => runtime
+                .block_on(store.head(path))
+                .ok()
+                .map(|meta| meta.size),
+            SourceObjectKind::Upload { area, id } => runtime
+                .block_on(area.state(id))
+                .ok()
+                .flatten()
+                .and_then(|state| state.length),
+            SourceObjectKind::Http { .. } => None,
         }
     }
 

@@ -441,7 +441,8 @@ impl ValidationReport {
 }
 
 /// Rows a reader has read and rejected so far, shared with the run while it streams: what a
-/// failed run's report says it got through, and what live progress shows.
+/// failed run's report says it got through, and what live progress shows (with how much of the
+/// source that is, where its size is known).
 #[derive(Debug, Default)]
 pub struct ReadProgress {
     /// Rows in batches handed to the pipeline.
@@ -449,6 +450,40 @@ pub struct ReadProgress {
     /// The reader's own totals, as of its last rejected row.
     read: AtomicU64,
     rejected: AtomicU64,
+    /// Bytes of a file consumed by its parser, and the file's size (0: unknown).
+    bytes_read: AtomicU64,
+    total_bytes: AtomicU64,
+    /// The source's own estimate of its rows (0: unknown): PostgreSQL's `reltuples`, MongoDB's
+    /// `estimatedDocumentCount`.
+    expected_rows: AtomicU64,
+}
+
+/// Live progress at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProgressSnapshot {
+    pub rows_read: u64,
+    pub rows_rejected: u64,
+    pub bytes_read: u64,
+    /// How far through the source, 0 to 1, where its size is known.
+    pub fraction: Option<f64>,
+}
+
+impl ProgressSnapshot {
+    /// Rows read per second over `elapsed`.
+    pub fn rows_per_second(&self, elapsed: std::time::Duration) -> f64 {
+        let seconds = elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.rows_read as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Time left at the pace so far, where the fraction is known and has started to move.
+    pub fn eta(&self, elapsed: std::time::Duration) -> Option<std::time::Duration> {
+        let fraction = self.fraction.filter(|f| *f > 0.001)?;
+        Some(elapsed.mul_f64((1.0 - fraction) / fraction))
+    }
 }
 
 impl ReadProgress {
@@ -462,11 +497,27 @@ impl ReadProgress {
         self.rejected.fetch_max(rows_rejected, Ordering::Relaxed);
     }
 
+    /// Bytes of the file consumed by the parser.
+    pub fn consumed(&self, bytes: u64) {
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The file's size, when the store knows it.
+    pub fn expect_bytes(&self, total: u64) {
+        self.total_bytes.store(total, Ordering::Relaxed);
+    }
+
+    /// The source's estimate of its rows.
+    pub fn expect_rows(&self, rows: u64) {
+        self.expected_rows.store(rows, Ordering::Relaxed);
+    }
+
     /// Starts over (the source is read again from the start).
     pub fn restart(&self) {
         self.sent.store(0, Ordering::Relaxed);
         self.read.store(0, Ordering::Relaxed);
         self.rejected.store(0, Ordering::Relaxed);
+        self.bytes_read.store(0, Ordering::Relaxed);
     }
 
     /// (rows read, rows rejected) as far as is known.
@@ -477,6 +528,28 @@ impl ReadProgress {
             .load(Ordering::Relaxed)
             .max(self.sent.load(Ordering::Relaxed) + rejected);
         (read, rejected)
+    }
+
+    /// Where the read stands: bytes of a sized file, else rows against the source's estimate
+    /// (capped below 1: an estimate can be low, and only the end of the read says "done").
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let (rows_read, rows_rejected) = self.counts();
+        let bytes_read = self.bytes_read.load(Ordering::Relaxed);
+        let total_bytes = self.total_bytes.load(Ordering::Relaxed);
+        let expected_rows = self.expected_rows.load(Ordering::Relaxed);
+        let fraction = if total_bytes > 0 {
+            Some(bytes_read as f64 / total_bytes as f64)
+        } else if expected_rows > 0 {
+            Some(rows_read as f64 / expected_rows as f64)
+        } else {
+            None
+        };
+        ProgressSnapshot {
+            rows_read,
+            rows_rejected,
+            bytes_read,
+            fraction: fraction.map(|f| f.clamp(0.0, 0.99)),
+        }
     }
 }
 

@@ -53,6 +53,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "connections",
         include_str!("../../migrations/0004_connections.sql"),
     ),
+    (
+        5,
+        "progress",
+        include_str!("../../migrations/0005_progress.sql"),
+    ),
 ];
 
 /// The embedded mode's file: the catalog and the queue's tables (`queue::sqlite`).
@@ -76,6 +81,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "connections",
         include_str!("../../migrations/sqlite/0004_connections.sql"),
+    ),
+    (
+        5,
+        "progress",
+        include_str!("../../migrations/sqlite/0005_progress.sql"),
     ),
 ];
 
@@ -126,6 +136,41 @@ pub struct RunRecord {
     /// A retrying run: when its next attempt is due, and how many attempts it has in all.
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub max_attempts: Option<i32>,
+    /// How far a running attempt has got, as its worker last wrote it.
+    pub progress: Option<RunProgress>,
+}
+
+/// A running attempt's progress, written by its worker every few seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunProgress {
+    pub rows_read: u64,
+    pub rows_rejected: u64,
+    pub bytes_read: u64,
+    /// How far through the source, 0 to 1, where its size is known (file size, the database's
+    /// row estimate).
+    pub fraction: Option<f64>,
+    pub rows_per_second: f64,
+    /// Seconds left at the rate so far, where the fraction is known.
+    pub eta_seconds: Option<u64>,
+    pub at: DateTime<Utc>,
+}
+
+impl RunProgress {
+    /// The progress of an attempt that has been reading for `elapsed`.
+    pub fn new(
+        snapshot: &carga_jobs::validation::ProgressSnapshot,
+        elapsed: std::time::Duration,
+    ) -> Self {
+        Self {
+            rows_read: snapshot.rows_read,
+            rows_rejected: snapshot.rows_rejected,
+            bytes_read: snapshot.bytes_read,
+            fraction: snapshot.fraction,
+            rows_per_second: snapshot.rows_per_second(elapsed),
+            eta_seconds: snapshot.eta(elapsed).map(|d| d.as_secs()),
+            at: Utc::now(),
+        }
+    }
 }
 
 /// What the run history is searched by.
@@ -512,7 +557,7 @@ impl Catalog {
                  VALUES ($1, $2, $3, $4, $5, 'running', $6, $8, $7, $8)
                  ON CONFLICT (run_id) DO UPDATE SET state = 'running', attempts = $6,
                      started_at = COALESCE(dataset_runs.started_at, $8), worker = $7, error = NULL,
-                     next_attempt_at = NULL",
+                     next_attempt_at = NULL, progress = NULL",
             )
             .bind(&job.run_id)
             .bind(&job.dataset_id)
@@ -522,6 +567,25 @@ impl Catalog {
             .bind(attempt)
             .bind(worker)
             .bind(Utc::now())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// A running attempt's progress (only while the run is running: a late write after its end
+    /// changes nothing).
+    pub async fn run_progress(&self, run_id: &str, progress: &RunProgress) -> Result<()> {
+        // Plain numbers and a time: serialising cannot fail; if it ever did, no progress shows.
+        let Ok(text) = serde_json::to_string(progress) else {
+            return Ok(());
+        };
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE dataset_runs SET progress = $2 WHERE run_id = $1 AND state = 'running'",
+            )
+            .bind(run_id)
+            .bind(&text)
             .execute(pool)
             .await?;
         });
@@ -1122,6 +1186,10 @@ where
         retried_as: row.optional_text("retried_as")?,
         next_attempt_at: row.optional_time("next_attempt_at")?,
         max_attempts: row.optional_small_integer("max_attempts")?,
+        // Written by Carga only; a value that does not parse shows as no progress.
+        progress: row
+            .optional_text("progress")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 

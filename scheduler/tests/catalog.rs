@@ -4,7 +4,8 @@
 mod common;
 
 use carga_config::DatasetSpec;
-use carga_scheduler::catalog::{AuditEntry, Catalog, RunFilter, RunResult};
+use carga_jobs::validation::ProgressSnapshot;
+use carga_scheduler::catalog::{AuditEntry, Catalog, RunFilter, RunProgress, RunResult};
 use carga_scheduler::{ExtractionJob, RunReason};
 use chrono::{Duration, Utc};
 
@@ -109,6 +110,24 @@ async fn exercise(catalog: &Catalog) {
     assert_eq!(run.reason, "trigger");
 
     catalog.run_started(&jobs[0], "w1", 1).await.unwrap();
+    // Live progress: written while running, read back as written.
+    let progress = RunProgress::new(
+        &ProgressSnapshot {
+            rows_read: 40_000,
+            rows_rejected: 2,
+            bytes_read: 4 << 20,
+            fraction: Some(0.4),
+        },
+        std::time::Duration::from_secs(2),
+    );
+    assert_eq!(progress.rows_per_second, 20_000.0);
+    assert_eq!(progress.eta_seconds, Some(3));
+    catalog
+        .run_progress(&jobs[0].run_id, &progress)
+        .await
+        .unwrap();
+    let live = catalog.run(&jobs[0].run_id).await.unwrap().unwrap();
+    assert_eq!(live.progress.as_ref(), Some(&progress));
     let next_at = Utc::now() + Duration::seconds(30);
     catalog
         .run_retrying(&jobs[0].run_id, 1, 5, next_at, "timeout")
@@ -136,9 +155,23 @@ async fn exercise(catalog: &Catalog) {
         None,
         "a retrying run is not waiting for its first attempt"
     );
+    // A late progress write of an attempt that ended changes nothing.
+    let mut late = progress.clone();
+    late.rows_read = 99;
+    catalog.run_progress(&jobs[0].run_id, &late).await.unwrap();
+    assert_eq!(
+        catalog
+            .run(&jobs[0].run_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
+        Some(progress.clone())
+    );
     catalog.run_started(&jobs[0], "w2", 2).await.unwrap();
     let running = catalog.run(&jobs[0].run_id).await.unwrap().unwrap();
     assert_eq!((running.state.as_str(), running.attempts), ("running", 2));
+    assert_eq!(running.progress, None, "a new attempt starts from nothing");
     assert_eq!(running.worker.as_deref(), Some("w2"));
     assert_eq!(running.error, None, "a new attempt clears the last error");
     assert_eq!(

@@ -1,9 +1,9 @@
 // Drives the operator dashboard in Chromium, as an operator would. Run by worker/tests/queue.rs:
-//   node dashboard.mjs <base-url> <admin-token> <screenshot-dir> <dataset> <broken-dataset> <dead-run-id>
+//   node dashboard.mjs <base-url> <admin-token> <screenshot-dir> <dataset> <broken-dataset> <dead-run-id> <slow-dataset>
 // It prints START_WORKER when it needs a worker to take the queued job, and DONE <run-id> at the end.
 import { chromium } from "playwright-core";
 
-const [base, token, shots, good, broken, deadRun] = process.argv.slice(2);
+const [base, token, shots, good, broken, deadRun, slow] = process.argv.slice(2);
 const TIMEOUT = 60_000;
 
 function fail(message) {
@@ -44,6 +44,23 @@ try {
   await page.locator("#workers tr[data-worker] .dot:not(.gone)").first().waitFor();
   await page.locator("#runs-view").screenshot({ path: `${shots}/dashboard-runs.png` });
   await page.locator("#workers-view").screenshot({ path: `${shots}/dashboard-workers.png` });
+
+  // A slow run shows its progress while it reads: rows so far and rows/s, growing.
+  await page.click(`button[data-trigger="${slow}"]`);
+  const reading = page.locator(`#runs tr[data-dataset="${slow}"][data-state="running"] [data-progress-rows]`).first();
+  await reading.waitFor();
+  const firstRows = Number(await reading.getAttribute("data-progress-rows"));
+  const text = await reading.textContent();
+  if (!/so far · [\d,.]+ rows\/s/.test(text)) fail(`progress shows "${text}"`);
+  await page.locator("#runs-view").screenshot({ path: `${shots}/dashboard-progress.png` });
+  await page.waitForFunction(
+    ([dataset, rows]) => {
+      const cell = document.querySelector(`#runs tr[data-dataset="${dataset}"][data-state="running"] [data-progress-rows]`);
+      return cell && Number(cell.getAttribute("data-progress-rows")) > rows;
+    },
+    [slow, firstRows],
+  );
+  await page.locator(`#runs tr[data-dataset="${slow}"][data-state="succeeded"]`).first().waitFor();
 
   // The dead job is listed with its error; "Retry now" runs it again, and it succeeds (its
   // source was fixed meanwhile).

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod health;
 mod lock;
 mod queue_worker;
+mod run_progress;
 #[cfg(feature = "serve")]
 mod serve;
 mod sql_command;
@@ -17,10 +18,11 @@ mod take_loop;
 
 use anyhow::Result;
 use carga_config::{DatasetSpec, Settings, SourceFormat};
+use carga_jobs::Engine;
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::encryption::MasterKeyring;
 use carga_jobs::secrets;
-use carga_jobs::{Engine, discovery};
+use carga_jobs::sources::SourceRegistry;
 use clap::{Parser, Subcommand};
 
 /// `carga --version`: the release and the commit it was built from.
@@ -213,6 +215,9 @@ struct JobArgs {
     /// Write the time here on every heartbeat round, for `carga health` (a liveness probe).
     #[arg(long, env = "CARGA_HEALTH_FILE")]
     health_file: Option<PathBuf>,
+    /// Seconds between writes of a running job's progress (rows, rate, percentage) to the catalog.
+    #[arg(long, env = "CARGA_PROGRESS_SECONDS", default_value_t = 3.0)]
+    progress_seconds: f64,
 }
 
 impl JobArgs {
@@ -229,6 +234,7 @@ impl JobArgs {
             lock_ttl: Duration::from_secs_f64(self.lock_ttl_seconds),
             lock_wait: Duration::from_secs_f64(self.lock_wait_seconds),
             liveness: health::Liveness::new(self.health_file.clone()),
+            progress_every: Duration::from_secs_f64(self.progress_seconds.max(0.1)),
         }
     }
 }
@@ -241,8 +247,9 @@ fn default_worker_name() -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    carga_scheduler::logging::init("warn");
-    match dispatch(Cli::parse()).await {
+    let cli = Cli::parse();
+    carga_scheduler::logging::init(default_log_filter(&cli.command));
+    match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
@@ -251,6 +258,20 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// What is logged without `RUST_LOG`: the services say what each run did (taken, committed,
+/// failed) from Carga's own modules; one-shot commands print their result and log only problems.
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Worker(_) => SERVICE_LOG_FILTER,
+        #[cfg(feature = "serve")]
+        Command::Serve(_) => SERVICE_LOG_FILTER,
+        _ => "warn",
+    }
+}
+
+const SERVICE_LOG_FILTER: &str =
+    "warn,carga_worker=info,carga_jobs=info,carga_scheduler=info,carga_api=info";
 
 /// 2 when the settings, a spec or a flag's value is wrong (nothing ran); 1 when the work failed.
 fn exit_code(error: &anyhow::Error) -> u8 {
@@ -407,10 +428,10 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     let policy = AccessPolicy::for_command(&settings, Some(spec_path));
     let engine = Engine::from_settings(settings).await?.with_access(policy);
     let tables = load_spec(spec_path)?.per_table();
+    let progress_every = progress_every();
     // One table: its error is the command's error (one line).
     if let [spec] = tables.as_slice() {
-        let outcome = engine
-            .run(spec)
+        let outcome = run_progress::run(&engine, spec, progress_every)
             .await
             .map_err(|e| anyhow::anyhow!("dataset '{}' was not committed: {e}", spec.id))?;
         print_outcome(&outcome, spec_path, spec, &key_file);
@@ -419,7 +440,7 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
     // A multi-table dataset runs table by table; one table's failure does not stop the others.
     let mut failed = Vec::new();
     for spec in &tables {
-        match engine.run(spec).await {
+        match run_progress::run(&engine, spec, progress_every).await {
             Ok(outcome) => print_outcome(&outcome, spec_path, spec, &key_file),
             Err(e) => {
                 eprintln!("error: dataset '{}' was not committed: {e}", spec.id);
@@ -436,6 +457,17 @@ async fn run(settings_path: Option<&Path>, spec_path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How often `carga run` prints a progress line when stderr is not a terminal
+/// (`CARGA_PROGRESS_SECONDS`, 5 by default).
+fn progress_every() -> std::time::Duration {
+    let seconds = std::env::var("CARGA_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(5.0);
+    std::time::Duration::from_secs_f64(seconds.max(0.05))
 }
 
 /// A spec file with every check the scheduler makes: its own rules, and a cron and time zone
@@ -557,17 +589,20 @@ async fn discover(
     json: bool,
 ) -> Result<()> {
     let settings = Settings::load(settings_path)?;
-    let format: SourceFormat = serde_json::from_value(serde_json::Value::String(format.to_owned()))
-        .map_err(|_| {
-            UsageError(format!(
-                "--format '{format}' is not one of postgres, mysql, mariadb, mssql, mongodb"
-            ))
-        })?;
+    // The source of the format lists its tables; one that reads files or an API has none.
+    let sources = SourceRegistry::default();
+    if SourceFormat::from_name(format).is_none() {
+        return Err(UsageError(format!(
+            "--format '{format}' is not a source format (formats: {})",
+            sources.formats().join(", ")
+        ))
+        .into());
+    }
     let secret = secrets::provider(&settings)
         .await
         .connection(connection)
         .await?;
-    let tables = discovery::discover(format, &secret, schema).await?;
+    let tables = sources.discover(format, &secret, schema).await?;
     // Written with `writeln!` so that a closed pipe (`| head`) ends the listing quietly.
     let mut out = std::io::stdout().lock();
     if json {

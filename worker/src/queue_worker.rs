@@ -11,10 +11,12 @@
 //! A job taken again after its run committed (its worker was killed, or the queue lost its end)
 //! finds its manifest by run id and is done without running again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use carga_jobs::validation::ReadProgress;
 use carga_jobs::{Engine, RunFailure, RunOutcome};
-use carga_scheduler::catalog::{Catalog, RunResult};
+use carga_scheduler::catalog::{Catalog, RunProgress, RunResult};
 use carga_scheduler::metrics::{Counter, Metrics};
 use carga_scheduler::queue::Settlement;
 use carga_scheduler::{ExtractionJob, JobQueue};
@@ -60,6 +62,8 @@ pub struct WorkerSettings {
     pub lock_wait: Duration,
     /// Written on every heartbeat round (`carga health`).
     pub liveness: crate::health::Liveness,
+    /// How often a running job's progress is written to the catalog.
+    pub progress_every: Duration,
 }
 
 /// What every job handler shares.
@@ -213,7 +217,7 @@ async fn attempt(
                 break;
             }
         }
-        match shared.engine.run_as(&table, &job.run_id).await {
+        match run_reporting_progress(shared, &table, &job.run_id).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 failure = Some(e);
@@ -257,6 +261,33 @@ async fn attempt(
         reason: message,
         job: Some(job.next_attempt()),
     })
+}
+
+/// Runs one table, writing its progress to the catalog every `progress_every` while it reads
+/// (the dashboard's rows so far, rows/s, percentage and end time).
+async fn run_reporting_progress(
+    shared: &Shared,
+    table: &carga_config::DatasetSpec,
+    run_id: &str,
+) -> Result<RunOutcome, RunFailure> {
+    let progress = Arc::new(ReadProgress::default());
+    let started = Instant::now();
+    let run = shared.engine.run_observed(table, run_id, progress.clone());
+    tokio::pin!(run);
+    let mut ticks = tokio::time::interval(shared.settings.progress_every);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            outcome = &mut run => return outcome,
+            _ = ticks.tick() => {
+                let update = RunProgress::new(&progress.snapshot(), started.elapsed());
+                // Progress is for people watching; a catalog hiccup must not fail the run.
+                if let Err(e) = shared.catalog.run_progress(run_id, &update).await {
+                    tracing::debug!(error = %e, "progress not written");
+                }
+            }
+        }
+    }
 }
 
 async fn finish_succeeded(

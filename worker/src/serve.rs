@@ -24,7 +24,9 @@ use carga_scheduler::catalog::AuditEntry;
 use carga_scheduler::metrics::Metrics;
 use carga_scheduler::queue::SqliteQueue;
 use carga_scheduler::shutdown::Shutdown;
-use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
+use carga_scheduler::{
+    Catalog, ExtractionJob, JobQueue, QueueSettings, RunReason, Scheduler, SchedulerSettings,
+};
 
 use crate::queue_worker::Shared;
 use crate::take_loop;
@@ -57,6 +59,10 @@ pub struct ServeArgs {
     /// Seconds between catalog re-reads by the scheduler.
     #[arg(long, default_value_t = 5)]
     refresh_seconds: u64,
+    /// Run each loaded dataset once at start when it has never run, instead of waiting for its
+    /// cron or a trigger (so a demo shows output at once).
+    #[arg(long, env = "CARGA_INITIAL_RUNS", default_value_t = true, action = clap::ArgAction::Set)]
+    initial_runs: bool,
     #[command(flatten)]
     api: api::ApiArgs,
 }
@@ -106,8 +112,12 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         })
         .collect();
     let access = AccessPolicy::for_server(&settings, &roots, &[&args.state_dir]);
+    let mut loaded = Vec::new();
     for path in &args.datasets {
-        load_datasets(&catalog, secrets.as_ref(), &access, path).await?;
+        loaded.extend(load_datasets(&catalog, secrets.as_ref(), &access, path).await?);
+    }
+    if args.initial_runs {
+        enqueue_initial_runs(&catalog, &queue, &loaded).await?;
     }
     let token = admin_token(&catalog, &args.state_dir).await?;
 
@@ -198,14 +208,15 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
 }
 
 /// Loads the specs at `path` (a YAML file or a folder of them) into the catalog, approved, after
-/// the checks the API makes. Relative file locations are made absolute (they are relative to the
-/// spec file) so the stored spec runs from any directory.
+/// the checks the API makes, and returns their ids. Relative file locations are made absolute
+/// (they are relative to the spec file) so the stored spec runs from any directory.
 async fn load_datasets(
     catalog: &Catalog,
     secrets: &dyn SecretsProvider,
     access: &AccessPolicy,
     path: &Path,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -224,6 +235,7 @@ async fn load_datasets(
         api::check_spec(secrets, access, &spec)
             .await
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        ids.push(spec.id.clone());
         let current = catalog.dataset(&spec.id).await?;
         if current
             .as_ref()
@@ -244,6 +256,25 @@ async fn load_datasets(
             })
             .await?;
         println!("loaded dataset '{}' from {}", spec.id, file.display());
+    }
+    Ok(ids)
+}
+
+/// Queues one run of each dataset in `ids` that has no run at all yet (a first start, or a
+/// dataset added since): the demo shows output without a trigger, and a restart runs nothing again.
+async fn enqueue_initial_runs(catalog: &Catalog, queue: &JobQueue, ids: &[String]) -> Result<()> {
+    for id in ids {
+        if !catalog.runs(Some(id), None, 1).await?.is_empty() {
+            continue;
+        }
+        let mut job = ExtractionJob::new(id, RunReason::Trigger);
+        job.requested_by = Some(format!("{LOCAL_SUBJECT} (initial run)"));
+        catalog
+            .insert_queued_runs(std::slice::from_ref(&job))
+            .await?;
+        queue.enqueue(std::slice::from_ref(&job)).await?;
+        tracing::info!(dataset = %id, run_id = %job.run_id, "initial run queued");
+        println!("queued a first run of '{id}' (run {})", job.run_id);
     }
     Ok(())
 }

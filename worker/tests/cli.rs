@@ -357,3 +357,35 @@ fn logs_to_a_pipe_are_plain_text_and_say_when_a_run_starts_and_commits() {
     // stderr is a pipe here: no colour escape codes in what a log collector would store.
     assert!(!stderr.contains('\u{1b}'), "escape codes in {stderr:?}");
 }
+
+#[test]
+fn a_run_through_a_pipe_prints_plain_progress_lines_while_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,payload\n");
+    for i in 0..300_000 {
+        csv.push_str(&format!("{i},row-{i}-{}\n", "x".repeat(40)));
+    }
+    std::fs::write(dir.path().join("big.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("big.yaml"),
+        "id: big\nsource: {format: csv, location: big.csv}\ntrigger: callback\n",
+    )
+    .unwrap();
+    // A line every 20 ms: a run of 300,000 rows takes longer than that even in release builds.
+    let out = carga(
+        dir.path(),
+        &["run", "--dataset", "big.yaml"],
+        &[("CARGA_PROGRESS_SECONDS", "0.02")],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("big: ") && l.contains("rows read"))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line:\n{stderr}");
+    // The file's size is known: a percentage, and no escape codes (not a terminal).
+    assert!(lines.iter().any(|l| l.contains('%')), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    assert!(text(&out.stdout).contains("300000 written"));
+}

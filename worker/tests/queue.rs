@@ -674,6 +674,22 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
         missing.display()
     ))
     .await;
+    // A table read slowly (a view that sleeps 20 ms a row: ~8 s), for the live progress.
+    sqlx::raw_sql(
+        "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, 400) g;
+         CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
+         CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
+    )
+    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
+    .await
+    .unwrap();
+    lab.add_dataset(
+        "id: lento\nsource: {format: postgres, table: public.slow_events}\nconnection_id: catalog-db\n\
+         mode: complete\ntrigger: callback\nkey: [id]\n",
+    )
+    .await;
 
     // A dead job: one attempt on a missing file.
     let first = lab.start_worker("w1", &["--max-attempts", "1"]);
@@ -717,6 +733,7 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
             "ventas",
             "roto",
             &dead.run_id,
+            "lento",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -733,11 +750,12 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
             let _ = lines_tx.send(line);
         }
     });
-    lab.worker_env = vec![("CARGA_LOG_FORMAT", "json")];
+    // Small batches and frequent progress writes, so the slow run's progress moves visibly.
+    lab.worker_env = vec![("CARGA_LOG_FORMAT", "json"), ("CARGA_BATCH_ROWS", "10")];
     let mut done = None;
     while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(180), lines.recv()).await {
         if line == "START_WORKER" {
-            lab.start_worker("w2", &["--max-attempts", "1"]);
+            lab.start_worker("w2", &["--max-attempts", "1", "--progress-seconds", "0.3"]);
         } else if let Some(run_id) = line.strip_prefix("DONE ") {
             done = Some(run_id.to_owned());
         }

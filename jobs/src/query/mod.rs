@@ -10,6 +10,7 @@ pub use transform::SqlDialect;
 
 use std::sync::Arc;
 
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -45,8 +46,7 @@ pub fn session(
 /// A DataFusion error as Carga's: an error that started in Carga (a source's, carried through
 /// the plan) comes back as it was; anything else is a query error (validation: the SQL or the
 /// data it met is wrong).
-pub fn query_error(context: &str, error: datafusion::error::DataFusionError) -> JobError {
-    use datafusion::error::DataFusionError;
+pub fn query_error(context: &str, error: DataFusionError) -> JobError {
     let mut current: &DataFusionError = &error;
     loop {
         match current {
@@ -64,6 +64,27 @@ pub fn query_error(context: &str, error: datafusion::error::DataFusionError) -> 
     JobError::Query {
         context: context.to_owned(),
         message: error.strip_backtrace(),
+    }
+}
+
+/// A failed run plan as Carga's error: one of Carga's own (a source's, a step's, the writer's)
+/// comes back by value, anything else is the transform's query error.
+pub(crate) fn plan_error(error: DataFusionError) -> JobError {
+    match error {
+        DataFusionError::External(inner) => match inner.downcast::<JobError>() {
+            Ok(job) => *job,
+            Err(other) => query_error("transform", DataFusionError::External(other)),
+        },
+        DataFusionError::Context(context, inner) => match *inner {
+            DataFusionError::External(e) if e.is::<JobError>() => {
+                plan_error(DataFusionError::External(e))
+            }
+            other => query_error(
+                "transform",
+                DataFusionError::Context(context, Box::new(other)),
+            ),
+        },
+        other => query_error("transform", other),
     }
 }
 

@@ -16,20 +16,17 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::TaskContext;
+use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
-use futures::StreamExt;
 
 use super::{query_error, session};
 use crate::error::{JobError, Result};
 use crate::sources::SourceReader;
+use crate::sources::scan::OnePartition;
 
 /// The table name a transform reads from.
 pub const SOURCE_TABLE: &str = "source";
@@ -87,8 +84,9 @@ pub(crate) async fn apply_if_any(
     }
 }
 
-/// `reader`'s batches through the transform: the same reader, now yielding the query's output
-/// (and its schema); the source's own end (`finish`) is unchanged.
+/// `reader`'s batches through the transform: the same reader, now yielding the query's
+/// physical plan over them (and its schema), which the run plan then continues; the source's own
+/// end (`finish`) is unchanged.
 pub(crate) async fn apply(
     mut reader: SourceReader,
     sql: &str,
@@ -96,11 +94,7 @@ pub(crate) async fn apply(
 ) -> Result<SourceReader> {
     let ctx = session(None, memory_mib)?;
     let schema = reader.schema.clone();
-    let batches = reader.take_batches();
-    let partition = Arc::new(OnePartition {
-        schema: schema.clone(),
-        batches: Mutex::new(Some(batches)),
-    });
+    let partition = Arc::new(OnePartition::new(schema.clone(), reader.take_batches()));
     let table = StreamingTable::try_new(schema, vec![partition])
         .map_err(|e| query_error("transform", e))?;
     ctx.register_table(SOURCE_TABLE, Arc::new(table))
@@ -109,49 +103,12 @@ pub(crate) async fn apply(
         .sql(sql)
         .await
         .map_err(|e| query_error("transform", e))?;
-    let stream = frame
-        .execute_stream()
+    let plan = frame
+        .create_physical_plan()
         .await
         .map_err(|e| query_error("transform", e))?;
-    reader.set_plan_output(stream);
+    reader.set_plan(plan, ctx.task_ctx());
     Ok(reader)
-}
-
-/// The source's stream as the one partition of the `source` table (executed once).
-struct OnePartition {
-    schema: SchemaRef,
-    batches: Mutex<
-        Option<futures::stream::BoxStream<'static, Result<datafusion::arrow::array::RecordBatch>>>,
-    >,
-}
-
-impl std::fmt::Debug for OnePartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnePartition").finish_non_exhaustive()
-    }
-}
-
-impl PartitionStream for OnePartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let batches = self.batches.lock().expect("partition lock").take();
-        let stream = match batches {
-            // A source error keeps its kind through the plan (see `query_error`).
-            Some(batches) => batches
-                .map(|batch| batch.map_err(|e| DataFusionError::External(Box::new(e))))
-                .boxed(),
-            None => futures::stream::once(async {
-                Err(DataFusionError::Execution(
-                    "the source stream was read already".into(),
-                ))
-            })
-            .boxed(),
-        };
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
-    }
 }
 
 /// A table of the source's schema that records the filters DataFusion offers it.

@@ -34,7 +34,7 @@ pub(crate) fn read(
     opts: &CsvOptions,
     ctx: SourceOutput,
 ) -> Result<ReadStats> {
-    let raw = object.open_blocking(&ctx.runtime)?;
+    let raw = ctx.open_counted(object)?;
     let (input, detected) = utf8_input(raw, opts.encoding)
         .map_err(|e| JobError::io(format!("reading {}", ctx.location), e))?;
     let mut reader = csv::ReaderBuilder::new()

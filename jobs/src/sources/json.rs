@@ -40,7 +40,7 @@ pub(crate) fn read(
     opts: &JsonOptions,
     mut ctx: SourceOutput,
 ) -> Result<ReadStats> {
-    let raw = object.open_blocking(&ctx.runtime)?;
+    let raw = ctx.open_counted(object)?;
     let (input, _) = utf8_input(raw, Encoding::Utf8)
         .map_err(|e| JobError::io(format!("reading {}", ctx.location), e))?;
     let input = std::io::BufReader::with_capacity(1 << 20, input);

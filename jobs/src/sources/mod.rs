@@ -19,6 +19,7 @@ mod output;
 pub mod postgres;
 mod registry;
 pub mod rest;
+pub(crate) mod scan;
 mod table;
 mod text_input;
 
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use carga_config::DatasetSpec;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -39,9 +42,10 @@ use crate::secrets::ConnectionSecret;
 use crate::storage::SourceObject;
 use crate::validation::{ReadProgress, ReadStats};
 
+pub use listing::{ColumnInfo, TableInfo};
 pub use output::SourceOutput;
 pub use postgres::partition::Chunk;
-pub use registry::{SourceFactory, SourceRegistry};
+pub use registry::{SourceFactory, SourceRegistry, TableDiscovery};
 
 /// A source of rows for one dataset (one table of a multi-table spec).
 #[async_trait::async_trait]
@@ -133,69 +137,139 @@ impl TypeHints {
     }
 }
 
-/// A running source: its schema, and the batches as they are parsed (or as a SQL transform
-/// made them of the parsed ones).
+/// A running source: its schema, and the batches as they are parsed (or the plan a SQL
+/// transform made of them).
 pub struct SourceReader {
     pub schema: SchemaRef,
     batches: Batches,
+    end: ReaderEnd,
+}
+
+/// The reader's task, which says how the read ended once its batches are consumed.
+pub(crate) struct ReaderEnd {
     task: JoinHandle<Result<ReadStats>>,
     /// What is read, for the message if the reader stops unexpectedly.
     location: String,
 }
 
+impl ReaderEnd {
+    /// Waits for the reader and returns what it counted, or the error that stopped it.
+    pub(crate) async fn finish(self) -> Result<ReadStats> {
+        join(self.task, &self.location).await
+    }
+}
+
 enum Batches {
     /// Straight from the reader.
     Source(mpsc::Receiver<Result<RecordBatch>>),
-    /// The output of a DataFusion plan over them (`query::transform`).
-    Plan(datafusion::physical_plan::SendableRecordBatchStream),
+    /// A DataFusion plan over them (`query::transform`), not started yet.
+    Plan {
+        plan: Arc<dyn ExecutionPlan>,
+        task: Arc<TaskContext>,
+    },
+    /// The plan, started by `next_batch`.
+    Running(datafusion::physical_plan::SendableRecordBatchStream),
     /// Handed over (to a plan) and not replaced yet.
     Taken,
 }
 
 impl SourceReader {
+    /// The next batch, for a caller that looks at a few (a preview); a run executes the reader
+    /// as part of its plan (`into_plan`).
     pub async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
         use futures::StreamExt;
+        if let Batches::Plan { plan, task } = &self.batches {
+            match datafusion::physical_plan::execute_stream(plan.clone(), task.clone()) {
+                Ok(stream) => self.batches = Batches::Running(stream),
+                Err(e) => {
+                    self.batches = Batches::Taken;
+                    return Some(Err(crate::query::plan_error(e)));
+                }
+            }
+        }
         match &mut self.batches {
             Batches::Source(batches) => batches.recv().await,
-            Batches::Plan(stream) => stream
+            Batches::Running(stream) => stream
                 .next()
                 .await
-                .map(|batch| batch.map_err(|e| crate::query::query_error("transform", e))),
-            Batches::Taken => None,
+                .map(|batch| batch.map_err(crate::query::plan_error)),
+            Batches::Plan { .. } | Batches::Taken => None,
         }
     }
 
-    /// The source's batches as a stream, for a plan to read from (`set_plan_output` then says
-    /// what this reader yields).
+    /// The source's batches as a stream, for a plan to read from (`set_plan` then says what
+    /// this reader yields).
     pub(crate) fn take_batches(
         &mut self,
     ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
         use futures::StreamExt;
         match std::mem::replace(&mut self.batches, Batches::Taken) {
-            Batches::Source(receiver) => futures::stream::unfold(receiver, |mut receiver| async {
-                receiver.recv().await.map(|batch| (batch, receiver))
-            })
-            .boxed(),
-            Batches::Plan(stream) => stream
-                .map(|batch| batch.map_err(|e| crate::query::query_error("transform", e)))
-                .boxed(),
+            Batches::Source(receiver) => receiver_stream(receiver),
+            Batches::Plan { plan, task } => {
+                match datafusion::physical_plan::execute_stream(plan, task) {
+                    Ok(stream) => stream.map(|b| b.map_err(crate::query::plan_error)).boxed(),
+                    Err(e) => {
+                        futures::stream::once(async move { Err(crate::query::plan_error(e)) })
+                            .boxed()
+                    }
+                }
+            }
+            Batches::Running(stream) => stream.map(|b| b.map_err(crate::query::plan_error)).boxed(),
             Batches::Taken => futures::stream::empty().boxed(),
         }
     }
 
-    pub(crate) fn set_plan_output(
-        &mut self,
-        stream: datafusion::physical_plan::SendableRecordBatchStream,
-    ) {
-        self.schema = stream.schema();
-        self.batches = Batches::Plan(stream);
+    /// From now on the reader yields what `plan` makes of its batches.
+    pub(crate) fn set_plan(&mut self, plan: Arc<dyn ExecutionPlan>, task: Arc<TaskContext>) {
+        self.schema = plan.schema();
+        self.batches = Batches::Plan { plan, task };
+    }
+
+    /// The reader as the leaf of a run plan (one partition): the transform's plan, or a scan of
+    /// the source's batches; and its end, to learn how the read finished.
+    pub(crate) fn into_plan(
+        mut self,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>, ReaderEnd)> {
+        use datafusion::physical_plan::ExecutionPlanProperties;
+        let (plan, task) = match std::mem::replace(&mut self.batches, Batches::Taken) {
+            Batches::Plan { plan, task } if plan.output_partitioning().partition_count() == 1 => {
+                (plan, task)
+            }
+            Batches::Plan { plan, task } => {
+                let plan: Arc<dyn ExecutionPlan> = Arc::new(
+                    datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(
+                        plan,
+                    ),
+                );
+                (plan, task)
+            }
+            other => {
+                self.batches = other;
+                let batches = self.take_batches();
+                (
+                    scan::scan(self.schema.clone(), batches)?,
+                    Arc::new(TaskContext::default()),
+                )
+            }
+        };
+        Ok((plan, task, self.end))
     }
 
     /// Waits for the reader thread and returns what it counted, or the error that stopped it.
     pub async fn finish(self) -> Result<ReadStats> {
         drop(self.batches);
-        join(self.task, &self.location).await
+        self.end.finish().await
     }
+}
+
+fn receiver_stream(
+    receiver: mpsc::Receiver<Result<RecordBatch>>,
+) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+    use futures::StreamExt;
+    futures::stream::unfold(receiver, |mut receiver| async {
+        receiver.recv().await.map(|batch| (batch, receiver))
+    })
+    .boxed()
 }
 
 /// The reader's result. A reader that panicked is a bug in Carga, not bad input: an internal
@@ -313,8 +387,7 @@ pub async fn open(
         Ok(schema) => Ok(SourceReader {
             schema,
             batches: Batches::Source(batches),
-            task,
-            location,
+            end: ReaderEnd { task, location },
         }),
         // The reader ended before it knew the schema: its result says why.
         Err(_) => match join(task, &location).await {

@@ -2,6 +2,7 @@
 //! channel (so a slow destination slows the reader instead of filling memory), and rows it
 //! could not use, through the dataset's malformed-row policy.
 
+use std::io::{BufRead, Read};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -11,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::TypeHints;
 use crate::error::{JobError, Result};
+use crate::storage::SourceObject;
 use crate::validation::{ReadProgress, ReadStats};
 
 /// The reading side of a run, handed to [`super::Source::read`].
@@ -29,7 +31,51 @@ pub struct SourceOutput {
     pub(crate) runtime: tokio::runtime::Handle,
 }
 
+/// A file's bytes as its parser consumes them, counted into the run's progress.
+struct Counted {
+    inner: Box<dyn BufRead + Send>,
+    progress: Arc<ReadProgress>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.consumed(n as u64);
+        Ok(n)
+    }
+}
+
+impl BufRead for Counted {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.progress.consumed(amount as u64);
+        self.inner.consume(amount);
+    }
+}
+
 impl SourceOutput {
+    /// A file source's bytes for a streaming parser (on the reader's blocking thread), counted
+    /// into the run's progress against the file's size where the store knows it.
+    pub(crate) fn open_counted(&self, object: &SourceObject) -> Result<Box<dyn BufRead + Send>> {
+        if let Some(size) = object.size_blocking(&self.runtime) {
+            self.progress.expect_bytes(size);
+        }
+        let inner = object.open_blocking(&self.runtime)?;
+        Ok(Box::new(Counted {
+            inner,
+            progress: self.progress.clone(),
+        }))
+    }
+
+    /// Where the source tells how many rows it holds (a catalog's estimate): live progress shows
+    /// a percentage and an end time against it.
+    pub fn expect_rows(&self, rows: u64) {
+        self.progress.expect_rows(rows);
+    }
+
     /// Rows per batch the pipeline expects (a source may send fewer).
     pub fn batch_rows(&self) -> usize {
         self.batch_rows

@@ -9,6 +9,7 @@ use carga_config::{ColumnarSource, DatasetSpec, SourceFormat, SourceSpec};
 use super::FileSource;
 use super::Source;
 use super::columnar::{Columnar, ColumnarFile};
+use super::listing::TableInfo;
 use super::mongodb::MongoCollection;
 use super::mssql::MssqlTable;
 use super::mysql::MysqlTable;
@@ -16,6 +17,7 @@ use super::postgres::PostgresTable;
 use super::rest::RestApi;
 use crate::access::AccessPolicy;
 use crate::error::{JobError, Result};
+use crate::secrets::ConnectionSecret;
 
 /// Builds the source of a spec whose `source.format` it was registered under.
 pub trait SourceFactory: Send + Sync {
@@ -23,6 +25,23 @@ pub trait SourceFactory: Send + Sync {
     /// ones that do not belong (with `JobError::Refused`) rather than ignoring them. Files are
     /// read only through `policy` (data roots, network policy).
     fn build(&self, spec: &DatasetSpec, policy: &AccessPolicy) -> Result<Arc<dyn Source>>;
+
+    /// How a connection of this format lists its tables (`carga discover`), if it can.
+    fn discovery(&self) -> Option<Arc<dyn TableDiscovery>> {
+        None
+    }
+}
+
+/// What a connection says about its tables when asked: names, columns with the Arrow type the
+/// source would write, keys and sizes.
+#[async_trait::async_trait]
+pub trait TableDiscovery: Send + Sync {
+    /// The tables of the connection, optionally of one schema (database, for MySQL and MongoDB).
+    async fn discover(
+        &self,
+        secret: &ConnectionSecret,
+        schema: Option<&str>,
+    ) -> Result<Vec<TableInfo>>;
 }
 
 /// The sources a process can read: the built-in ones and the registered ones.
@@ -70,6 +89,43 @@ impl SourceRegistry {
         })
     }
 
+    /// Asks the source of `format` (a built-in name or a registered one) for the tables of the
+    /// connection `secret` opens.
+    pub async fn discover(
+        &self,
+        format: &str,
+        secret: &ConnectionSecret,
+        schema: Option<&str>,
+    ) -> Result<Vec<TableInfo>> {
+        match SourceFormat::from_name(format) {
+            Some(SourceFormat::Postgres) => {
+                super::postgres::discover::discover(secret, schema).await
+            }
+            Some(SourceFormat::Mysql) => super::mysql::discover::discover(secret, schema).await,
+            Some(SourceFormat::Mssql) => super::mssql::discover(secret, schema).await,
+            Some(SourceFormat::Mongodb) => super::mongodb::discover(secret, schema).await,
+            Some(other) => Err(not_discoverable(other.name())),
+            None => match self.registered.get(format).map(|f| f.discovery()) {
+                Some(Some(discovery)) => discovery.discover(secret, schema).await,
+                Some(None) => Err(not_discoverable(format)),
+                None => Err(JobError::Refused {
+                    dataset: "discover".into(),
+                    message: format!(
+                        "'{format}' is not a source this program reads (formats: {})",
+                        self.formats().join(", ")
+                    ),
+                }),
+            },
+        }
+    }
+
+    /// Every format this registry reads, built-in first.
+    pub fn formats(&self) -> Vec<&str> {
+        let mut known: Vec<&str> = SourceFormat::ALL.iter().map(|f| f.name()).collect();
+        known.extend(self.registered.keys().map(String::as_str));
+        known
+    }
+
     /// Refuses a spec whose format nobody here reads (a misspelt `format` parses as a plugin's
     /// until a registry says no), before anything runs.
     pub fn check_format(&self, spec: &DatasetSpec) -> Result<()> {
@@ -82,15 +138,23 @@ impl SourceRegistry {
     }
 
     fn unknown(&self, spec: &DatasetSpec, format: &str) -> JobError {
-        let mut known: Vec<&str> = SourceFormat::ALL.iter().map(|f| f.name()).collect();
-        known.extend(self.registered.keys().map(String::as_str));
         JobError::Refused {
             dataset: spec.id.clone(),
             message: format!(
                 "source.format '{format}' is not a source this program reads (formats: {})",
-                known.join(", ")
+                self.formats().join(", ")
             ),
         }
+    }
+}
+
+/// A source that reads files or an API has no tables to list.
+fn not_discoverable(format: &str) -> JobError {
+    JobError::Refused {
+        dataset: "discover".into(),
+        message: format!(
+            "a {format} source has no tables to list (discover works on database connections)"
+        ),
     }
 }
 

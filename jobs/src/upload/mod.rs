@@ -30,9 +30,9 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::bucket::Bucket;
 use crate::encryption::{Encryptor, FRAME_BYTES, FrameOpener, FrameSealer, FrameSplitter};
 use crate::error::JobError;
-use crate::storage::Bucket;
 
 /// How a dataset spec names an upload: `location: upload://<id>`.
 pub const UPLOAD_SCHEME: &str = "upload://";

@@ -371,13 +371,10 @@ async fn discovery_lists_collections_with_inferred_fields() {
         "mongo",
         [("url".to_string(), json!(url()))].into(),
     );
-    let tables = carga_jobs::discovery::discover(
-        carga_config::SourceFormat::Mongodb,
-        &secret,
-        Some(DATABASE),
-    )
-    .await
-    .unwrap();
+    let tables = carga_jobs::sources::SourceRegistry::default()
+        .discover("mongodb", &secret, Some(DATABASE))
+        .await
+        .unwrap();
     let disc = tables.iter().find(|t| t.name == "disc").unwrap();
     assert_eq!(disc.schema, DATABASE);
     assert_eq!(disc.primary_key, ["_id"]);

@@ -82,10 +82,10 @@ async fn discovery_lists_tables_columns_and_primary_keys() {
     .await;
     let secret =
         carga_jobs::secrets::ConnectionSecret::new("ms", [("url".to_string(), json!(ado))].into());
-    let tables =
-        carga_jobs::discovery::discover(carga_config::SourceFormat::Mssql, &secret, Some("dbo"))
-            .await
-            .unwrap();
+    let tables = carga_jobs::sources::SourceRegistry::default()
+        .discover("mssql", &secret, Some("dbo"))
+        .await
+        .unwrap();
     let table = tables.iter().find(|t| t.name == "carga_disc").unwrap();
     assert_eq!(table.primary_key, ["line", "id"]);
     let id = table.columns.iter().find(|c| c.name == "id").unwrap();

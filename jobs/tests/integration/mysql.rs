@@ -232,10 +232,10 @@ async fn discovery_lists_tables_columns_types_and_primary_keys() {
         "my",
         [("url".to_string(), json!(url()))].into(),
     );
-    let tables =
-        carga_jobs::discovery::discover(carga_config::SourceFormat::Mysql, &secret, Some("test"))
-            .await
-            .unwrap();
+    let tables = carga_jobs::sources::SourceRegistry::default()
+        .discover("mariadb", &secret, Some("test"))
+        .await
+        .unwrap();
     let table = tables.iter().find(|t| t.name == "carga_disc").unwrap();
     assert_eq!(table.primary_key, ["line", "id"]);
     let id = table.columns.iter().find(|c| c.name == "id").unwrap();

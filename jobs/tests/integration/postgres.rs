@@ -578,13 +578,10 @@ async fn discovery_lists_tables_columns_types_and_primary_keys() {
         "pg",
         [("url".to_string(), json!(url()))].into(),
     );
-    let tables = carga_jobs::discovery::discover(
-        carga_config::SourceFormat::Postgres,
-        &secret,
-        Some("carga_disc"),
-    )
-    .await
-    .unwrap();
+    let tables = carga_jobs::sources::SourceRegistry::default()
+        .discover("postgres", &secret, Some("carga_disc"))
+        .await
+        .unwrap();
     let names: Vec<(&str, &str)> = tables
         .iter()
         .map(|t| (t.name.as_str(), t.kind.as_str()))

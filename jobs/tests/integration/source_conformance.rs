@@ -13,7 +13,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use carga_config::{DatasetSpec, SourceSpec};
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::error::{JobError, Result};
-use carga_jobs::sources::{Source, SourceAccess, SourceFactory, SourceOutput, SourceRegistry};
+use carga_jobs::secrets::ConnectionSecret;
+use carga_jobs::sources::{
+    ColumnInfo, Source, SourceAccess, SourceFactory, SourceOutput, SourceRegistry, TableDiscovery,
+    TableInfo,
+};
 use carga_jobs::validation::ReadStats;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -425,6 +429,47 @@ async fn a_format_nobody_registered_is_refused_with_the_known_ones() {
     assert!(taken.is_err(), "a built-in format name was taken");
 }
 
+#[tokio::test]
+async fn discovery_is_asked_of_the_source_registered_for_the_format() {
+    let mut sources = SourceRegistry::default();
+    sources
+        .register(
+            "memory",
+            Arc::new(MemoryFactory {
+                rows: Arc::default(),
+            }),
+        )
+        .unwrap();
+    let secret = ConnectionSecret::new("m", Default::default());
+    let tables = sources
+        .discover("memory", &secret, Some("s"))
+        .await
+        .unwrap();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(
+        (tables[0].schema.as_str(), tables[0].name.as_str()),
+        ("s", "orders")
+    );
+    assert_eq!(tables[0].primary_key, ["id"]);
+    assert_eq!(tables[0].columns.len(), 3);
+    // A file source has no tables; a format nobody reads says which ones exist.
+    let csv = sources
+        .discover("csv", &secret, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(csv.contains("no tables to list"), "{csv}");
+    let unknown = sources
+        .discover("kafka", &secret, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unknown.contains("'kafka'") && unknown.contains("memory"),
+        "{unknown}"
+    );
+}
+
 /// A source as an embedding program writes one: rows held in memory, its options checked.
 struct MemoryFactory {
     rows: Arc<Mutex<Vec<Row>>>,
@@ -444,6 +489,39 @@ impl SourceFactory for MemoryFactory {
         Ok(Arc::new(MemoryTable {
             rows: self.rows.lock().unwrap().clone(),
         }))
+    }
+
+    fn discovery(&self) -> Option<Arc<dyn TableDiscovery>> {
+        Some(Arc::new(MemoryCatalog))
+    }
+}
+
+/// The registered source's answer to `carga discover`: its one table.
+struct MemoryCatalog;
+
+#[async_trait::async_trait]
+impl TableDiscovery for MemoryCatalog {
+    async fn discover(
+        &self,
+        _secret: &ConnectionSecret,
+        schema: Option<&str>,
+    ) -> Result<Vec<TableInfo>> {
+        Ok(vec![TableInfo {
+            schema: schema.unwrap_or("memory").into(),
+            name: "orders".into(),
+            kind: "table".into(),
+            estimated_rows: None,
+            primary_key: vec!["id".into()],
+            columns: memory_schema()
+                .fields()
+                .iter()
+                .map(|f| ColumnInfo {
+                    name: f.name().clone(),
+                    declared: f.data_type().to_string(),
+                    arrow: f.data_type().to_string(),
+                })
+                .collect(),
+        }])
     }
 }
 

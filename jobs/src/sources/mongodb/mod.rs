@@ -123,6 +123,12 @@ async fn read(
         };
     }
     ctx.announce_schema(schema.clone());
+    // A whole-collection read shows its progress against the server's count from metadata.
+    if filter.is_empty()
+        && let Ok(count) = collection.estimated_document_count().await
+    {
+        ctx.expect_rows(count);
+    }
 
     let mut batcher = Batcher::new(schema, &ctx)?;
     let mut stats = ReadStats::default();

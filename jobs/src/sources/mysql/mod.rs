@@ -3,6 +3,7 @@
 //! whose values are cast exactly into Arrow. Delta runs bind the watermark into user variables
 //! (no value is ever spliced into SQL) and compare `(ts, key) > (...)` on the server.
 
+pub(crate) mod discover;
 pub mod types;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //! `(ts, key) > (watermark)`, so only new rows leave the server.
 
 mod copy_binary;
+pub(crate) mod discover;
 pub mod partition;
 pub mod types;
 
@@ -139,6 +140,19 @@ async fn read(
     let columns = table_columns(&mut conn, &table)
         .await
         .map_err(|e| db_error("reading the table's columns", e))?;
+    // A whole-table read shows its progress against the planner's row estimate.
+    if floor.is_none() && access.pushed_filter.is_none() && !access.schema_only {
+        let estimate: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN reltuples > 0 THEN reltuples::int8 END FROM pg_class WHERE oid = $1::regclass",
+        )
+        .bind(&qualified)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| db_error("reading the table's row estimate", e))?;
+        if let Some(rows) = estimate {
+            ctx.expect_rows(rows as u64);
+        }
+    }
     let plans = select_columns(spec, &columns)
         .map_err(|m| ctx.bad_input(m))?
         .iter()
