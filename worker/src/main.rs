@@ -271,7 +271,7 @@ fn default_log_filter(command: &Command) -> &'static str {
 }
 
 const SERVICE_LOG_FILTER: &str =
-    "warn,carga_worker=info,carga_jobs=info,carga_scheduler=info,carga_api=info";
+    "warn,carga=info,carga_jobs=info,carga_scheduler=info,carga_api=info";
 
 /// 2 when the settings, a spec or a flag's value is wrong (nothing ran); 1 when the work failed.
 fn exit_code(error: &anyhow::Error) -> u8 {

@@ -25,6 +25,10 @@ struct Embedded {
     starts: usize,
     /// How jobs are retried (`carga serve`'s job flags).
     retry_args: Vec<&'static str>,
+    /// Whether never-run datasets run at start (off: the tests trigger what they follow).
+    initial_runs: bool,
+    /// `RUST_LOG`, or the binary's own default when `None`.
+    log_filter: Option<&'static str>,
 }
 
 impl Embedded {
@@ -43,6 +47,8 @@ impl Embedded {
             process: None,
             starts: 0,
             retry_args: vec!["--max-attempts", "2", "--backoff-seconds", "0.2"],
+            initial_runs: false,
+            log_filter: Some("info"),
         }
     }
 
@@ -76,13 +82,15 @@ impl Embedded {
             .args(["--lock-ttl-seconds", "2", "--lock-wait-seconds", "20"])
             .args(&self.retry_args)
             .args(["--refresh-seconds", "1"])
+            .args(["--initial-runs", &self.initial_runs.to_string()])
             .current_dir(self.dir.path())
             .env("CARGA_BUCKET", self.path("bucket"))
             .env("CARGA_KEY_FILE", self.path("keys.json"))
             .env("CARGA_SECRETS_FILE", self.path("secrets.json"))
             // The slow REST source is a listener on loopback: tests opt in to private networks.
             .env("CARGA_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
+            .envs(self.log_filter.map(|filter| ("RUST_LOG", filter)))
             .env_remove("CARGA_SETTINGS")
             .env_remove("CARGA_AMQP_URL")
             .stdout(out)
@@ -415,6 +423,55 @@ async fn a_bad_spec_stops_the_start_with_the_file_and_the_reason() {
     let logs = carga.logs();
     assert!(logs.contains("late.yaml"), "{logs}");
     assert!(logs.contains("not a cron"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_that_never_ran_runs_once_at_start_and_not_again_after_a_restart() {
+    let mut carga = Embedded::new();
+    carga.initial_runs = true;
+    carga.log_filter = None;
+    std::fs::write(carga.path("specs/clientes.csv"), "id,name\n1,ana\n2,bea\n").unwrap();
+    carga.add_spec(
+        "clientes",
+        "id: clientes\nsource: {format: csv, location: clientes.csv}\nmode: complete\ntrigger: callback\n",
+    );
+    carga.start();
+    carga.wait_until_ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let (_, runs) = carga
+            .call(reqwest::Method::GET, "/datasets/clientes/runs")
+            .await;
+        if let Some(run) = runs
+            .as_array()
+            .and_then(|runs| runs.iter().find(|r| r["state"] == "succeeded"))
+        {
+            break run.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no initial run of 'clientes': {runs}\n{}",
+            carga.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(first["rows_written"], 2);
+    assert_eq!(first["requested_by"], "carga-serve (initial run)");
+    // Services say what each job did at the default level (no RUST_LOG).
+    let logs = carga.logs();
+    assert!(
+        logs.contains("initial run queued") && logs.contains("job succeeded"),
+        "{logs}"
+    );
+
+    assert_eq!(carga.stop().code(), Some(0));
+    carga.start();
+    carga.wait_until_ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, runs) = carga
+        .call(reqwest::Method::GET, "/datasets/clientes/runs")
+        .await;
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
