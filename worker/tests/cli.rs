@@ -36,6 +36,22 @@ fn workspace() -> tempfile::TempDir {
     dir
 }
 
+/// A folder with `big.csv` (`rows` rows of ~50 bytes) and its spec `big.yaml`.
+fn big_dataset(rows: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,payload\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{i},row-{i}-{}\n", "x".repeat(40)));
+    }
+    std::fs::write(dir.path().join("big.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("big.yaml"),
+        "id: big\nsource: {format: csv, location: big.csv}\ntrigger: callback\n",
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 fn readme_first_command_runs_the_sample_and_says_where_the_output_went() {
     let dir = workspace();
@@ -204,17 +220,7 @@ fn json_logs_carry_the_run_id_and_never_the_key() {
 
 #[test]
 fn a_run_killed_mid_write_commits_nothing_and_the_next_run_is_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("id,payload\n");
-    for i in 0..400_000 {
-        csv.push_str(&format!("{i},row-{i}-{}\n", "x".repeat(40)));
-    }
-    std::fs::write(dir.path().join("big.csv"), csv).unwrap();
-    std::fs::write(
-        dir.path().join("big.yaml"),
-        "id: big\nsource: {format: csv, location: big.csv}\ntrigger: callback\n",
-    )
-    .unwrap();
+    let dir = big_dataset(400_000);
     let manifests = dir.path().join(".carga/bucket/raw/big/_manifests");
     let count_manifests = || {
         std::fs::read_dir(&manifests)
@@ -360,17 +366,7 @@ fn logs_to_a_pipe_are_plain_text_and_say_when_a_run_starts_and_commits() {
 
 #[test]
 fn a_run_through_a_pipe_prints_plain_progress_lines_while_it_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("id,payload\n");
-    for i in 0..300_000 {
-        csv.push_str(&format!("{i},row-{i}-{}\n", "x".repeat(40)));
-    }
-    std::fs::write(dir.path().join("big.csv"), csv).unwrap();
-    std::fs::write(
-        dir.path().join("big.yaml"),
-        "id: big\nsource: {format: csv, location: big.csv}\ntrigger: callback\n",
-    )
-    .unwrap();
+    let dir = big_dataset(300_000);
     // A line every 20 ms: a run of 300,000 rows takes longer than that even in release builds.
     let out = carga(
         dir.path(),

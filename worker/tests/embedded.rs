@@ -185,6 +185,28 @@ impl Embedded {
         }
     }
 
+    /// The dataset's first succeeded run, waited for (30 s at most) without triggering it.
+    async fn first_success(&self, dataset: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, runs) = self
+                .call(reqwest::Method::GET, &format!("/datasets/{dataset}/runs"))
+                .await;
+            if let Some(run) = runs
+                .as_array()
+                .and_then(|runs| runs.iter().find(|r| r["state"] == "succeeded"))
+            {
+                return run.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no run of '{dataset}' succeeded: {runs}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn trigger(&self, dataset: &str) -> String {
         let (status, body) = self
             .call(reqwest::Method::POST, &format!("/datasets/{dataset}/runs"))
@@ -291,24 +313,7 @@ async fn the_embedded_service_schedules_triggers_recovers_a_killed_job_and_stops
     carga.wait_until_ready().await;
 
     // The cron fires and the scheduled run commits, with no server anywhere.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let scheduled = loop {
-        let (_, runs) = carga
-            .call(reqwest::Method::GET, "/datasets/orders/runs")
-            .await;
-        if let Some(run) = runs
-            .as_array()
-            .and_then(|runs| runs.iter().find(|r| r["state"] == "succeeded"))
-        {
-            break run.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no scheduled run of 'orders' succeeded: {runs}\n{}",
-            carga.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let scheduled = carga.first_success("orders").await;
     assert_eq!(scheduled["reason"], "schedule");
     assert_eq!(scheduled["rows_written"], 120);
     assert!(scheduled["scheduled_for"].is_string());
@@ -437,24 +442,7 @@ async fn a_dataset_that_never_ran_runs_once_at_start_and_not_again_after_a_resta
     );
     carga.start();
     carga.wait_until_ready().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let (_, runs) = carga
-            .call(reqwest::Method::GET, "/datasets/clientes/runs")
-            .await;
-        if let Some(run) = runs
-            .as_array()
-            .and_then(|runs| runs.iter().find(|r| r["state"] == "succeeded"))
-        {
-            break run.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no initial run of 'clientes': {runs}\n{}",
-            carga.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let first = carga.first_success("clientes").await;
     assert_eq!(first["rows_written"], 2);
     assert_eq!(first["requested_by"], "carga-serve (initial run)");
     // Services say what each job did at the default level (no RUST_LOG).

@@ -134,6 +134,21 @@ impl Lab {
     }
 
     /// Starts a `carga worker` process.
+    /// `public.slow_events`: `rows` rows of a view that sleeps 20 ms a row, in the catalog's
+    /// database (which the `catalog-db` connection reads).
+    async fn create_slow_view(&self, rows: u32) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
+             INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, {rows}) g;
+             CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
+                 AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
+             CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;"
+        )))
+        .execute(self.catalog.postgres_pool().expect("a PostgreSQL catalog"))
+        .await
+        .unwrap();
+    }
+
     fn start_worker(&mut self, name: &str, extra: &[&str]) -> usize {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_carga"))
@@ -505,17 +520,8 @@ async fn a_worker_killed_mid_job_is_replaced_and_nothing_is_written_twice() {
         return;
     }
     let mut lab = Lab::new("kill").await;
-    // A table read slowly: a view that sleeps 20 ms a row, so the run lasts ~6 s.
-    sqlx::raw_sql(
-        "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
-         INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, 300) g;
-         CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
-             AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
-         CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
-    )
-    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
-    .await
-    .unwrap();
+    // A table read slowly, so the run lasts ~6 s.
+    lab.create_slow_view(300).await;
     lab.add_dataset(
         "id: slow\nsource: {format: postgres, table: public.slow_events}\nconnection_id: catalog-db\n\
          mode: complete\ntrigger: callback\nkey: [id]\n",
@@ -674,17 +680,8 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
         missing.display()
     ))
     .await;
-    // A table read slowly (a view that sleeps 20 ms a row: ~8 s), for the live progress.
-    sqlx::raw_sql(
-        "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
-         INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, 400) g;
-         CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
-             AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
-         CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
-    )
-    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
-    .await
-    .unwrap();
+    // A table read slowly (~8 s), for the live progress.
+    lab.create_slow_view(400).await;
     lab.add_dataset(
         "id: lento\nsource: {format: postgres, table: public.slow_events}\nconnection_id: catalog-db\n\
          mode: complete\ntrigger: callback\nkey: [id]\n",
@@ -1013,16 +1010,7 @@ async fn twenty_runs_survive_a_redis_restart_and_a_killed_worker() {
     let mut redis = OwnRedis::start();
     let mut lab = Lab::with_redis("faults", &redis.url()).await;
     // A source that takes about a second a run: 50 rows, 20 ms each.
-    sqlx::raw_sql(
-        "CREATE TABLE events (id BIGINT PRIMARY KEY, v TEXT);
-         INSERT INTO events SELECT g, 'v' || g FROM generate_series(1, 50) g;
-         CREATE FUNCTION slowly(i BIGINT) RETURNS BIGINT VOLATILE LANGUAGE plpgsql
-             AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN i; END $$;
-         CREATE VIEW slow_events AS SELECT slowly(e.id) AS id, e.v FROM events e;",
-    )
-    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
-    .await
-    .unwrap();
+    lab.create_slow_view(50).await;
     let mut jobs = Vec::new();
     for i in 0..20 {
         lab.add_dataset(&format!(
