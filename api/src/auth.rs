@@ -60,6 +60,10 @@ pub enum Action {
     TestConnection,
     /// Upload a file for a dataset (an editor and up; each their own uploads).
     Upload,
+    /// Subscribe, change or delete webhooks (their secrets are written here).
+    ManageWebhooks,
+    /// Read the webhook subscriptions and their delivery log.
+    ReadWebhooks,
 }
 
 impl Action {
@@ -76,8 +80,12 @@ impl Action {
             | Action::Upload => {
                 matches!(role, Editor | Approver | Admin)
             }
-            Action::KillJob | Action::Sql => matches!(role, Approver | Admin),
-            Action::Delete | Action::ReadAudit | Action::DeleteJob => role == Admin,
+            Action::KillJob | Action::Sql | Action::ReadWebhooks => {
+                matches!(role, Approver | Admin)
+            }
+            Action::Delete | Action::ReadAudit | Action::DeleteJob | Action::ManageWebhooks => {
+                role == Admin
+            }
         }
     }
 
@@ -97,6 +105,8 @@ impl Action {
             Action::WriteConnection => "write_connection",
             Action::TestConnection => "test_connection",
             Action::Upload => "upload",
+            Action::ManageWebhooks => "manage_webhooks",
+            Action::ReadWebhooks => "read_webhooks",
         }
     }
 }
@@ -122,6 +132,8 @@ mod tests {
             (Action::WriteConnection, [false, true, false, true]),
             (Action::TestConnection, [false, true, true, true]),
             (Action::Upload, [false, true, true, true]),
+            (Action::ManageWebhooks, [false, false, false, true]),
+            (Action::ReadWebhooks, [false, false, true, true]),
         ];
         let roles = [Role::Viewer, Role::Editor, Role::Approver, Role::Admin];
         for (action, allowed) in expect {

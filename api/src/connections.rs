@@ -13,28 +13,63 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use carga_jobs::connections::{self, ConnectionKind, ConnectionProfile};
 use carga_jobs::secrets::Stored;
 use carga_scheduler::catalog::ConnectionRecord;
 use serde_json::{Value, json};
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::auth::{Action, Role};
+use crate::problem::Problem;
 use crate::{ApiError, ApiResult, ApiState, Caller, audit_detail, authorize};
 
-pub(crate) fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/connections", get(list))
-        .route(
-            "/connections/{id}",
-            get(show).put(put).delete(delete_connection),
-        )
-        .route("/connections/{id}/test", post(test))
-        .route("/security/store", post(security_store))
+pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, put, delete_connection))
+        .routes(routes!(test))
+        .routes(routes!(security_store))
+}
+
+/// The connections in the store, as `GET /connections` answers.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the answer in the OpenAPI document only
+struct ConnectionList {
+    connections: Vec<ConnectionRecord>,
+}
+
+/// A connection as a body, as `parse_body` reads it (described here for the OpenAPI document;
+/// the body is parsed by hand so that no error can quote a value).
+#[derive(utoipa::ToSchema)]
+#[schema(as = ConnectionBody)]
+#[allow(dead_code)] // describes the body in the OpenAPI document only
+struct ConnectionBodyDoc {
+    /// `postgres`, `mysql`, `mariadb`, `sqlserver`, `mongodb`, `rest`, ...
+    #[schema(rename = "type")]
+    kind: String,
+    /// The connection's fields (host, port, user, password, url, token, ...): written to the
+    /// secrets provider, never shown again.
+    #[schema(value_type = Object)]
+    fields: (),
+}
+
+/// The seed's `/security/store` body: a connection with its id.
+#[derive(utoipa::ToSchema)]
+#[schema(as = SecurityStoreBody)]
+#[allow(dead_code)] // describes the body in the OpenAPI document only
+struct SecurityStoreDoc {
+    #[schema(rename = "connectionId")]
+    connection_id: String,
+    #[schema(rename = "type")]
+    kind: String,
+    #[schema(value_type = Object)]
+    fields: (),
 }
 
 /// A connection as a body: `{"type": "postgres", "fields": {"host": …, "password": …}}`.
@@ -120,6 +155,9 @@ fn not_owner(id: &str, record: &ConnectionRecord) -> String {
     )
 }
 
+/// What the store holds: kinds, hosts and field names, never a value.
+#[utoipa::path(get, path = "/connections", tag = "connections",
+    responses((status = 200, description = "`{\"connections\": [...]}`", body = ConnectionList)))]
 async fn list(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -134,6 +172,12 @@ async fn list(
     Ok(Json(json!({ "connections": records })).into_response())
 }
 
+/// One connection (never a value) and the datasets that use it (`used_by`).
+#[utoipa::path(get, path = "/connections/{id}", tag = "connections", params(("id" = String, Path, description = "The connection's id")),
+    responses(
+        (status = 200, description = "The connection, and `used_by`: the datasets naming it", body = ConnectionRecord),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn show(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -166,6 +210,16 @@ fn not_in_store(id: &str) -> ApiError {
     )
 }
 
+/// Writes a connection (every field; there is no merge). An editor writes only their own.
+#[utoipa::path(put, path = "/connections/{id}", tag = "connections", params(("id" = String, Path, description = "The connection's id")),
+    request_body(content = ConnectionBodyDoc, description = "The connection's kind and every field"),
+    responses(
+        (status = 200, description = "Replaced", body = ConnectionRecord),
+        (status = 201, description = "Created", body = ConnectionRecord),
+        (status = 409, description = "Created by someone else just now, or a secret of that name exists outside the store", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid connection; the detail never quotes a value", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The secrets provider refused the write", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn put(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -192,6 +246,14 @@ async fn put(
 }
 
 /// The seed's endpoint: `POST /security/store` with `connectionId` in the body.
+#[utoipa::path(post, path = "/security/store", tag = "connections",
+    request_body(content = SecurityStoreDoc, description = "The seed's body: `connectionId`, the kind and every field"),
+    responses(
+        (status = 200, description = "Replaced", body = ConnectionRecord),
+        (status = 201, description = "Created", body = ConnectionRecord),
+        (status = 409, description = "Created by someone else just now, or a secret of that name exists outside the store", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid connection; the detail never quotes a value", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn security_store(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -333,6 +395,12 @@ fn describe(id: &str, profile: &ConnectionProfile) -> String {
 }
 
 /// Deletes a connection no dataset uses (one in use is refused, naming the datasets).
+#[utoipa::path(delete, path = "/connections/{id}", tag = "connections", params(("id" = String, Path, description = "The connection's id")),
+    responses(
+        (status = 204, description = "Deleted, with its secret"),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Datasets use it; the detail names them", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn delete_connection(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -409,6 +477,13 @@ async fn delete_connection(
 }
 
 /// Logs in with a stored connection (databases) or reaches its hosts (REST).
+#[utoipa::path(post, path = "/connections/{id}/test", tag = "connections", params(("id" = String, Path, description = "The connection's id")),
+    responses(
+        (status = 200, description = "Reached: the server's name and how long it took", body = Object,
+         example = json!({"ok": true, "server": "PostgreSQL 15.19", "elapsed_ms": 12})),
+        (status = 404, description = "No such connection", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The source could not be reached or refused the login", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn test(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

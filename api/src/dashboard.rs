@@ -6,18 +6,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use carga_config::Trigger;
 use chrono::Utc;
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::auth::Action;
+use super::problem::Problem;
 use super::{ApiError, ApiResult, ApiState, Caller, authorize};
 use carga_scheduler::catalog::{RunFilter, RunRecord};
 use carga_scheduler::job::{ExtractionJob, RunReason};
@@ -31,22 +34,36 @@ const THROUGHPUT_MINUTES: i64 = 60;
 
 const PAGE: &str = include_str!("dashboard.html");
 
-pub(super) fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { axum::response::Redirect::to("/dashboard") }),
-        )
-        .route("/dashboard", get(|| async { Html(PAGE) }))
-        .route("/whoami", get(whoami))
-        .route("/overview", get(overview))
-        .route("/runs/actions", post(bulk_action))
-        .route("/runs/{run_id}/retry", post(retry_one))
-        .route("/runs/{run_id}/kill", post(kill_one))
-        .route("/runs/{run_id}/manifest", get(manifest))
-        .route("/runs/{run_id}/report", get(report))
+pub(super) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(root))
+        .routes(routes!(dashboard_page))
+        .routes(routes!(whoami))
+        .routes(routes!(overview))
+        .routes(routes!(bulk_action))
+        .routes(routes!(retry_one))
+        .routes(routes!(kill_one))
+        .routes(routes!(manifest))
+        .routes(routes!(report))
 }
 
+/// The dashboard is the service's front page.
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses((status = 303, description = "To `/dashboard`")))]
+async fn root() -> axum::response::Redirect {
+    axum::response::Redirect::to("/dashboard")
+}
+
+/// The dashboard's page (it asks for a token and reads the JSON endpoints with it).
+#[utoipa::path(get, path = "/dashboard", tag = "dashboard",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html")))]
+async fn dashboard_page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// The caller's name and role, and which of the dashboard's actions it may take.
+#[utoipa::path(get, path = "/whoami", tag = "dashboard",
+    responses((status = 200, description = "`subject`, `role` and `may` (trigger, retry, kill, delete, audit)", body = Object)))]
 async fn whoami(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -63,12 +80,15 @@ async fn whoami(
             "kill": may(Action::KillJob),
             "delete": may(Action::DeleteJob),
             "audit": may(Action::ReadAudit),
+            "webhooks": may(Action::ReadWebhooks),
         },
     }))
     .into_response())
 }
 
 /// Everything the dashboard shows at a glance, in one request.
+#[utoipa::path(get, path = "/overview", tag = "dashboard",
+    responses((status = 200, description = "Queue, workers, throughput, datasets and the runs that need attention", body = Object)))]
 async fn overview(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -189,7 +209,7 @@ async fn overview(
 }
 
 /// What an operator may do to a job.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum JobAction {
     Retry,
@@ -211,6 +231,13 @@ impl JobAction {
     }
 }
 
+/// Runs a failed, dead or retrying job again now, as a new run.
+#[utoipa::path(post, path = "/runs/{run_id}/retry", tag = "runs", params(("run_id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The new run", body = Object),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not in a state that can be retried", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn retry_one(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -220,6 +247,13 @@ async fn retry_one(
     single(&state, &headers, peer, JobAction::Retry, &run_id).await
 }
 
+/// Stops a queued, retrying or running job (a running one at its next batch).
+#[utoipa::path(post, path = "/runs/{run_id}/kill", tag = "runs", params(("run_id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "Killed", body = Object),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run has already ended", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn kill_one(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -230,6 +264,12 @@ async fn kill_one(
 }
 
 /// `DELETE /runs/{run_id}`.
+#[utoipa::path(delete, path = "/runs/{run_id}", tag = "runs", params(("run_id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "Deleted from the history", body = Object),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is still queued or running", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn delete_one(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -253,13 +293,16 @@ async fn single(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct BulkRequest {
     action: JobAction,
     run_ids: Vec<String>,
 }
 
 /// One action on many jobs; each job's result is reported (and audited) on its own.
+#[utoipa::path(post, path = "/runs/actions", tag = "runs",
+    request_body(content = BulkRequest, content_type = "application/json"),
+    responses((status = 200, description = "`results`: each job's outcome (`ok`, `result` or `error`)", body = Object)))]
 async fn bulk_action(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -443,6 +486,12 @@ async fn delete(state: &ApiState, run: &RunRecord) -> ApiResult<Outcome> {
     Ok(Ok(json!({"run_id": run.run_id, "deleted": true})))
 }
 
+/// The run's manifest (its watermark opened for approvers and admins).
+#[utoipa::path(get, path = "/runs/{run_id}/manifest", tag = "runs", params(("run_id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The manifest", body = Object),
+        (status = 404, description = "No such run, or the run has none", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn manifest(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -452,6 +501,12 @@ async fn manifest(
     run_document(&state, &headers, peer, &run_id, |r| r.manifest_url.clone()).await
 }
 
+/// The run's validation report (opened for approvers and admins).
+#[utoipa::path(get, path = "/runs/{run_id}/report", tag = "runs", params(("run_id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The report", body = Object),
+        (status = 404, description = "No such run, or the run has none", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn report(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -7,9 +7,11 @@ pub mod client;
 mod connections;
 mod dashboard;
 pub mod limits;
+pub mod openapi;
 mod problem;
 mod sql;
 mod upload;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,26 +20,28 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use carga_config::{DatasetSpec, SourceSpec, Trigger};
 use carga_jobs::JobError;
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::secrets::SecretsProvider;
 use carga_jobs::storage::{Bucket, SourceObject};
 use object_store::ObjectStoreExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use auth::{Action, Role};
-use carga_scheduler::catalog::{AuditEntry, Catalog, RunRecord};
+use carga_scheduler::catalog::{AuditEntry, AuditRecord, Catalog, DatasetRecord, RunRecord};
 use carga_scheduler::job::{ExtractionJob, RunReason};
 use carga_scheduler::metrics::{Counter, Metrics};
-use carga_scheduler::notify::Notifier;
-use carga_scheduler::queue::JobQueue;
+use carga_scheduler::queue::{JobQueue, QueueStats};
 use carga_scheduler::schedule::CronSchedule;
 use client::TrustedProxies;
 use limits::TriggerLimit;
+use problem::Problem;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -56,8 +60,6 @@ pub struct ApiState {
     /// The engine with this process's bucket and master key: `POST /sql` queries the raw zone
     /// with it, uploads are sealed and validated with it; `None` when this process has no key.
     pub engine: Option<Arc<carga_jobs::Engine>>,
-    /// Where upload events go (RabbitMQ); `None` sends none.
-    pub notifier: Option<Arc<Notifier>>,
     /// Uploads a request is writing right now: a second writer is refused, not raced.
     pub(crate) uploads_in_flight: upload::InFlight,
 }
@@ -104,7 +106,6 @@ impl ApiState {
             trusted_proxies: TrustedProxies::default(),
             trigger_limit: TriggerLimit::default(),
             engine: None,
-            notifier: None,
             uploads_in_flight: upload::InFlight::default(),
         }
     }
@@ -114,12 +115,6 @@ impl ApiState {
     pub fn with_engine(mut self, engine: carga_jobs::Engine) -> Self {
         self.access.uploads = engine.policy().uploads.clone();
         self.engine = Some(Arc::new(engine));
-        self
-    }
-
-    /// Publishes upload events (`upload_success`, `validation_failed`) through `notifier`.
-    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
-        self.notifier = Some(Arc::new(notifier));
         self
     }
 
@@ -134,32 +129,47 @@ impl ApiState {
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/datasets", get(list_datasets))
-        .route(
-            "/datasets/{id}",
-            get(get_dataset).put(put_dataset).delete(delete_dataset),
-        )
-        .route("/datasets/{id}/approve", post(approve_dataset))
-        .route("/datasets/{id}/enable", post(enable_dataset))
-        .route("/datasets/{id}/disable", post(disable_dataset))
-        .route("/datasets/{id}/runs", post(trigger_run).get(dataset_runs))
-        .route("/datasets/{id}/preview", post(preview_dataset))
-        .route("/runs", get(list_runs))
-        .route("/runs/{run_id}", get(get_run).delete(dashboard::delete_one))
-        .route("/queue", get(queue_stats))
-        .route("/audit", get(audit_log))
-        .route("/sql", post(sql::run))
+/// Every endpoint, each registered together with its OpenAPI operation (`routes!` takes the
+/// method and path from the handler's `#[utoipa::path]`), so the router and the document cannot
+/// disagree.
+pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(list_datasets))
+        .routes(routes!(get_dataset, put_dataset, delete_dataset))
+        .routes(routes!(approve_dataset))
+        .routes(routes!(enable_dataset))
+        .routes(routes!(disable_dataset))
+        .routes(routes!(trigger_run, dataset_runs))
+        .routes(routes!(preview_dataset))
+        .routes(routes!(list_runs))
+        .routes(routes!(get_run, dashboard::delete_one))
+        .routes(routes!(queue_stats))
+        .routes(routes!(audit_log))
+        .routes(routes!(sql::run))
         .merge(connections::routes())
         .merge(upload::routes())
         .merge(dashboard::routes())
+        .merge(webhooks::routes())
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let (router, document) = routes().split_for_parts();
+    router
         .fallback(problem::not_found)
+        .layer(Extension(Arc::new(openapi::complete(document))))
         .layer(axum::middleware::map_response(problem::as_problem))
         .with_state(state)
+}
+
+/// The process is up (the liveness probe).
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// Serves the API until `shutdown` resolves.
@@ -335,6 +345,13 @@ async fn authorize(
     Ok(caller)
 }
 
+/// Ready when the catalog, the queue and the object store all answer.
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses(
+        (status = 200, description = "Each component's state: `ok`", body = Object,
+         example = json!({"catalog": "ok", "queue": "ok", "object_store": "ok"})),
+        (status = 503, description = "A component does not answer; its error is its state", body = Object),
+    ))]
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     let catalog = state.catalog.ping().await.map_err(|e| e.to_string());
     let queue = state.queue.ping().await.map_err(|e| e.to_string());
@@ -364,6 +381,10 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The cluster-wide counters, the run-duration histogram and the queue, for Prometheus.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "OpenMetrics text exposition (Prometheus scrapes it)", body = String,
+               content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<Response> {
     let stats = state.queue.stats().await.map_err(ApiError::internal)?;
     let text = state
@@ -374,13 +395,16 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<Response> {
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            carga_scheduler::metrics::CONTENT_TYPE,
         )],
         text,
     )
         .into_response())
 }
 
+/// Every dataset in the catalog.
+#[utoipa::path(get, path = "/datasets", tag = "datasets",
+    responses((status = 200, description = "The datasets", body = [DatasetRecord])))]
 async fn list_datasets(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -391,6 +415,12 @@ async fn list_datasets(
     Ok(Json(datasets).into_response())
 }
 
+/// One dataset, with its next scheduled fire (`next_fire`) when it runs on a cron.
+#[utoipa::path(get, path = "/datasets/{id}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 200, description = "The dataset, and `next_fire` (RFC 3339 or null)", body = DatasetRecord),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -425,6 +455,14 @@ fn not_found(id: &str) -> ApiError {
 
 /// Creates or replaces a dataset's configuration after validating it; an editor's change waits
 /// for an approver, an admin's is approved at once.
+#[utoipa::path(put, path = "/datasets/{id}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")),
+    request_body(content = String, content_type = "application/yaml",
+                 description = "The dataset's spec in YAML (JSON is YAML too); its `id` must be the path's"),
+    responses(
+        (status = 200, description = "Stored: the new version (waiting for approval unless an admin stored it)", body = DatasetRecord),
+        (status = 403, description = "The role may not, or the spec reaches outside the data roots (audited)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The spec is not valid; the detail names the field", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn put_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -471,13 +509,24 @@ async fn put_dataset(
     Ok((StatusCode::OK, Json(record)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PreviewQuery {
+    /// Rows to read (10 by default, 1 to 100).
     rows: Option<usize>,
 }
 
 /// Test connection: reads a few rows of the spec in the body (a draft), or of the stored spec
 /// when the body is empty. Audited, since it opens the source with the connection's credentials.
+#[utoipa::path(post, path = "/datasets/{id}/preview", tag = "datasets", params(("id" = String, Path, description = "The dataset's id"), PreviewQuery),
+    request_body(content = Option<String>, content_type = "application/yaml",
+                 description = "A draft spec to try; empty to preview the stored one"),
+    responses(
+        (status = 200, description = "The first rows and the columns' types", body = Object),
+        (status = 404, description = "No such dataset (and no draft in the body)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The spec or the data is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The source could not be reached or refused the connection", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn preview_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -730,6 +779,12 @@ async fn change(
     Ok(Json(record).into_response())
 }
 
+/// Approves the dataset's waiting change (approver or admin).
+#[utoipa::path(post, path = "/datasets/{id}/approve", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 200, description = "Approved", body = DatasetRecord),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn approve_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -739,6 +794,12 @@ async fn approve_dataset(
     change(&state, peer, &headers, &id, Action::Approve, "approve").await
 }
 
+/// Lets the scheduler and the trigger run the dataset again.
+#[utoipa::path(post, path = "/datasets/{id}/enable", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 200, description = "Enabled", body = DatasetRecord),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn enable_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -748,6 +809,12 @@ async fn enable_dataset(
     change(&state, peer, &headers, &id, Action::WriteConfig, "enable").await
 }
 
+/// Stops the dataset's cron and refuses its triggers until it is enabled.
+#[utoipa::path(post, path = "/datasets/{id}/disable", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 200, description = "Disabled", body = DatasetRecord),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn disable_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -757,6 +824,12 @@ async fn disable_dataset(
     change(&state, peer, &headers, &id, Action::WriteConfig, "disable").await
 }
 
+/// Deletes the dataset's configuration (its data in the raw zone stays).
+#[utoipa::path(delete, path = "/datasets/{id}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn delete_dataset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -781,7 +854,8 @@ async fn delete_dataset(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TriggerQuery {
     /// Enqueue a new run even when one is already waiting.
     #[serde(default)]
@@ -796,6 +870,15 @@ const TRIGGER_LOCK_TTL: Duration = Duration::from_secs(15);
 /// The on-demand ("callback") trigger: enqueues a run now and returns its id (202), or, when the
 /// dataset already has a run waiting in the queue, returns that one (200) unless `?force=true`.
 /// Each token may trigger a limited number of times a minute (429 with `Retry-After` beyond).
+#[utoipa::path(post, path = "/datasets/{id}/runs", tag = "datasets", params(("id" = String, Path, description = "The dataset's id"), TriggerQuery),
+    responses(
+        (status = 202, description = "A new run was enqueued", body = TriggerAnswer),
+        (status = 200, description = "A run of the dataset was already waiting; no new run", body = TriggerAnswer),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The dataset is disabled or has a change waiting for approval", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many triggers from this token; `Retry-After` says when", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Another request is triggering the dataset; try again", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn trigger_run(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -883,11 +966,25 @@ async fn trigger_run(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(json!({ "run_id": run_id, "dataset_id": id, "state": "queued", "new": new })),
-    )
-        .into_response())
+    let answer = TriggerAnswer {
+        run_id,
+        dataset_id: id,
+        state: "queued",
+        new,
+    };
+    Ok((status, Json(answer)).into_response())
+}
+
+/// What a trigger answers: the run that will do the work.
+#[derive(Debug, Serialize, ToSchema)]
+struct TriggerAnswer {
+    run_id: String,
+    dataset_id: String,
+    /// Always `queued`: the run waits for a worker.
+    #[schema(value_type = String, example = "queued")]
+    state: &'static str,
+    /// `false` when the run was already waiting and no new one was enqueued.
+    new: bool,
 }
 
 /// The dataset's run still waiting for its first attempt, if the queue still holds it. A run the
@@ -960,10 +1057,14 @@ impl TriggerLock {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RunFilter {
+    /// Only this dataset's runs.
     dataset: Option<String>,
+    /// Only runs in this state (`queued`, `running`, `retrying`, `succeeded`, `failed`, `dead`, ...).
     state: Option<String>,
+    /// Runs at most (100 by default, 1,000 at most).
     limit: Option<i64>,
     /// A part of the dataset id.
     q: Option<String>,
@@ -1013,6 +1114,9 @@ pub(crate) fn visible_runs(role: Role, mut runs: Vec<RunRecord>) -> Vec<RunRecor
     runs
 }
 
+/// The dataset's runs, newest first (watermarks sealed for viewers and editors).
+#[utoipa::path(get, path = "/datasets/{id}/runs", tag = "datasets", params(("id" = String, Path, description = "The dataset's id"), RunFilter),
+    responses((status = 200, description = "The runs", body = [RunRecord])))]
 async fn dataset_runs(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1030,6 +1134,12 @@ async fn dataset_runs(
     Ok(Json(visible_runs(caller.role, runs)).into_response())
 }
 
+/// Run history across datasets, newest first (watermarks sealed for viewers and editors).
+#[utoipa::path(get, path = "/runs", tag = "runs", params(RunFilter),
+    responses(
+        (status = 200, description = "The runs", body = [RunRecord]),
+        (status = 400, description = "A filter that does not parse", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_runs(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1053,6 +1163,12 @@ async fn list_runs(
     Ok(Json(visible_runs(caller.role, runs)).into_response())
 }
 
+/// One run, with its live progress while it runs.
+#[utoipa::path(get, path = "/runs/{run_id}", tag = "runs", params(("run_id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = RunRecord),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_run(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1070,6 +1186,9 @@ async fn get_run(
     Ok(Json(visible_runs(caller.role, vec![run]).pop()).into_response())
 }
 
+/// Jobs queued, scheduled (delayed or retrying), running and dead, and live workers.
+#[utoipa::path(get, path = "/queue", tag = "runs",
+    responses((status = 200, description = "The queue's counts", body = QueueStats)))]
 async fn queue_stats(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1080,6 +1199,13 @@ async fn queue_stats(
     Ok(Json(stats).into_response())
 }
 
+/// The audit log, newest first (admins).
+#[utoipa::path(get, path = "/audit", tag = "dashboard",
+    params(
+        ("dataset" = Option<String>, Query, description = "Only this dataset's entries"),
+        ("limit" = Option<i64>, Query, description = "Entries at most (100 by default, 1,000 at most)"),
+    ),
+    responses((status = 200, description = "The entries", body = [AuditRecord])))]
 async fn audit_log(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -11,6 +11,8 @@ use carga_api::{self as api, ApiState, auth::Role};
 use carga_config::Settings;
 use carga_jobs::access::AccessPolicy;
 use carga_jobs::storage::Bucket;
+use carga_scheduler::notify::Notifier;
+use carga_scheduler::relay::{Relay, RelayArgs};
 use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{Catalog, JobQueue, QueueSettings, Scheduler, SchedulerSettings};
 use clap::{Parser, Subcommand};
@@ -79,11 +81,14 @@ enum Command {
         /// Seconds between catalog re-reads.
         #[arg(long, env = "CARGA_REFRESH_SECONDS", default_value_t = 10)]
         refresh_seconds: u64,
-        /// RabbitMQ for upload events (upload_success, validation_failed); none sent when absent.
+        /// RabbitMQ for the outbox's messages (runs' ends, upload events); none published when
+        /// absent (webhooks are still delivered).
         #[arg(long, env = "CARGA_AMQP_URL")]
         amqp_url: Option<String>,
         #[command(flatten)]
         api: api::ApiArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
     },
     /// Apply the catalog migrations and exit.
     Migrate {
@@ -137,6 +142,7 @@ async fn main() -> Result<()> {
             refresh_seconds,
             amqp_url,
             api: api_args,
+            relay: relay_args,
             ..
         } => {
             let queue = JobQueue::connect(&QueueSettings {
@@ -148,6 +154,17 @@ async fn main() -> Result<()> {
             .context("connecting to Redis")?;
             let shutdown = Shutdown::on_signals();
             let mut tasks = tokio::task::JoinSet::new();
+            let settings = Settings::load(settings.as_deref())?;
+            // Specs come from editors: only the roots and networks the settings open.
+            let access = AccessPolicy::for_server(&settings, &[], &[]);
+            // The uploads' messages (and any left pending by a worker), to RabbitMQ and webhooks.
+            let relay = Relay::new(
+                catalog.clone(),
+                amqp_url.as_deref().map(|url| Arc::new(Notifier::new(url))),
+                access.network,
+                relay_args.settings(format!("scheduler-{}", std::process::id())),
+            );
+            tasks.spawn(relay.run(shutdown.wait()));
             if !no_scheduler {
                 let scheduler = Scheduler::new(
                     catalog.clone(),
@@ -160,9 +177,6 @@ async fn main() -> Result<()> {
                 tasks.spawn(scheduler.run(shutdown.wait()));
             }
             if !no_api {
-                let settings = Settings::load(settings.as_deref())?;
-                // Specs come from editors: only the roots and networks the settings open.
-                let access = AccessPolicy::for_server(&settings, &[], &[]);
                 let state = ApiState::new(
                     catalog.clone(),
                     queue.clone(),
@@ -180,10 +194,6 @@ async fn main() -> Result<()> {
                         tracing::warn!(error = %e, "no master key: POST /sql and uploads are unavailable");
                         state
                     }
-                };
-                let state = match &amqp_url {
-                    Some(url) => state.with_notifier(carga_scheduler::notify::Notifier::new(url)),
-                    None => state,
                 };
                 let state = Arc::new(api_args.apply(state).map_err(anyhow::Error::msg)?);
                 let listener = tokio::net::TcpListener::bind(listen)

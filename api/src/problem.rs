@@ -6,22 +6,40 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// The longest plain-text error body that is carried into a problem's `detail`.
 const DETAIL_LIMIT: usize = 4096;
 
+/// An RFC 9457 problem document, the body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "about:blank")]
+    kind: &'a str,
+    /// The status' standard phrase.
+    #[schema(value_type = String, example = "Forbidden")]
+    title: &'a str,
+    #[schema(example = 403)]
+    status: u16,
+    /// What went wrong, for a person: the dataset, file, line or column where there is one.
+    #[schema(value_type = String, example = "role 'viewer' may not change a dataset's configuration")]
+    detail: &'a str,
+}
+
 /// A problem answer: the status, its standard title, and what went wrong for a person.
 pub fn response(status: StatusCode, detail: &str) -> Response {
-    let body = json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut response = (status, body.to_string()).into_response();
+    let body = Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+    };
+    let body = serde_json::to_string(&body).expect("a problem serialises");
+    let mut response = (status, body).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Action;
+use super::problem::Problem;
 use super::{ApiError, ApiResult, ApiState, authorize};
 
 /// Rows an answer holds at most.
@@ -20,14 +21,24 @@ const MAX_ROWS: usize = 10_000;
 /// How much of a query the audit log keeps.
 const AUDITED_QUERY_CHARS: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct SqlRequest {
+    /// One SQL statement (DataFusion's dialect) naming datasets as tables.
     query: String,
     /// Rows at most (1,000 by default, 10,000 at most).
     #[serde(default)]
     limit: Option<usize>,
 }
 
+/// A read-only query over the raw zone (approvers and admins; audited with its text).
+#[utoipa::path(post, path = "/sql", tag = "sql",
+    request_body(content = SqlRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "`columns` (name, data_type), `rows`, `row_count` and `truncated`", body = Object),
+        (status = 400, description = "The body is not `{\"query\": ..., \"limit\": n}`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The query failed; the detail says why", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "This process has no master key to decrypt the raw zone", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn run(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

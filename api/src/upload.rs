@@ -20,12 +20,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{patch, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use carga_config::DatasetSpec;
@@ -37,8 +35,11 @@ use carga_jobs::upload::{
 use carga_jobs::validation::{RunStatus, ValidationReport};
 use carga_scheduler::notify::Notification;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Action, Role};
+use crate::problem::Problem;
 use crate::{ApiError, ApiResult, ApiState, Caller, audit_detail, authorize};
 
 const TUS_VERSION: &str = "1.0.0";
@@ -49,13 +50,10 @@ pub const PASSED: &str = "initial-validation-passed";
 pub const WARNINGS: &str = "validated_with_warnings";
 pub const REJECTED: &str = "rejected";
 
-pub(crate) fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/upload/dataset", post(create).options(capabilities))
-        .route(
-            "/upload/dataset/{id}",
-            patch(append).head(offset).get(status).delete(terminate),
-        )
+pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, capabilities))
+        .routes(routes!(append, offset, status, terminate))
         // Bodies are streamed to the store and capped by `uploads.max_bytes`, not buffered.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(tus_resumable))
@@ -126,6 +124,8 @@ async fn audit(
 }
 
 /// `OPTIONS /upload/dataset`: what this server speaks (tus discovery; no token needed).
+#[utoipa::path(options, path = "/upload/dataset", tag = "uploads", operation_id = "upload_capabilities",
+    responses((status = 204, description = "`Tus-Version`, `Tus-Extension` and `Tus-Max-Size` headers")))]
 async fn capabilities(State(state): State<Arc<ApiState>>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
@@ -200,6 +200,20 @@ async fn name_is_free(state: &ApiState, dataset: &str) -> ApiResult<Result<(), S
 }
 
 /// `POST /upload/dataset`: a tus creation (with or without a first body) or a multipart upload.
+#[utoipa::path(post, path = "/upload/dataset", tag = "uploads",
+    params(
+        ("Upload-Length" = Option<u64>, Header, description = "tus: the file's size in bytes"),
+        ("Upload-Metadata" = Option<String>, Header, description = "tus: `dataset`, `filename` and optionally `format`, each base64"),
+    ),
+    request_body(content = Option<String>, content_type = "multipart/form-data",
+                 description = "A multipart upload (`dataset`, `file`), or with tus an empty body or the first bytes (`application/offset+octet-stream`)"),
+    responses(
+        (status = 201, description = "tus: created; `Location` names it and `Upload-Offset` says what arrived"),
+        (status = 200, description = "The whole file arrived and was validated: `datasetId`, `status`, `reportUrl`", body = Object),
+        (status = 409, description = "A dataset of that name exists already", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the uploads' size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file failed the initial validation (the seed's answer)", body = Object),
+    ))]
 async fn create(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -420,6 +434,11 @@ async fn request_for_upload(
 }
 
 /// `HEAD /upload/dataset/{id}`: the offset to resume from.
+#[utoipa::path(head, path = "/upload/dataset/{id}", tag = "uploads", params(("id" = String, Path, description = "The upload's id (from `Location`)")),
+    responses(
+        (status = 200, description = "`Upload-Offset`: where to resume; `Upload-Length` when known"),
+        (status = 404, description = "No such upload of this caller's"),
+    ))]
 async fn offset(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -438,6 +457,11 @@ async fn offset(
 }
 
 /// `GET /upload/dataset/{id}`: the upload as JSON (progress, and the validation once done).
+#[utoipa::path(get, path = "/upload/dataset/{id}", tag = "uploads", params(("id" = String, Path, description = "The upload's id (from `Location`)")),
+    responses(
+        (status = 200, description = "Progress, and the validation's status and report once done", body = Object),
+        (status = 404, description = "No such upload of this caller's", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn status(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -462,6 +486,12 @@ async fn status(
 }
 
 /// `DELETE /upload/dataset/{id}`: tus termination; the bytes and the state go.
+#[utoipa::path(delete, path = "/upload/dataset/{id}", tag = "uploads", params(("id" = String, Path, description = "The upload's id (from `Location`)")),
+    responses(
+        (status = 204, description = "The upload and its bytes are gone"),
+        (status = 404, description = "No such upload of this caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request is writing it right now", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn terminate(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -493,6 +523,16 @@ async fn terminate(
 }
 
 /// `PATCH /upload/dataset/{id}`: appends at `Upload-Offset`.
+#[utoipa::path(patch, path = "/upload/dataset/{id}", tag = "uploads",
+    params(("id" = String, Path, description = "The upload's id (from `Location`)"), ("Upload-Offset" = u64, Header, description = "Where these bytes start; must be the upload's offset")),
+    request_body(content = String, content_type = "application/offset+octet-stream", description = "The next bytes"),
+    responses(
+        (status = 204, description = "Appended; `Upload-Offset` is the new offset"),
+        (status = 200, description = "The last byte arrived and the file was validated", body = Object),
+        (status = 409, description = "`Upload-Offset` is not the upload's offset, or another request is writing it", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/offset+octet-stream`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file failed the initial validation (the seed's answer)", body = Object),
+    ))]
 async fn append(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -736,9 +776,6 @@ async fn notify(
     reason: Option<&str>,
     rows: Option<u64>,
 ) {
-    let Some(notifier) = &state.notifier else {
-        return;
-    };
     let note = Notification {
         event,
         dataset_id: upload.metadata.dataset.clone(),
@@ -750,11 +787,10 @@ async fn notify(
         upload_id: Some(upload.id.clone()),
         report: report_url.map(str::to_owned),
     };
-    if let Err(e) = notifier
-        .publish(&format!("notification.{event}"), &note)
-        .await
-    {
-        tracing::error!(error = %e, upload = %upload.id, "upload message not published");
+    // Through the outbox: a relay publishes it to RabbitMQ and delivers it to the webhooks.
+    let message = note.message(format!("upload:{}:{event}", upload.id), true);
+    if let Err(e) = state.catalog.record_messages(&[message]).await {
+        tracing::error!(error = %e, upload = %upload.id, "upload message not recorded");
     }
 }
 

@@ -19,6 +19,8 @@ use tower::ServiceExt;
 
 #[path = "api/connection_store.rs"]
 mod connection_store;
+#[path = "api/openapi.rs"]
+mod openapi;
 #[path = "api/uploads.rs"]
 mod uploads;
 
@@ -86,7 +88,7 @@ impl Api {
             Some(secrets) => secrets,
             None => carga_jobs::secrets::provider(&settings).await,
         };
-        let mut state = ApiState::new(
+        let state = ApiState::new(
             catalog.clone(),
             queue.clone(),
             secrets.clone(),
@@ -95,7 +97,17 @@ impl Api {
         )
         .with_engine(carga_jobs::Engine::new(settings.clone()).unwrap());
         if let Some(url) = amqp_url {
-            state = state.with_notifier(carga_scheduler::notify::Notifier::new(url));
+            // The outbox's relay, as `carga-scheduler serve` runs it beside the API.
+            let relay = carga_scheduler::relay::Relay::new(
+                catalog.clone(),
+                Some(Arc::new(carga_scheduler::notify::Notifier::new(url))),
+                state.access.network,
+                carga_scheduler::relay::RelaySettings {
+                    poll: std::time::Duration::from_millis(100),
+                    ..carga_scheduler::relay::RelaySettings::new(format!("api-test-{unique}"))
+                },
+            );
+            tokio::spawn(relay.run(std::future::pending()));
         }
         let state = Arc::new(state);
         let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
@@ -301,7 +313,7 @@ async fn roles_validation_trigger_and_audit() {
     let (_, metrics) = api.call(get.clone(), "/metrics", None, None).await;
     let metrics = metrics.as_str().unwrap().to_owned();
     assert!(
-        metrics.contains("# TYPE carga_jobs_enqueued_total counter"),
+        metrics.contains("# TYPE carga_jobs_enqueued counter"),
         "{metrics}"
     );
     assert!(
@@ -920,4 +932,90 @@ async fn every_error_answer_is_a_problem_document() {
             "{method} {path}: {problem}"
         );
     }
+}
+
+#[tokio::test]
+async fn webhooks_are_written_by_admins_read_by_approvers_and_never_show_their_secret() {
+    if !services_available() {
+        return;
+    }
+    let api = Api::new().await;
+    let viewer = api.catalog.create_token("vera", "viewer").await.unwrap();
+    let approver = api.catalog.create_token("abel", "approver").await.unwrap();
+    let admin = api.catalog.create_token("ada", "admin").await.unwrap();
+    const SECRET: &str = "whsec-0123456789abcdef";
+    let body = format!(
+        r#"{{"url": "https://hooks.example.com/carga?team=ops", "events": ["run_succeeded", "extraction_failed"], "secret": "{SECRET}"}}"#
+    );
+    let (status, _) = api
+        .call(Method::PUT, "/webhooks/ops", Some(&approver), Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call(Method::GET, "/webhooks/deliveries", Some(&viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The service's own network is not a webhook target unless the settings open it.
+    let local = body.replace("https://hooks.example.com", "http://127.0.0.1:6379");
+    let (status, problem) = api
+        .call(Method::PUT, "/webhooks/ops", Some(&admin), Some(&local))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(error_of(&problem).contains("loopback"), "{problem}");
+    // A body that does not parse is refused without quoting it (it holds the secret).
+    let (status, problem) = api
+        .call(
+            Method::PUT,
+            "/webhooks/ops",
+            Some(&admin),
+            Some(&body.replace("\"events\"", "\"evnts\"")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!problem.to_string().contains(SECRET), "{problem}");
+
+    let (status, hook) = api
+        .call(Method::PUT, "/webhooks/ops", Some(&admin), Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{hook}");
+    assert_eq!(
+        hook["events"],
+        serde_json::json!(["extraction_failed", "run_succeeded"])
+    );
+    assert!(hook["dataset_id"].is_null());
+    let (status, list) = api
+        .call(Method::GET, "/webhooks", Some(&approver), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (status, log) = api
+        .call(Method::GET, "/webhooks/deliveries", Some(&approver), None)
+        .await;
+    assert_eq!((status, log), (StatusCode::OK, serde_json::json!([])));
+    let (_, audit) = api.call(Method::GET, "/audit", Some(&admin), None).await;
+    let text = audit.to_string();
+    assert!(!text.contains(SECRET), "{text}");
+    let results: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"].as_str().is_some_and(|a| a.contains("webhook")))
+        .map(|a| (a["action"].as_str().unwrap(), a["result"].as_str().unwrap()))
+        .collect();
+    assert!(results.contains(&("put_webhook", "ok")), "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.1 == "rejected").count(),
+        2,
+        "{results:?}"
+    );
+    assert!(
+        results.contains(&("manage_webhooks", "denied"))
+            && results.contains(&("read_webhooks", "denied")),
+        "the refusals are audited: {results:?}"
+    );
+    let (status, _) = api
+        .call(Method::DELETE, "/webhooks/ops", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }

@@ -20,6 +20,7 @@ use crate::delta::Watermark;
 use crate::destination::{Destination, RunTarget};
 use crate::error::{JobError, Result};
 use crate::pipeline::{AfterBatch, Extracted, Streamed, new_cursor, stream};
+use crate::retry::{Backoff, Retryable};
 use crate::schema_drift::SchemaPlan;
 use crate::sink::PartFile;
 use crate::sources::{self, Chunk, Partitions, Source, SourceAccess, SourceReader, TypeHints};
@@ -36,8 +37,9 @@ pub(crate) struct ChunkRun<'a> {
     pub faults: &'a ChunkFaults,
 }
 
-/// Pause before a chunk's second attempt; doubles for each further one.
+/// Pause before a chunk's second attempt; doubles for each further one, up to the second const.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn extract(
@@ -248,28 +250,30 @@ async fn run_chunk(
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     chunk: Chunk,
-    mut reader: Option<SourceReader>,
+    reader: Option<SourceReader>,
 ) -> Result<ChunkOutput> {
     let _permit = permits
         .acquire_owned()
         .await
         .map_err(|_| cancelled(chunk.index))?;
-    let mut delay = FIRST_RETRY_DELAY;
-    for attempt in 1..=shared.attempts {
+    // The reader opened for planning serves the first attempt; a retry opens its own.
+    let reader = std::sync::Mutex::new(reader);
+    let backoff = Backoff::new(FIRST_RETRY_DELAY, MAX_RETRY_DELAY).attempts(shared.attempts);
+    let (shared, chunk, reader) = (&shared, &chunk, &reader);
+    let attempt = || async move {
         if shared.cancelled.load(Ordering::SeqCst) {
             return Err(cancelled(chunk.index));
         }
-        match attempt_chunk(&shared, &chunk, reader.take()).await {
-            Ok(output) => return Ok(output),
-            Err(e) if attempt < shared.attempts && is_transient(&e) => {
-                tracing::warn!(chunk = chunk.index, attempt, error = %e, "chunk failed; its parts were removed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(cancelled(chunk.index))
+        let reader = reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+        attempt_chunk(shared, chunk, reader).await
+    };
+    attempt
+        .retry(backoff.builder())
+        .when(is_transient)
+        .notify(|e, pause| {
+            tracing::warn!(chunk = chunk.index, error = %e, pause_ms = pause.as_millis() as u64, "chunk failed; its parts were removed, retrying");
+        })
+        .await
 }
 
 async fn attempt_chunk(

@@ -17,6 +17,7 @@ pub mod private_file;
 pub mod query;
 pub mod read;
 pub mod redact;
+pub mod retry;
 pub mod run;
 pub mod schema_drift;
 pub mod secrets;

@@ -58,6 +58,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "progress",
         include_str!("../../migrations/0005_progress.sql"),
     ),
+    (
+        6,
+        "outbox",
+        include_str!("../../migrations/0006_outbox.sql"),
+    ),
 ];
 
 /// The embedded mode's file: the catalog and the queue's tables (`queue::sqlite`).
@@ -87,12 +92,19 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "progress",
         include_str!("../../migrations/sqlite/0005_progress.sql"),
     ),
+    (
+        6,
+        "outbox",
+        include_str!("../../migrations/sqlite/0006_outbox.sql"),
+    ),
 ];
 
 /// A dataset as the catalog holds it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DatasetRecord {
     pub dataset_id: String,
+    /// The dataset's configuration, as `PUT /datasets/{id}` stored it (the YAML spec as JSON).
+    #[schema(value_type = Object)]
     pub spec: DatasetSpec,
     pub enabled: bool,
     pub approved: bool,
@@ -111,7 +123,7 @@ impl DatasetRecord {
 }
 
 /// One row of run history.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RunRecord {
     pub run_id: String,
     pub dataset_id: String,
@@ -141,7 +153,7 @@ pub struct RunRecord {
 }
 
 /// A running attempt's progress, written by its worker every few seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunProgress {
     pub rows_read: u64,
     pub rows_rejected: u64,
@@ -226,19 +238,20 @@ pub struct RunResult {
 }
 
 /// One audit entry: who, in which role, did what, on which dataset, from where, with what result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub subject: String,
     pub role: Option<String>,
     pub action: String,
     pub dataset_id: Option<String>,
     pub source_ip: Option<String>,
+    #[schema(value_type = String)]
     pub result: &'static str,
     pub detail: Option<String>,
 }
 
 /// What the catalog shows of a connection in the store: never a value.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ConnectionRecord {
     pub connection_id: String,
     pub kind: String,
@@ -253,7 +266,7 @@ pub struct ConnectionRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -278,6 +291,35 @@ macro_rules! with_pool {
         }
     };
 }
+
+/// The statement that ends a run (state, counts, addresses, watermarks, error) at `$now`.
+macro_rules! finish_run_query {
+    ($run_id:expr, $attempts:expr, $result:expr, $now:expr) => {
+        sqlx::query(
+            "UPDATE dataset_runs SET state = $2, attempts = $3, finished_at = $11, rows_written = $4,
+                 bytes_written = $5, manifest_url = $6, report_url = $7, watermark_before = $8,
+                 watermark_after = $9, error = $10, next_attempt_at = NULL
+             WHERE run_id = $1",
+        )
+        .bind($run_id)
+        .bind($result.state)
+        .bind($attempts)
+        .bind($result.rows_written)
+        .bind($result.bytes_written)
+        .bind(&$result.manifest_url)
+        .bind(&$result.report_url)
+        .bind(&$result.watermark_before)
+        .bind(&$result.watermark_after)
+        .bind(&$result.error)
+        .bind($now)
+    };
+}
+
+mod outbox;
+pub use outbox::{
+    DeliveryOutcome, DeliveryRecord, DueDelivery, OutboxMessage, PendingMessage, WEBHOOK_EVENTS,
+    WebhookRecord, WebhookSpec,
+};
 
 #[derive(Clone)]
 pub struct Catalog {
@@ -638,26 +680,11 @@ impl Catalog {
         attempts: i32,
         result: &RunResult,
     ) -> Result<()> {
+        let now = Utc::now();
         with_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE dataset_runs SET state = $2, attempts = $3, finished_at = $11, rows_written = $4,
-                     bytes_written = $5, manifest_url = $6, report_url = $7, watermark_before = $8,
-                     watermark_after = $9, error = $10, next_attempt_at = NULL
-                 WHERE run_id = $1",
-            )
-            .bind(run_id)
-            .bind(result.state)
-            .bind(attempts)
-            .bind(result.rows_written)
-            .bind(result.bytes_written)
-            .bind(&result.manifest_url)
-            .bind(&result.report_url)
-            .bind(&result.watermark_before)
-            .bind(&result.watermark_after)
-            .bind(&result.error)
-            .bind(Utc::now())
-            .execute(pool)
-            .await?;
+            finish_run_query!(run_id, attempts, result, now)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }

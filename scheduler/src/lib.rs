@@ -1,7 +1,9 @@
 //! Carga's control plane: the catalog (PostgreSQL; SQLite embedded), cron scheduling onto the job
 //! queue (Redis through apalis; SQLite embedded) and cluster-wide metrics. The HTTP API and the
 //! `carga-scheduler` service are in `carga-api`, so a worker does not link them.
-//! Messages to RabbitMQ (`notify`) are sent from both: runs' ends by workers, uploads by the API.
+//! Messages (RabbitMQ through `notify`, webhooks through `webhook`) are recorded in the catalog's
+//! outbox with the run's end or the upload's validation, and sent by the outbox `relay` that every
+//! worker and service process runs.
 //! Workers (`carga worker`, or `carga serve` in one process) take the jobs this enqueues.
 
 pub mod catalog;
@@ -11,8 +13,10 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod relay;
 pub mod schedule;
 pub mod shutdown;
+pub mod webhook;
 
 pub use catalog::Catalog;
 pub use daemon::{Scheduler, SchedulerSettings};

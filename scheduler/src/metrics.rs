@@ -2,6 +2,13 @@
 //! schedulers and every worker replica add to the same numbers and any API replica can serve
 //! `/metrics` (Prometheus text format).
 
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
 use crate::queue::{JobQueue, QueueError, QueueStats};
 
 const COUNTERS: &str = "metrics:counters";
@@ -115,70 +122,194 @@ impl Metrics {
         self.add_all(DURATION, &adds).await;
     }
 
-    /// The Prometheus exposition of the counters, the run-duration histogram and the queue.
+    /// The exposition (OpenMetrics text, which Prometheus scrapes) of the counters, the
+    /// run-duration histogram and the queue.
     pub async fn render(&self, queue: &QueueStats) -> Result<String, QueueError> {
-        let counters = self.queue.counters(COUNTERS).await?;
-        let durations = self.queue.counters(DURATION).await?;
-        let sources: std::collections::BTreeMap<String, f64> =
-            self.queue.counters(SOURCES).await?.into_iter().collect();
+        let snapshot = Snapshot {
+            counters: self.queue.counters(COUNTERS).await?.into_iter().collect(),
+            durations: self.queue.counters(DURATION).await?.into_iter().collect(),
+            sources: self.queue.counters(SOURCES).await?.into_iter().collect(),
+            queue: queue.clone(),
+        };
+        let mut registry = Registry::with_prefix("carga");
+        registry.register_collector(Box::new(snapshot));
         let mut out = String::new();
-        for counter in Counter::ALL {
-            let name = format!("carga_{}_total", counter.name());
-            let value = counters.get(counter.name()).copied().unwrap_or(0.0);
-            out.push_str(&format!(
-                "# HELP {name} {}\n# TYPE {name} counter\n{name} {value}\n",
-                counter.help()
-            ));
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(%error, "metrics exposition failed part way");
         }
-        out.push_str("# HELP carga_run_duration_seconds Duration of extraction runs.\n");
-        out.push_str("# TYPE carga_run_duration_seconds histogram\n");
-        for bound in DURATION_BUCKETS {
-            let value = durations.get(&format!("{bound}")).copied().unwrap_or(0.0);
-            out.push_str(&format!(
-                "carga_run_duration_seconds_bucket{{le=\"{bound}\"}} {value}\n"
-            ));
-        }
-        let get = |k: &str| durations.get(k).copied().unwrap_or(0.0);
-        out.push_str(&format!(
-            "carga_run_duration_seconds_bucket{{le=\"+Inf\"}} {}\ncarga_run_duration_seconds_sum {}\ncarga_run_duration_seconds_count {}\n",
-            get("+Inf"),
-            get("sum"),
-            get("count")
-        ));
-        out.push_str(
-            "# HELP carga_queue_jobs Jobs in the queue by state.\n# TYPE carga_queue_jobs gauge\n",
-        );
-        for (state, value) in [
-            ("queued", queue.queued),
-            ("scheduled", queue.scheduled),
-            ("running", queue.running),
-            ("dead", queue.dead),
-        ] {
-            out.push_str(&format!("carga_queue_jobs{{state=\"{state}\"}} {value}\n"));
-        }
-        for (metric, prefix, help) in [
-            (
-                "carga_source_rows_total",
-                "rows:",
-                "Rows committed, by source format.",
-            ),
-            (
-                "carga_source_seconds_total",
-                "seconds:",
-                "Seconds spent in committed runs, by source format.",
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {metric} {help}\n# TYPE {metric} counter\n"
-            ));
-            for (field, value) in &sources {
-                if let Some(source) = field.strip_prefix(prefix) {
-                    out.push_str(&format!("{metric}{{source=\"{source}\"}} {value}\n"));
-                }
-            }
-        }
-        out.push_str("# HELP carga_queue_workers Workers with a live heartbeat.\n# TYPE carga_queue_workers gauge\n");
-        out.push_str(&format!("carga_queue_workers {}\n", queue.workers));
         Ok(out)
+    }
+}
+
+/// The content type of `render`'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The cluster-wide numbers as read at one scrape, encoded by `prometheus-client` (names with
+/// their unit and `_total`, types, help, label escaping, histogram buckets).
+#[derive(Debug)]
+struct Snapshot {
+    counters: BTreeMap<String, f64>,
+    /// The run-duration histogram, kept cumulative per bucket bound (`le`), with `+Inf`,
+    /// `count` and `sum`.
+    durations: BTreeMap<String, f64>,
+    /// `rows:<format>` and `seconds:<format>`.
+    sources: BTreeMap<String, f64>,
+    queue: QueueStats,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let bytes = Unit::Bytes;
+        let seconds = Unit::Seconds;
+        for counter in Counter::ALL {
+            let value = self.counters.get(counter.name()).copied().unwrap_or(0.0);
+            let (name, unit) = match counter {
+                Counter::BytesWritten => ("written", Some(&bytes)),
+                other => (other.name(), None),
+            };
+            encoder
+                .encode_descriptor(name, counter.help(), unit, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&(value as u64), None)?;
+        }
+
+        let cumulative = |key: &str| self.durations.get(key).copied().unwrap_or(0.0) as u64;
+        let mut buckets = Vec::with_capacity(DURATION_BUCKETS.len() + 1);
+        let mut below = 0;
+        for bound in DURATION_BUCKETS {
+            let upto = cumulative(&format!("{bound}"));
+            buckets.push((bound, upto.saturating_sub(below)));
+            below = upto;
+        }
+        buckets.push((f64::MAX, cumulative("+Inf").saturating_sub(below)));
+        encoder
+            .encode_descriptor(
+                "run_duration",
+                "Duration of extraction runs.",
+                Some(&seconds),
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                self.durations.get("sum").copied().unwrap_or(0.0),
+                cumulative("count"),
+                &buckets,
+                None,
+            )?;
+
+        let mut jobs = encoder.encode_descriptor(
+            "queue_jobs",
+            "Jobs in the queue by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, value) in [
+            ("queued", self.queue.queued),
+            ("scheduled", self.queue.scheduled),
+            ("running", self.queue.running),
+            ("dead", self.queue.dead),
+        ] {
+            jobs.encode_family(&[("state", state)])?
+                .encode_gauge(&value)?;
+        }
+        encoder
+            .encode_descriptor(
+                "queue_workers",
+                "Workers with a live heartbeat.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.queue.workers)?;
+
+        let by_source = |prefix: &'static str| {
+            self.sources
+                .iter()
+                .filter_map(move |(field, value)| Some((field.strip_prefix(prefix)?, *value)))
+        };
+        let mut rows = encoder.encode_descriptor(
+            "source_rows",
+            "Rows committed, by source format.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (source, value) in by_source("rows:") {
+            rows.encode_family(&[("source", source)])?
+                .encode_counter::<NoLabelSet, _, u64>(&(value as u64), None)?;
+        }
+        let mut time = encoder.encode_descriptor(
+            "source",
+            "Seconds spent in committed runs, by source format.",
+            Some(&seconds),
+            MetricType::Counter,
+        )?;
+        for (source, value) in by_source("seconds:") {
+            time.encode_family(&[("source", source)])?
+                .encode_counter::<NoLabelSet, _, f64>(&value, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(snapshot: Snapshot) -> String {
+        let mut registry = Registry::with_prefix("carga");
+        registry.register_collector(Box::new(snapshot));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_exposition_has_conventional_names_units_and_cumulative_buckets() {
+        let map = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        // Two runs: 3 s and 100 s (the store keeps each bucket cumulative already).
+        let text = exposition(Snapshot {
+            counters: map(&[("jobs_enqueued", 2.0), ("bytes_written", 4096.0)]),
+            durations: map(&[
+                ("5", 1.0),
+                ("15", 1.0),
+                ("30", 1.0),
+                ("60", 1.0),
+                ("300", 2.0),
+                ("900", 2.0),
+                ("1800", 2.0),
+                ("3600", 2.0),
+                ("7200", 2.0),
+                ("+Inf", 2.0),
+                ("count", 2.0),
+                ("sum", 103.0),
+            ]),
+            sources: map(&[("rows:csv", 500.0), ("seconds:csv", 1.5)]),
+            queue: QueueStats {
+                queued: 3,
+                workers: 2,
+                ..QueueStats::default()
+            },
+        });
+        for line in [
+            "# TYPE carga_jobs_enqueued counter",
+            "carga_jobs_enqueued_total 2",
+            "carga_jobs_dead_total 0",
+            "# UNIT carga_written_bytes bytes",
+            "carga_written_bytes_total 4096",
+            "# TYPE carga_run_duration_seconds histogram",
+            "carga_run_duration_seconds_bucket{le=\"1.0\"} 0",
+            "carga_run_duration_seconds_bucket{le=\"5.0\"} 1",
+            "carga_run_duration_seconds_bucket{le=\"300.0\"} 2",
+            "carga_run_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "carga_run_duration_seconds_count 2",
+            "carga_run_duration_seconds_sum 103.0",
+            "carga_queue_jobs{state=\"queued\"} 3",
+            "carga_queue_jobs{state=\"dead\"} 0",
+            "carga_queue_workers 2",
+            "carga_source_rows_total{source=\"csv\"} 500",
+            "carga_source_seconds_total{source=\"csv\"} 1.5",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
 }

@@ -16,6 +16,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+use crate::catalog::OutboxMessage;
+
 pub const EXCHANGE: &str = "carga.events";
 /// The transformation engine's queue (routing keys `transform.*`).
 pub const TRANSFORM_QUEUE: &str = "carga.transform";
@@ -47,6 +49,21 @@ pub struct Notification {
     pub report: Option<String>,
 }
 
+impl Notification {
+    /// This notification as an outbox message, routed `notification.<event>`, recorded once per
+    /// `dedupe_key`; `webhook`: subscribers to its event get it too.
+    pub fn message(&self, dedupe_key: String, webhook: bool) -> OutboxMessage {
+        OutboxMessage {
+            dedupe_key,
+            event: webhook.then_some(self.event),
+            routing_key: format!("notification.{}", self.event),
+            dataset_id: self.dataset_id.clone(),
+            run_id: Some(self.run_id.clone()),
+            payload: serde_json::to_value(self).unwrap_or_default(),
+        }
+    }
+}
+
 pub struct Notifier {
     url: String,
     channel: Mutex<Option<(Connection, Channel)>>,
@@ -60,13 +77,15 @@ impl Notifier {
         }
     }
 
-    /// Publishes with a routing key; reconnects once if the connection was lost.
+    /// Publishes one message (JSON) with a routing key and the id a consumer may drop a
+    /// repeat by; waits for the broker's confirm, and reconnects once if the connection was
+    /// lost.
     pub async fn publish(
         &self,
         routing_key: &str,
-        body: &impl Serialize,
+        payload: &[u8],
+        message_id: i64,
     ) -> Result<(), NotifyError> {
-        let payload = serde_json::to_vec(body).expect("messages serialize");
         let mut guard = self.channel.lock().await;
         for attempt in 0..2 {
             if guard.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
@@ -79,9 +98,10 @@ impl Notifier {
                         EXCHANGE,
                         routing_key,
                         BasicPublishOptions::default(),
-                        &payload,
+                        payload,
                         BasicProperties::default()
                             .with_content_type("application/json".into())
+                            .with_message_id(message_id.to_string().into())
                             .with_delivery_mode(2),
                     )
                     .await?

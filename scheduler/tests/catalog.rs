@@ -5,7 +5,10 @@ mod common;
 
 use carga_config::DatasetSpec;
 use carga_jobs::validation::ProgressSnapshot;
-use carga_scheduler::catalog::{AuditEntry, Catalog, RunFilter, RunProgress, RunResult};
+use carga_scheduler::catalog::{
+    AuditEntry, Catalog, DeliveryOutcome, OutboxMessage, RunFilter, RunProgress, RunResult,
+    WebhookSpec,
+};
 use carga_scheduler::{ExtractionJob, RunReason};
 use chrono::{Duration, Utc};
 
@@ -341,4 +344,209 @@ async fn the_postgres_catalog_keeps_configuration_runs_tokens_and_audit() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// The outbox: a run's end records its messages and their deliveries in one transaction, once
+/// however often it is recorded; relays take pending rows under a lease, one relay each.
+async fn outbox(catalog: &Catalog) {
+    catalog.migrate().await.unwrap();
+    let hook = |url: &str, dataset: Option<&str>, events: &[&str], enabled: bool| WebhookSpec {
+        url: url.into(),
+        dataset_id: dataset.map(str::to_owned),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        secret: "0123456789abcdef-secret".into(),
+        enabled,
+    };
+    let all = catalog
+        .put_webhook(
+            "all",
+            &hook("http://hooks.example/all", None, &["run_succeeded"], true),
+            "ada",
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.events, ["run_succeeded"]);
+    assert!(!serde_json::to_string(&all).unwrap().contains("secret"));
+    for (id, spec) in [
+        (
+            "other",
+            hook(
+                "http://hooks.example/o",
+                Some("other"),
+                &["run_succeeded"],
+                true,
+            ),
+        ),
+        (
+            "failures",
+            hook("http://hooks.example/f", None, &["extraction_failed"], true),
+        ),
+        (
+            "off",
+            hook("http://hooks.example/off", None, &["run_succeeded"], false),
+        ),
+    ] {
+        catalog.put_webhook(id, &spec, "ada").await.unwrap();
+    }
+    assert_eq!(catalog.webhooks().await.unwrap().len(), 4);
+
+    let job = ExtractionJob::new("ventas", RunReason::Trigger);
+    catalog
+        .insert_queued_runs(std::slice::from_ref(&job))
+        .await
+        .unwrap();
+    let messages = [
+        OutboxMessage {
+            dedupe_key: format!("{}:dataset_ready", job.run_id),
+            event: None,
+            routing_key: "transform.dataset_ready".into(),
+            dataset_id: "ventas".into(),
+            run_id: Some(job.run_id.clone()),
+            payload: serde_json::json!({"event": "dataset_ready", "rows": 3}),
+        },
+        OutboxMessage {
+            dedupe_key: format!("{}:run_succeeded", job.run_id),
+            event: Some("run_succeeded"),
+            routing_key: "notification.run_succeeded".into(),
+            dataset_id: "ventas".into(),
+            run_id: Some(job.run_id.clone()),
+            payload: serde_json::json!({"event": "run_succeeded", "rows": 3}),
+        },
+    ];
+    let result = RunResult {
+        state: "succeeded",
+        rows_written: Some(3),
+        ..RunResult::default()
+    };
+    // Recorded twice (a retried end): kept once.
+    for _ in 0..2 {
+        catalog
+            .run_finished_with(&job.run_id, 1, &result, &messages)
+            .await
+            .unwrap();
+    }
+    let run = catalog.run(&job.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state.as_str(), run.rows_written),
+        ("succeeded", Some(3))
+    );
+    assert_eq!(catalog.outbox_pending().await.unwrap(), 2);
+    let log = catalog.deliveries(None, None, 10).await.unwrap();
+    assert_eq!(
+        log.len(),
+        1,
+        "only the enabled subscription to every dataset's successes: {log:?}"
+    );
+    assert_eq!(
+        (log[0].webhook_id.as_str(), log[0].state.as_str()),
+        ("all", "pending")
+    );
+    assert_eq!(log[0].event.as_deref(), Some("run_succeeded"));
+
+    // One relay takes the pending messages, in order; another finds none while the lease holds,
+    // and takes what is left once it ran out (the first relay died holding it).
+    let lease = std::time::Duration::from_millis(300);
+    let taken = catalog.claim_outbox("relay-a", lease, 10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(taken[0].routing_key, "transform.dataset_ready");
+    assert!(taken[0].id < taken[1].id);
+    assert!(
+        catalog
+            .claim_outbox("relay-b", lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    catalog.outbox_published(taken[0].id).await.unwrap();
+    assert_eq!(catalog.outbox_pending().await.unwrap(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let retaken = catalog.claim_outbox("relay-b", lease, 10).await.unwrap();
+    assert_eq!(retaken.len(), 1, "{retaken:?}");
+    assert_eq!(retaken[0].id, taken[1].id);
+    catalog.outbox_published(retaken[0].id).await.unwrap();
+    assert_eq!(catalog.outbox_pending().await.unwrap(), 0);
+    let lease = std::time::Duration::from_secs(60);
+
+    // Deliveries: taken under a lease with what sending needs; a retry comes due again.
+    let due = catalog.claim_deliveries(lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].url, "http://hooks.example/all");
+    assert_eq!(due[0].secret, "0123456789abcdef-secret");
+    assert_eq!(due[0].event, "run_succeeded");
+    assert_eq!(due[0].attempts, 0);
+    assert!(
+        catalog
+            .claim_deliveries(lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    catalog
+        .delivery_attempted(
+            due[0].id,
+            1,
+            &DeliveryOutcome::Retry {
+                status: Some(500),
+                error: "HTTP 500".into(),
+                next: Utc::now() - Duration::seconds(1),
+            },
+        )
+        .await
+        .unwrap();
+    let again = catalog.claim_deliveries(lease, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1));
+    catalog
+        .delivery_attempted(again[0].id, 2, &DeliveryOutcome::Delivered { status: 204 })
+        .await
+        .unwrap();
+    let log = catalog
+        .deliveries(Some("all"), Some("ventas"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (log[0].state.as_str(), log[0].attempts, log[0].last_status),
+        ("delivered", 2, Some(204))
+    );
+    assert!(log[0].delivered_at.is_some());
+    assert!(
+        catalog
+            .deliveries(Some("other"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Settled rows are pruned after the retention.
+    assert_eq!(
+        catalog
+            .prune_outbox(Utc::now() - Duration::days(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        catalog
+            .prune_outbox(Utc::now() + Duration::days(1))
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(catalog.delete_webhook("all").await.unwrap());
+    assert!(!catalog.delete_webhook("all").await.unwrap());
+}
+
+#[tokio::test]
+async fn the_sqlite_outbox_records_messages_with_the_run_end_once_and_leases_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("carga.db").display());
+    outbox(&Catalog::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_postgres_outbox_records_messages_with_the_run_end_once_and_leases_them() {
+    if !common::services_available(&[("PostgreSQL", "127.0.0.1:5432")]) {
+        return;
+    }
+    let (_name, url) = common::fresh_postgres_database("carga_outbox").await;
+    outbox(&Catalog::connect(&url).await.unwrap()).await;
 }

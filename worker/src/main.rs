@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod drill;
 mod health;
 mod lock;
 mod queue_worker;
@@ -218,6 +219,8 @@ struct JobArgs {
     /// Seconds between writes of a running job's progress (rows, rate, percentage) to the catalog.
     #[arg(long, env = "CARGA_PROGRESS_SECONDS", default_value_t = 3.0)]
     progress_seconds: f64,
+    #[command(flatten)]
+    relay: carga_scheduler::relay::RelayArgs,
 }
 
 impl JobArgs {
@@ -637,6 +640,8 @@ async fn discover(
 }
 
 async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
+    use carga_scheduler::notify::Notifier;
+    use carga_scheduler::relay::Relay;
     use carga_scheduler::shutdown::Shutdown;
     use carga_scheduler::{Catalog, JobQueue, QueueSettings};
     use std::time::Duration;
@@ -656,19 +661,27 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
     })
     .await?;
     let name = args.name.unwrap_or_else(default_worker_name);
+    let shutdown = Shutdown::on_signals();
+    // The messages of the runs this worker ends (and any other process's left pending).
+    let relay = Relay::new(
+        catalog.clone(),
+        args.amqp_url
+            .as_deref()
+            .map(|url| std::sync::Arc::new(Notifier::new(url))),
+        engine.policy().network,
+        args.jobs.relay.settings(format!("{name}-relay")),
+    );
+    let relaying = tokio::spawn(relay.run(shutdown.wait()));
     let shared = std::sync::Arc::new(queue_worker::Shared {
         engine,
         metrics: carga_scheduler::metrics::Metrics::new(queue.clone()),
         catalog,
         queue,
-        notifier: args
-            .amqp_url
-            .as_deref()
-            .map(carga_scheduler::notify::Notifier::new),
         settings: args.jobs.worker_settings(name.clone()),
     });
     eprintln!("worker '{name}' taking jobs from '{}'", args.queue);
-    take_loop::run(shared, Shutdown::on_signals().wait()).await?;
+    take_loop::run(shared, shutdown.wait()).await?;
+    let _ = relaying.await;
     eprintln!("worker '{name}' stopped");
     Ok(())
 }

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use carga_jobs::retry::Backoff;
 use carga_jobs::validation::ReadProgress;
 use carga_jobs::{Engine, RunFailure, RunOutcome};
 use carga_scheduler::catalog::{Catalog, RunProgress, RunResult};
@@ -23,7 +24,8 @@ use carga_scheduler::{ExtractionJob, JobQueue};
 use tracing::Instrument;
 
 use crate::lock::DatasetLock;
-use carga_scheduler::notify::{Notification, Notifier};
+use carga_scheduler::catalog::OutboxMessage;
+use carga_scheduler::notify::Notification;
 
 /// Times a job may go back to the queue without an attempt (busy dataset, unreachable catalog)
 /// before it is dead, as apalis-redis does.
@@ -40,16 +42,10 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Backoff before attempt `next` (2, 3, ...): doubles each time, capped, with ±20% jitter so
-    /// jobs failing together do not retry together.
+    /// Backoff before attempt `next` (2, 3, ...): doubles each time, capped, stretched by up to
+    /// as much again at random so jobs failing together do not retry together.
     pub fn backoff(&self, next: u32) -> Duration {
-        let doublings = next.saturating_sub(2).min(20);
-        let base = self
-            .first_backoff
-            .saturating_mul(1 << doublings)
-            .min(self.max_backoff);
-        let jitter = 0.8 + rand::random::<f64>() * 0.4;
-        base.mul_f64(jitter)
+        Backoff::new(self.first_backoff, self.max_backoff).pause(next.saturating_sub(1))
     }
 }
 
@@ -72,7 +68,6 @@ pub struct Shared {
     pub catalog: Catalog,
     pub queue: JobQueue,
     pub metrics: Metrics,
-    pub notifier: Option<Notifier>,
     pub settings: WorkerSettings,
 }
 
@@ -136,7 +131,7 @@ async fn handle_in_span(
                 .catalog
                 .run_started(job, &shared.settings.name, job.attempt as i32)
                 .await?;
-            finish_failed(shared, job, "failed", reason).await;
+            finish_failed(shared, job, "failed", reason).await?;
             return Ok(Settlement::Dead(format!(
                 "dataset '{}': {reason}",
                 job.dataset_id
@@ -227,7 +222,12 @@ async fn attempt(
     }
     let took = started.elapsed();
     let Some(failure) = failure else {
-        finish_succeeded(shared, job, attempt, &outcomes, took).await;
+        if let Some(marker) = std::env::var_os(crate::drill::HOLD_AFTER_COMMIT) {
+            crate::drill::hold_after_commit(&marker, &job.run_id).await;
+        }
+        // A catalog that cannot record the end puts the job back: its next take finds the
+        // commit made and records the end and the messages then.
+        finish_succeeded(shared, job, attempt, &outcomes, took).await?;
         return Ok(Settlement::Done);
     };
     let message = failure.to_string();
@@ -238,7 +238,7 @@ async fn attempt(
             .metrics
             .observe_run_duration(took.as_secs_f64())
             .await;
-        finish_failed(shared, job, state, &message).await;
+        finish_failed(shared, job, state, &message).await?;
         return Ok(Settlement::Dead(message));
     }
     let wait = policy.backoff(attempt + 1);
@@ -296,7 +296,7 @@ async fn finish_succeeded(
     attempt: u32,
     outcomes: &[RunOutcome],
     took: Duration,
-) {
+) -> Result<(), Fault> {
     let rows: u64 = outcomes.iter().map(|o| o.manifest.rows).sum();
     let bytes: u64 = outcomes.iter().map(|o| o.manifest.bytes).sum();
     let watermark = |pick: fn(&carga_jobs::manifest::WatermarkRange) -> Option<String>| {
@@ -316,13 +316,16 @@ async fn finish_succeeded(
         watermark_after: watermark(|w| w.to.as_ref().map(watermark_text)),
         error: None,
     };
-    if let Err(e) = shared
+    // The run's end and every message about it commit together (the outbox): a crash after
+    // the data's commit loses no message, and a retry that finds the commit records them once.
+    let messages = success_messages(job, outcomes, &result, rows);
+    shared
         .catalog
-        .run_finished(&job.run_id, attempt as i32, &result)
+        .run_finished_with(&job.run_id, attempt as i32, &result, &messages)
         .await
-    {
-        tracing::error!(error = %e, "run committed but its history row was not updated");
-    }
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "run committed but its end and messages were not recorded yet");
+        })?;
     shared.metrics.add(Counter::JobsSucceeded, 1).await;
     shared.metrics.add(Counter::RowsWritten, rows).await;
     if let Some(first) = outcomes.first() {
@@ -338,55 +341,20 @@ async fn finish_succeeded(
         .observe_run_duration(took.as_secs_f64())
         .await;
     tracing::info!(rows, bytes, attempt, "job succeeded");
-    let Some(notifier) = &shared.notifier else {
-        return;
-    };
-    for outcome in outcomes {
-        let ready = serde_json::json!({
-            "event": "dataset_ready",
-            "dataset_id": outcome.manifest.dataset,
-            "run_id": job.run_id,
-            "mode": outcome.manifest.mode,
-            "sequence": outcome.manifest.sequence,
-            "rows": outcome.manifest.rows,
-            "manifest": outcome.manifest_url,
-            "files": outcome.manifest.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
-        });
-        publish(notifier, "transform.dataset_ready", &ready).await;
-    }
-    let note = Notification {
-        event: "upload_success",
-        dataset_id: job.dataset_id.clone(),
-        run_id: job.run_id.clone(),
-        at: chrono::Utc::now(),
-        rows: Some(rows),
-        manifest: result.manifest_url.clone(),
-        reason: None,
-        upload_id: None,
-        report: result.report_url.clone(),
-    };
-    publish(notifier, "notification.upload_success", &note).await;
+    Ok(())
 }
 
-async fn finish_failed(shared: &Shared, job: &ExtractionJob, state: &'static str, reason: &str) {
+async fn finish_failed(
+    shared: &Shared,
+    job: &ExtractionJob,
+    state: &'static str,
+    reason: &str,
+) -> Result<(), Fault> {
     let attempt = job.attempt.max(1);
     let result = RunResult {
         state,
         error: Some(reason.to_owned()),
         ..RunResult::default()
-    };
-    if let Err(e) = shared
-        .catalog
-        .run_finished(&job.run_id, attempt as i32, &result)
-        .await
-    {
-        tracing::error!(error = %e, "run history row not updated");
-    }
-    shared.metrics.add(Counter::JobsFailed, 1).await;
-    shared.metrics.add(Counter::JobsDead, 1).await;
-    tracing::error!(attempt, state, error = %reason, "job failed");
-    let Some(notifier) = &shared.notifier else {
-        return;
     };
     let event = if state == "failed" {
         "validation_failed"
@@ -404,13 +372,64 @@ async fn finish_failed(shared: &Shared, job: &ExtractionJob, state: &'static str
         upload_id: None,
         report: None,
     };
-    publish(notifier, &format!("notification.{event}"), &note).await;
+    let message = note.message(format!("{}:{event}", job.run_id), true);
+    shared
+        .catalog
+        .run_finished_with(&job.run_id, attempt as i32, &result, &[message])
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "run's end and message not recorded yet"))?;
+    shared.metrics.add(Counter::JobsFailed, 1).await;
+    shared.metrics.add(Counter::JobsDead, 1).await;
+    tracing::error!(attempt, state, error = %reason, "job failed");
+    Ok(())
 }
 
-async fn publish(notifier: &Notifier, routing_key: &str, body: &impl serde::Serialize) {
-    if let Err(e) = notifier.publish(routing_key, body).await {
-        tracing::error!(error = %e, routing_key, "message not published");
+/// What a committed run announces: `dataset_ready` per table for the transformation engine,
+/// the seed's `upload_success` (RabbitMQ only) and `run_succeeded` (RabbitMQ and webhooks).
+fn success_messages(
+    job: &ExtractionJob,
+    outcomes: &[RunOutcome],
+    result: &RunResult,
+    rows: u64,
+) -> Vec<OutboxMessage> {
+    let mut messages: Vec<OutboxMessage> = outcomes
+        .iter()
+        .map(|outcome| OutboxMessage {
+            dedupe_key: format!(
+                "{}:dataset_ready:{}:{}",
+                job.run_id, outcome.manifest.dataset, outcome.manifest.sequence
+            ),
+            event: None,
+            routing_key: "transform.dataset_ready".into(),
+            dataset_id: outcome.manifest.dataset.clone(),
+            run_id: Some(job.run_id.clone()),
+            payload: serde_json::json!({
+                "event": "dataset_ready",
+                "dataset_id": outcome.manifest.dataset,
+                "run_id": job.run_id,
+                "mode": outcome.manifest.mode,
+                "sequence": outcome.manifest.sequence,
+                "rows": outcome.manifest.rows,
+                "manifest": outcome.manifest_url,
+                "files": outcome.manifest.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+    let note = |event| Notification {
+        event,
+        dataset_id: job.dataset_id.clone(),
+        run_id: job.run_id.clone(),
+        at: chrono::Utc::now(),
+        rows: Some(rows),
+        manifest: result.manifest_url.clone(),
+        reason: None,
+        upload_id: None,
+        report: result.report_url.clone(),
+    };
+    for (event, webhook) in [("upload_success", false), ("run_succeeded", true)] {
+        messages.push(note(event).message(format!("{}:{event}", job.run_id), webhook));
     }
+    messages
 }
 
 fn watermark_text(w: &carga_jobs::delta::Watermark) -> String {
@@ -434,7 +453,7 @@ mod tests {
         };
         let within = |d: Duration, secs: f64| {
             let s = d.as_secs_f64();
-            s >= secs * 0.8 - 1e-9 && s <= secs * 1.2 + 1e-9
+            s >= secs - 1e-9 && s <= secs * 2.0 + 1e-9
         };
         assert!(within(policy.backoff(2), 2.0));
         assert!(within(policy.backoff(3), 4.0));

@@ -23,6 +23,7 @@ use carga_jobs::storage::Bucket;
 use carga_scheduler::catalog::AuditEntry;
 use carga_scheduler::metrics::Metrics;
 use carga_scheduler::queue::SqliteQueue;
+use carga_scheduler::relay::Relay;
 use carga_scheduler::shutdown::Shutdown;
 use carga_scheduler::{
     Catalog, ExtractionJob, JobQueue, QueueSettings, RunReason, Scheduler, SchedulerSettings,
@@ -138,10 +139,6 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         access.clone(),
     )
     .with_engine(Engine::new(settings.clone())?.with_access(access.clone()));
-    let api_state = match &args.amqp_url {
-        Some(url) => api_state.with_notifier(carga_scheduler::notify::Notifier::new(url)),
-        None => api_state,
-    };
     let api_state = Arc::new(args.api.apply(api_state).map_err(anyhow::Error::msg)?);
     let stopped = shutdown.wait();
     tasks.spawn(async move {
@@ -166,16 +163,29 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         }
     });
     let bucket = settings.bucket.clone();
+    let name = default_worker_name();
+    // One relay for the process: the runs' and the uploads' messages, to RabbitMQ and webhooks.
+    let relay = Relay::new(
+        catalog.clone(),
+        args.amqp_url
+            .as_deref()
+            .map(|url| Arc::new(carga_scheduler::notify::Notifier::new(url))),
+        access.network,
+        args.jobs.relay.settings(format!("{name}-relay")),
+    );
+    tasks.spawn({
+        let stopped = shutdown.wait();
+        async move {
+            relay.run(stopped).await;
+            Ok(())
+        }
+    });
     let shared = Arc::new(Shared {
         engine,
         catalog,
         queue,
         metrics,
-        notifier: args
-            .amqp_url
-            .as_deref()
-            .map(carga_scheduler::notify::Notifier::new),
-        settings: args.jobs.worker_settings(default_worker_name()),
+        settings: args.jobs.worker_settings(name),
     });
     tasks.spawn(take_loop::run(shared, shutdown.wait()));
 

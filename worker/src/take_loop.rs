@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use carga_jobs::retry::{Backoff, Pauses};
 use carga_scheduler::JobQueue;
 use carga_scheduler::queue::{Settlement, TakenJob};
 use tokio::sync::Semaphore;
@@ -24,6 +25,7 @@ const POLL: Duration = Duration::from_millis(500);
 /// Pauses after a backend fault grow from the first to the last.
 const FAULT_PAUSE_FIRST: Duration = Duration::from_millis(250);
 const FAULT_PAUSE_MAX: Duration = Duration::from_secs(10);
+const FAULT_BACKOFF: Backoff = Backoff::new(FAULT_PAUSE_FIRST, FAULT_PAUSE_MAX);
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -155,11 +157,20 @@ async fn heartbeats(queue: JobQueue, name: String, liveness: crate::health::Live
     }
 }
 
-/// Consecutive backend faults of one loop: the pause before the next try, and one log line when
-/// the fault starts and one when it ends.
-#[derive(Default)]
+/// Consecutive backend faults of one loop: the pause before the next try (growing, capped,
+/// jittered), and one log line when the fault starts and one when it ends.
 struct Faults {
     count: u32,
+    pauses: Pauses,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            pauses: FAULT_BACKOFF.pauses(),
+        }
+    }
 }
 
 impl Faults {
@@ -170,16 +181,15 @@ impl Faults {
         } else {
             tracing::debug!(worker, attempt = self.count, error = %error, "{doing} failed again");
         }
-        FAULT_PAUSE_FIRST
-            .saturating_mul(1 << self.count.saturating_sub(1).min(8))
-            .min(FAULT_PAUSE_MAX)
+        // The schedule has no end: a worker waits for its queue as long as it takes.
+        self.pauses.next().unwrap_or(FAULT_BACKOFF.max)
     }
 
     fn cleared(&mut self, worker: &str) {
         if self.count > 0 {
             tracing::info!(worker, faults = self.count, "the queue answers again");
         }
-        self.count = 0;
+        *self = Self::default();
     }
 }
 
@@ -193,11 +203,11 @@ mod tests {
         let pauses: Vec<Duration> = (0..10)
             .map(|_| faults.failed("w", "taking a job", &"broken pipe"))
             .collect();
-        assert_eq!(pauses[0], FAULT_PAUSE_FIRST);
-        assert_eq!(pauses[1], FAULT_PAUSE_FIRST * 2);
-        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(*pauses.last().unwrap(), FAULT_PAUSE_MAX);
+        let within = |pause: Duration, base: Duration| pause >= base && pause <= base * 2;
+        assert!(within(pauses[0], FAULT_PAUSE_FIRST), "{pauses:?}");
+        assert!(within(pauses[1], FAULT_PAUSE_FIRST * 2), "{pauses:?}");
+        assert!(within(pauses[9], FAULT_PAUSE_MAX), "{pauses:?}");
         faults.cleared("w");
-        assert_eq!(faults.failed("w", "x", &"e"), FAULT_PAUSE_FIRST);
+        assert!(within(faults.failed("w", "x", &"e"), FAULT_PAUSE_FIRST));
     }
 }

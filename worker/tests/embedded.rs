@@ -29,6 +29,8 @@ struct Embedded {
     initial_runs: bool,
     /// `RUST_LOG`, or the binary's own default when `None`.
     log_filter: Option<&'static str>,
+    /// More environment for the next start (a drill, the relay's pace).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Embedded {
@@ -49,6 +51,7 @@ impl Embedded {
             retry_args: vec!["--max-attempts", "2", "--backoff-seconds", "0.2"],
             initial_runs: false,
             log_filter: Some("info"),
+            env: Vec::new(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Embedded {
             .envs(self.log_filter.map(|filter| ("RUST_LOG", filter)))
             .env_remove("CARGA_SETTINGS")
             .env_remove("CARGA_AMQP_URL")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(out)
             .stderr(log)
             .spawn()
@@ -142,12 +146,25 @@ impl Embedded {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let response = reqwest::Client::new()
+        self.call_with(method, path, None).await
+    }
+
+    /// A call with a JSON body.
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
             .request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .bearer_auth(self.token())
-            .send()
-            .await
-            .unwrap();
+            .bearer_auth(self.token());
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let body = response.bytes().await.unwrap();
         (
@@ -277,10 +294,15 @@ async fn slow_api() -> (String, Arc<AtomicUsize>) {
             }
         }),
     );
+    (format!("http://{}", serve_on_loopback(app).await), requests)
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; its address.
+async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, requests)
+    address
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,4 +580,215 @@ async fn a_retrying_job_waits_in_the_queue_not_in_a_worker_slot() {
         "waited {waited} in the queue"
     );
     assert_eq!(lab.stop().code(), Some(0), "{}", lab.logs());
+}
+
+/// One request a webhook receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    event: String,
+    delivery: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+/// A webhook receiver on loopback: answers 500 to the first `failures` requests, then 200; keeps
+/// every request.
+async fn webhook_receiver(failures: usize) -> (String, Arc<std::sync::Mutex<Vec<Received>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let received = Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let kept = received.clone();
+    let app = axum::Router::new().route(
+        "/hooks/carga",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let mut kept = kept.lock().unwrap();
+                kept.push(Received {
+                    event: header("carga-event"),
+                    delivery: header("carga-delivery"),
+                    signature: header("carga-signature"),
+                    body: body.to_vec(),
+                });
+                if kept.len() <= failures {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let url = format!("http://{}/hooks/carga", serve_on_loopback(app).await);
+    (url, received)
+}
+
+/// The outbox: a worker killed with SIGKILL right after a run's data committed, before its end
+/// and messages were recorded, loses no message: started again, the run is found committed, its
+/// end and its `run_succeeded` message are recorded once, and the webhook is delivered (signed,
+/// after two 500 answers, with the same delivery id each time) exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_survives_a_kill_after_the_commit_and_arrives_once_after_two_500s() {
+    const SECRET: &str = "a-webhook-secret-of-some-length";
+    let (url, received) = webhook_receiver(2).await;
+    let mut carga = Embedded::new();
+    std::fs::write(
+        carga.path("specs/ventas.csv"),
+        "id,total\n1,10\n2,20\n3,30\n",
+    )
+    .unwrap();
+    carga.add_spec(
+        "ventas",
+        "id: ventas\nsource: {format: csv, location: ventas.csv}\nmode: complete\n\
+         trigger: callback\nkey: [id]\n",
+    );
+    let marker = carga.path("committed.marker");
+    carga.env = vec![
+        (
+            "CARGA_DRILL_HOLD_AFTER_COMMIT",
+            marker.display().to_string(),
+        ),
+        ("CARGA_RELAY_POLL_SECONDS", "0.1".into()),
+        ("CARGA_WEBHOOK_BACKOFF_SECONDS", "0.2".into()),
+        ("CARGA_WEBHOOK_MAX_BACKOFF_SECONDS", "0.5".into()),
+    ];
+    carga.start();
+    carga.wait_until_ready().await;
+
+    // An admin subscribes; a short secret, an unknown event and a user in the URL are refused.
+    let api = &carga;
+    let put = |body: Value| async move {
+        api.call_with(reqwest::Method::PUT, "/webhooks/ops", Some(&body))
+            .await
+    };
+    for (bad, why) in [
+        (
+            serde_json::json!({"url": url, "events": ["run_succeeded"], "secret": "short"}),
+            "secret",
+        ),
+        (
+            serde_json::json!({"url": url, "events": ["run_exploded"], "secret": SECRET}),
+            "run_exploded",
+        ),
+        (
+            serde_json::json!({"url": url.replace("http://", "http://u:p@"), "events": ["run_succeeded"], "secret": SECRET}),
+            "user or password",
+        ),
+    ] {
+        let (status, problem) = put(bad).await;
+        assert_eq!(status, 422, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(why),
+            "{problem}"
+        );
+        assert!(!problem.to_string().contains(SECRET), "{problem}");
+    }
+    let (status, hook) = put(serde_json::json!({
+        "url": url, "events": ["run_succeeded", "extraction_failed"], "dataset_id": "ventas", "secret": SECRET,
+    }))
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    assert!(
+        hook.get("secret").is_none() && !hook.to_string().contains(SECRET),
+        "{hook}"
+    );
+
+    // The run commits its data, then the worker is held (the drill) and killed there.
+    let run_id = carga.trigger("ventas").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", carga.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    carga.kill();
+    assert_eq!(
+        carga.manifests("ventas").await.len(),
+        1,
+        "the data committed"
+    );
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing sent before the end was recorded"
+    );
+
+    // Started again (no drill): the run is found committed, ends once, and its message goes out.
+    carga
+        .env
+        .retain(|(name, _)| *name != "CARGA_DRILL_HOLD_AFTER_COMMIT");
+    carga.start();
+    carga.wait_until_ready().await;
+    let run = carga
+        .wait_for_run(
+            &run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", carga.logs());
+    assert_eq!(run["rows_written"], 3);
+    assert_eq!(carga.manifests("ventas").await.len(), 1, "not run again");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, log) = carga
+            .call(reqwest::Method::GET, "/webhooks/deliveries")
+            .await;
+        if log
+            .as_array()
+            .is_some_and(|l| l.iter().any(|d| d["state"] == "delivered"))
+        {
+            let log = log.as_array().unwrap();
+            assert_eq!(log.len(), 1, "{log:?}");
+            assert_eq!(log[0]["event"], "run_succeeded");
+            assert_eq!(log[0]["run_id"], run_id.as_str());
+            assert_eq!(log[0]["attempts"], 3, "{log:?}");
+            assert_eq!(log[0]["last_status"], 200, "{log:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered: {log}\n{}",
+            carga.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing more comes: one message, three requests (two 500s, one 200).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let now = chrono::Utc::now().timestamp();
+    for request in &got {
+        assert_eq!(request.event, "run_succeeded");
+        assert_eq!(request.delivery, got[0].delivery, "one message, retried");
+        assert!(
+            carga_scheduler::webhook::verify(
+                SECRET,
+                &request.signature,
+                &request.body,
+                now,
+                Duration::from_secs(300)
+            ),
+            "bad signature {request:?}"
+        );
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body["event"], "run_succeeded");
+        assert_eq!(body["run_id"], run_id.as_str());
+        assert_eq!(body["rows"], 3);
+    }
+    assert!(!carga.logs().contains(SECRET), "the secret is never logged");
+    let (_, audit) = carga.call(reqwest::Method::GET, "/audit").await;
+    assert!(!audit.to_string().contains(SECRET));
+    let refused = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "put_webhook" && a["result"] == "rejected")
+        .count();
+    assert_eq!(refused, 3, "every refusal is audited: {audit}");
+    assert_eq!(carga.stop().code(), Some(0), "{}", carga.logs());
 }

@@ -420,10 +420,13 @@ async fn a_cron_fires_and_the_job_commits_and_announces_itself() {
     assert_eq!(manifests[0].rows, 250);
 
     // The transformation engine's message and the notification.
-    let seen = listener.wait_for("orders", 2).await;
+    // (From the outbox, recorded with the run's end; the worker's relay publishes them.)
+    let seen = listener.wait_for("orders", 3).await;
     let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys.len(), 3, "{seen:?}");
     assert!(keys.contains(&"transform.dataset_ready"), "{seen:?}");
     assert!(keys.contains(&"notification.upload_success"), "{seen:?}");
+    assert!(keys.contains(&"notification.run_succeeded"), "{seen:?}");
     let ready = &seen
         .iter()
         .find(|(k, _)| k == "transform.dataset_ready")

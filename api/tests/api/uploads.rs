@@ -184,7 +184,16 @@ async fn notifications() -> (lapin::Connection, lapin::Channel, String) {
     (connection, channel, name)
 }
 
-async fn messages(channel: &lapin::Channel, queue: &str) -> Vec<Value> {
+/// The messages on `queue`, once the outbox's relay has published every one recorded.
+async fn messages(api: &Api, channel: &lapin::Channel, queue: &str) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while api.catalog.outbox_pending().await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox relay published nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut out = Vec::new();
     while let Some(message) = channel
         .basic_get(queue, BasicGetOptions { no_ack: true })
@@ -327,7 +336,7 @@ async fn a_resumable_upload_cut_twice_resumes_validates_and_runs() {
     assert_eq!(upload_location, format!("upload://{id}"));
 
     // Tests running at once share the exchange: only this upload's messages count here.
-    let notes: Vec<Value> = messages(&channel, &queue)
+    let notes: Vec<Value> = messages(&api, &channel, &queue)
         .await
         .into_iter()
         .filter(|n| n["upload_id"] == id.as_str())
@@ -454,7 +463,7 @@ async fn rejected_uploads_leave_nothing_in_temp_and_say_why() {
     assert_eq!(response.status(), 413);
     assert!(files_under(&temp).is_empty());
 
-    let notes = messages(&channel, &queue).await;
+    let notes = messages(&api, &channel, &queue).await;
     let failed = notes
         .iter()
         .filter(|n| n["event"] == "validation_failed")

@@ -58,7 +58,7 @@ impl Default for QueueSettings {
 }
 
 /// Counts operators watch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Waiting to be taken now.
     pub queued: u64,

@@ -13,6 +13,7 @@ use url::Url;
 
 use crate::access::NetworkPolicy;
 use crate::redact::Redactor;
+use crate::retry::Backoff;
 use crate::secrets::ConnectionSecret;
 
 /// The longest `Retry-After` we wait for; a server asking for more fails the run instead of
@@ -107,6 +108,7 @@ impl RestClient {
 
     /// GETs `url`, retrying what may pass on a later attempt.
     pub async fn get(&mut self, url: &Url) -> Result<Response, FetchError> {
+        let mut pauses = self.backoff().pauses();
         let mut attempt = 1;
         let mut renewed_after_401 = false;
         self.may_request(url)?;
@@ -146,12 +148,12 @@ impl RestClient {
                     retry_after: None,
                 },
             };
-            if attempt >= self.options.max_attempts {
+            let Some(pause) = pauses.next() else {
                 return Err(FetchError::Http(format!(
                     "{} (after {attempt} attempts)",
                     failure.message
                 )));
-            }
+            };
             let wait = match failure.retry_after {
                 Some(wait) if wait > MAX_RETRY_AFTER => {
                     return Err(FetchError::Http(format!(
@@ -162,7 +164,7 @@ impl RestClient {
                     )));
                 }
                 Some(wait) => wait,
-                None => backoff(self.options.backoff_ms, attempt),
+                None => pause,
             };
             tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, reason = %failure.message, "request failed; retrying");
             tokio::time::sleep(wait).await;
@@ -202,6 +204,12 @@ impl RestClient {
             },
             url.host_str().unwrap_or("a URL without a host"),
         )))
+    }
+
+    /// The pauses between tries: `backoff_ms` doubling, `max_attempts` tries in all.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_millis(self.options.backoff_ms), MAX_BACKOFF)
+            .attempts(self.options.max_attempts)
     }
 
     fn is_oauth2(&self) -> bool {
@@ -301,6 +309,7 @@ impl RestClient {
         if !scopes.is_empty() {
             form.push(("scope", scopes.join(" ")));
         }
+        let mut pauses = self.backoff().pauses();
         let mut attempt = 1;
         let response = loop {
             self.pacer.wait().await;
@@ -324,12 +333,12 @@ impl RestClient {
                 Ok(r) => format!("HTTP {}", r.status()),
                 Err(e) => describe(&e),
             };
-            if attempt >= self.options.max_attempts {
+            let Some(pause) = pauses.next() else {
                 return Err(FetchError::Http(format!(
                     "OAuth2 token request to {token_url} failed: {failure} (after {attempt} attempts)"
                 )));
-            }
-            tokio::time::sleep(backoff(self.options.backoff_ms, attempt)).await;
+            };
+            tokio::time::sleep(pause).await;
             attempt += 1;
         };
         let bytes = response
@@ -477,12 +486,6 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
-/// Exponential backoff from `first_ms`, doubling per attempt, capped.
-pub(crate) fn backoff(first_ms: u64, attempt: u32) -> Duration {
-    let factor = 1u64 << attempt.saturating_sub(1).min(16);
-    Duration::from_millis(first_ms.saturating_mul(factor)).min(MAX_BACKOFF)
-}
-
 /// Spaces request starts at least `1 / requests_per_second` apart.
 struct Pacer {
     interval: Option<Duration>,
@@ -534,14 +537,6 @@ mod tests {
         );
         headers.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(100, 1), Duration::from_millis(100));
-        assert_eq!(backoff(100, 2), Duration::from_millis(200));
-        assert_eq!(backoff(100, 4), Duration::from_millis(800));
-        assert_eq!(backoff(1000, 30), MAX_BACKOFF);
     }
 
     #[tokio::test]
