@@ -42,6 +42,12 @@ try {
   await page.locator("#doc-body", { hasText: '"sequence"' }).waitFor();
   await page.click("#doc-close");
   await page.locator("#workers tr[data-worker] .dot:not(.gone)").first().waitFor();
+
+  // The run's webhook shows in the delivery log once the worker's relay delivered it.
+  const delivery = page.locator(`#deliveries tr[data-state="delivered"]`).first();
+  await delivery.waitFor();
+  if (!(await delivery.textContent()).includes("run_succeeded")) fail("the delivery's event is not shown");
+  await page.locator("#webhooks-view").screenshot({ path: `${shots}/dashboard-webhooks.png` });
   await page.locator("#runs-view").screenshot({ path: `${shots}/dashboard-runs.png` });
   await page.locator("#workers-view").screenshot({ path: `${shots}/dashboard-workers.png` });
 

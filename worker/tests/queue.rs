@@ -719,6 +719,31 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     tokio::spawn(carga_api::serve(state, listener, std::future::pending()));
     let admin = lab.catalog.create_token("ada", "admin").await.unwrap();
 
+    // A webhook on loopback for the dataset's successes: the dashboard shows its delivery.
+    let hooks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hooks.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { axum::http::StatusCode::NO_CONTENT }
+        }),
+    );
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hook_listener, receiver).await.unwrap() });
+    let subscription = carga_scheduler::catalog::WebhookSpec {
+        url: hook_url,
+        dataset_id: Some("ventas".into()),
+        events: vec!["run_succeeded".into()],
+        secret: "dashboard-test-secret".into(),
+        enabled: true,
+    };
+    lab.catalog
+        .put_webhook("ops", &subscription, "ada")
+        .await
+        .unwrap();
+
     // The browser session; it asks for a worker once its job is queued.
     let shots = std::env::var("CARGA_SCREENSHOTS_DIR")
         .map(PathBuf::from)
@@ -751,7 +776,12 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
         }
     });
     // Small batches and frequent progress writes, so the slow run's progress moves visibly.
-    lab.worker_env = vec![("CARGA_LOG_FORMAT", "json"), ("CARGA_BATCH_ROWS", "10")];
+    // The webhook receiver is on loopback: this worker may reach private addresses.
+    lab.worker_env = vec![
+        ("CARGA_LOG_FORMAT", "json"),
+        ("CARGA_BATCH_ROWS", "10"),
+        ("CARGA_ALLOW_PRIVATE_NETWORKS", "true"),
+    ];
     let mut done = None;
     while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(180), lines.recv()).await {
         if line == "START_WORKER" {
@@ -770,6 +800,12 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
     });
     assert!(output.status.success());
     assert!(shots.join("dashboard-runs.png").exists());
+    assert!(shots.join("dashboard-webhooks.png").exists());
+    assert_eq!(
+        hooks.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one run of the dataset, one delivery"
+    );
 
     // What the browser did is what the catalog holds.
     assert_eq!(
