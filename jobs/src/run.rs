@@ -252,8 +252,37 @@ impl Engine {
             .await
     }
 
-    /// Runs with a given run id and says how far the read has got in `progress` as it goes
-    /// (the worker writes it to the catalog for the dashboard; `carga run` draws it).
+    /// Runs with a given run id and hands `report` how far the read has got, with the time
+    /// since the start, every `every` until the run ends (the worker writes it to the catalog
+    /// for the dashboard; `carga run` draws it). A slow `report` delays the next one, never the
+    /// run.
+    pub async fn run_watched<F, Fut>(
+        &self,
+        spec: &DatasetSpec,
+        run_id: &str,
+        every: std::time::Duration,
+        mut report: F,
+    ) -> std::result::Result<RunOutcome, RunFailure>
+    where
+        F: FnMut(crate::validation::ProgressSnapshot, std::time::Duration) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let progress = Arc::new(ReadProgress::default());
+        let started = std::time::Instant::now();
+        let run = self.run_observed(spec, run_id, progress.clone());
+        tokio::pin!(run);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                outcome = &mut run => return outcome,
+                _ = ticks.tick() => report(progress.snapshot(), started.elapsed()).await,
+            }
+        }
+    }
+
+    /// Runs with a given run id and says how far the read has got in `progress` as it goes.
     pub async fn run_observed(
         &self,
         spec: &DatasetSpec,

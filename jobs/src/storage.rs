@@ -117,19 +117,34 @@ impl SourceObject {
         &self,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Box<dyn BufRead + Send>> {
+        self.open_sized_blocking(runtime).map(|(reader, _)| reader)
+    }
+
+    /// As `open_blocking`, with the object's size in bytes where the same open tells it (the
+    /// file's metadata, the store's answer to the GET, `Content-Length`, the upload's length):
+    /// live progress measures against it without a second open or request.
+    pub fn open_sized_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(Box<dyn BufRead + Send>, Option<u64>)> {
         match &self.kind {
             SourceObjectKind::Local { .. } => {
                 let file = self.open_local()?;
-                Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+                let size = file.metadata().ok().map(|m| m.len());
+                Ok((Box::new(BufReader::with_capacity(1 << 20, file)), size))
             }
             SourceObjectKind::Remote { store, path } => {
                 let get = runtime
                     .block_on(store.get(path))
                     .map_err(|e| JobError::store(format!("reading {}", self.display), e))?;
+                let size = get.meta.size;
                 let stream = get.into_stream().map_err(std::io::Error::other);
                 let reader =
                     SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone());
-                Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+                Ok((
+                    Box::new(BufReader::with_capacity(1 << 20, reader)),
+                    Some(size),
+                ))
             }
             SourceObjectKind::Http { client, url } => {
                 let response = runtime
@@ -141,10 +156,11 @@ impl SourceObject {
                         message: format!("HTTP {}", response.status()),
                     });
                 }
+                let size = response.content_length();
                 let stream = response.bytes_stream().map_err(std::io::Error::other);
                 let reader =
                     SyncIoBridge::new_with_handle(StreamReader::new(stream), runtime.clone());
-                Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+                Ok((Box::new(BufReader::with_capacity(1 << 20, reader)), size))
             }
             SourceObjectKind::Upload { area, id } => {
                 // The store failing is not the input's fault (and must not reject an upload).
@@ -169,28 +185,11 @@ impl SourceObject {
                     StreamReader::new(area.plaintext(&state)),
                     runtime.clone(),
                 );
-                Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+                Ok((
+                    Box::new(BufReader::with_capacity(1 << 20, reader)),
+                    state.length,
+                ))
             }
-        }
-    }
-
-    /// The object's size in bytes, where the store says it without reading it (live progress).
-    /// Must be called from a blocking thread.
-    pub fn size_blocking(&self, runtime: &tokio::runtime::Handle) -> Option<u64> {
-        match &self.kind {
-            SourceObjectKind::Local { .. } => {
-                self.open_local().ok()?.metadata().ok().map(|m| m.len())
-            }
-            SourceObjectKind::Remote { store, path } => runtime
-                .block_on(store.head(path))
-                .ok()
-                .map(|meta| meta.size),
-            SourceObjectKind::Upload { area, id } => runtime
-                .block_on(area.state(id))
-                .ok()
-                .flatten()
-                .and_then(|state| state.length),
-            SourceObjectKind::Http { .. } => None,
         }
     }
 

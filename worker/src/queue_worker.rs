@@ -11,11 +11,9 @@
 //! A job taken again after its run committed (its worker was killed, or the queue lost its end)
 //! finds its manifest by run id and is done without running again.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carga_jobs::retry::Backoff;
-use carga_jobs::validation::ReadProgress;
 use carga_jobs::{Engine, RunFailure, RunOutcome};
 use carga_scheduler::catalog::{Catalog, RunProgress, RunResult};
 use carga_scheduler::metrics::{Counter, Metrics};
@@ -270,24 +268,17 @@ async fn run_reporting_progress(
     table: &carga_config::DatasetSpec,
     run_id: &str,
 ) -> Result<RunOutcome, RunFailure> {
-    let progress = Arc::new(ReadProgress::default());
-    let started = Instant::now();
-    let run = shared.engine.run_observed(table, run_id, progress.clone());
-    tokio::pin!(run);
-    let mut ticks = tokio::time::interval(shared.settings.progress_every);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            outcome = &mut run => return outcome,
-            _ = ticks.tick() => {
-                let update = RunProgress::new(&progress.snapshot(), started.elapsed());
-                // Progress is for people watching; a catalog hiccup must not fail the run.
-                if let Err(e) = shared.catalog.run_progress(run_id, &update).await {
-                    tracing::debug!(error = %e, "progress not written");
-                }
+    let every = shared.settings.progress_every;
+    shared
+        .engine
+        .run_watched(table, run_id, every, |snapshot, elapsed| async move {
+            let update = RunProgress::new(&snapshot, elapsed);
+            // Progress is for people watching; a catalog hiccup must not fail the run.
+            if let Err(e) = shared.catalog.run_progress(run_id, &update).await {
+                tracing::debug!(error = %e, "progress not written");
             }
-        }
-    }
+        })
+        .await
 }
 
 async fn finish_succeeded(

@@ -4,11 +4,10 @@
 //! never silent. The result itself still goes to stdout when the run ends.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use carga_config::DatasetSpec;
-use carga_jobs::validation::{ProgressSnapshot, ReadProgress};
+use carga_jobs::validation::ProgressSnapshot;
 use carga_jobs::{Engine, RunFailure, RunOutcome};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -21,28 +20,20 @@ pub async fn run(
     spec: &DatasetSpec,
     every: Duration,
 ) -> Result<RunOutcome, RunFailure> {
-    let progress = Arc::new(ReadProgress::default());
     let run_id = uuid::Uuid::now_v7().to_string();
-    let run = engine.run_observed(spec, &run_id, progress.clone());
-    tokio::pin!(run);
     let on_terminal = std::io::stderr().is_terminal()
         && std::env::var("CARGA_LOG_FORMAT").map_or(true, |f| f != "json");
     let bar = on_terminal.then(|| bar(&spec.id));
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(if on_terminal { BAR_REFRESH } else { every });
-    ticks.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut run => break outcome,
-            _ = ticks.tick() => {
-                let snapshot = progress.snapshot();
-                match &bar {
-                    Some(bar) => draw(bar, &snapshot, started.elapsed()),
-                    None => eprintln!("{}", line(&spec.id, &snapshot, started.elapsed())),
-                }
+    let every = if on_terminal { BAR_REFRESH } else { every };
+    let outcome = engine
+        .run_watched(spec, &run_id, every, |snapshot, elapsed| {
+            match &bar {
+                Some(bar) => draw(bar, &snapshot, elapsed),
+                None => eprintln!("{}", line(&spec.id, &snapshot, elapsed)),
             }
-        }
-    };
+            std::future::ready(())
+        })
+        .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

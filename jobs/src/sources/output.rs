@@ -60,10 +60,10 @@ impl SourceOutput {
     /// A file source's bytes for a streaming parser (on the reader's blocking thread), counted
     /// into the run's progress against the file's size where the store knows it.
     pub(crate) fn open_counted(&self, object: &SourceObject) -> Result<Box<dyn BufRead + Send>> {
-        if let Some(size) = object.size_blocking(&self.runtime) {
+        let (inner, size) = object.open_sized_blocking(&self.runtime)?;
+        if let Some(size) = size {
             self.progress.expect_bytes(size);
         }
-        let inner = object.open_blocking(&self.runtime)?;
         Ok(Box::new(Counted {
             inner,
             progress: self.progress.clone(),
