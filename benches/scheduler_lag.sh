@@ -7,12 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/carga-target}"
+# `--workspace` (not `-p`): the features the rest of the workspace builds with, so nothing rebuilds.
 profile="${3:-release}"
 if [ "$profile" = release ]; then
-  cargo build -q --release -p carga-scheduler --example cron_lag
+  cargo build -q --release --workspace --example cron_lag
   bin="$CARGO_TARGET_DIR/release/examples/cron_lag"
 else
-  cargo build -q -p carga-scheduler --example cron_lag
+  cargo build -q --workspace --example cron_lag
   bin="$CARGO_TARGET_DIR/debug/examples/cron_lag"
 fi
 "$bin" "${1:-1000}" "${2:-3}" "${4:-redis}"
