@@ -202,6 +202,16 @@ impl Embedded {
         }
     }
 
+    /// The run once it has ended (succeeded, failed or dead), a minute at most.
+    async fn wait_for_end(&self, run_id: &str) -> Value {
+        self.wait_for_run(
+            run_id,
+            &["succeeded", "failed", "dead"],
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
     /// The dataset's first succeeded run, waited for (30 s at most) without triggering it.
     async fn first_success(&self, dataset: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -361,13 +371,7 @@ async fn the_embedded_service_schedules_triggers_recovers_a_killed_job_and_stops
     // Started again: the held job goes back to the queue and runs to one commit.
     carga.start();
     carga.wait_until_ready().await;
-    let run = carga
-        .wait_for_run(
-            &run_id,
-            &["succeeded", "failed", "dead"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let run = carga.wait_for_end(&run_id).await;
     assert_eq!(run["state"], "succeeded", "{run}\n{}", carga.logs());
     assert_eq!(run["rows_written"], 300);
     let manifests = carga.manifests("slow").await;
@@ -722,13 +726,7 @@ async fn a_webhook_survives_a_kill_after_the_commit_and_arrives_once_after_two_5
         .retain(|(name, _)| *name != "CARGA_DRILL_HOLD_AFTER_COMMIT");
     carga.start();
     carga.wait_until_ready().await;
-    let run = carga
-        .wait_for_run(
-            &run_id,
-            &["succeeded", "failed", "dead"],
-            Duration::from_secs(60),
-        )
-        .await;
+    let run = carga.wait_for_end(&run_id).await;
     assert_eq!(run["state"], "succeeded", "{run}\n{}", carga.logs());
     assert_eq!(run["rows_written"], 3);
     assert_eq!(carga.manifests("ventas").await.len(), 1, "not run again");

@@ -23,3 +23,13 @@ pub struct ColumnInfo {
     /// What Carga writes for it.
     pub arrow: String,
 }
+
+/// A driver's error while discovering tables, with the connection's secrets masked.
+pub(crate) fn discovery_failed(
+    secret: &crate::secrets::ConnectionSecret,
+) -> impl Fn(sqlx::Error) -> crate::error::JobError + '_ {
+    move |e| crate::error::JobError::Database {
+        context: "discovering tables".into(),
+        message: secret.redact(&e.to_string()),
+    }
+}

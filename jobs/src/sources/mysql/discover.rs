@@ -3,22 +3,19 @@
 
 use sqlx::{Connection, MySqlConnection, Row};
 
-use crate::error::{JobError, Result};
+use crate::error::Result;
 use crate::secrets::ConnectionSecret;
-use crate::sources::listing::{ColumnInfo, TableInfo};
+use crate::sources::listing::{ColumnInfo, TableInfo, discovery_failed};
 
 /// Lists the tables of the connection's server, optionally of one database.
 pub(crate) async fn discover(
     secret: &ConnectionSecret,
     schema: Option<&str>,
 ) -> Result<Vec<TableInfo>> {
-    let failed = |e: sqlx::Error| JobError::Database {
-        context: "discovering tables".into(),
-        message: secret.redact(&e.to_string()),
-    };
+    let failed = discovery_failed(secret);
     let mut conn = MySqlConnection::connect(&secret.database_url("mysql", 3306)?)
         .await
-        .map_err(failed)?;
+        .map_err(&failed)?;
     list_tables(&mut conn, schema).await.map_err(failed)
 }
 
