@@ -22,15 +22,14 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (broker_state, id);
 
--- Webhook subscriptions: events of one dataset or of all (`dataset_id` NULL), signed with a
--- shared secret (HMAC-SHA256) that is written once and never shown.
+-- Webhook subscriptions: events of one dataset or of all (`dataset_id` NULL). Their signing
+-- secrets live in the secrets provider (`webhooks/<webhook_id>`), never here, as connections' do.
 CREATE TABLE webhooks (
     webhook_id  TEXT PRIMARY KEY,
     url         TEXT NOT NULL,
     dataset_id  TEXT,
     -- The events, comma-separated with a comma at each end (`,run_succeeded,extraction_failed,`).
     events      TEXT NOT NULL,
-    secret      TEXT NOT NULL,
     enabled     BOOLEAN NOT NULL DEFAULT TRUE,
     created_by  TEXT NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL,

@@ -158,9 +158,11 @@ async fn main() -> Result<()> {
             // Specs come from editors: only the roots and networks the settings open.
             let access = AccessPolicy::for_server(&settings, &[], &[]);
             // The uploads' messages (and any left pending by a worker), to RabbitMQ and webhooks.
+            let secrets = carga_jobs::secrets::provider(&settings).await;
             let relay = Relay::new(
                 catalog.clone(),
                 amqp_url.as_deref().map(|url| Arc::new(Notifier::new(url))),
+                secrets.clone(),
                 access.network,
                 relay_args.settings(format!("scheduler-{}", std::process::id())),
             );
@@ -180,7 +182,7 @@ async fn main() -> Result<()> {
                 let state = ApiState::new(
                     catalog.clone(),
                     queue.clone(),
-                    carga_jobs::secrets::provider(&settings).await,
+                    secrets,
                     Bucket::open(&settings)?,
                     access,
                 );

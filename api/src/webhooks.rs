@@ -2,10 +2,12 @@
 //!
 //! An admin subscribes a URL to events (`upload_success`, `validation_failed`,
 //! `extraction_failed`, `run_succeeded`) of one dataset or of all, with a shared secret that
-//! signs every delivery (HMAC-SHA256, `Carga-Signature`). The secret is written once and never
-//! shown again, in an answer, the log or the audit. Deliveries come from the outbox relay, with
+//! signs every delivery (HMAC-SHA256, `Carga-Signature`). The secret goes to the secrets provider
+//! (`webhooks/<id>`, as connections' credentials do) and is never shown again, in an answer, the
+//! log, the catalog or the audit. Deliveries come from the outbox relay, with
 //! retries and backoff; approvers and admins read the log.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,7 +16,9 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use carga_scheduler::catalog::{DeliveryRecord, WEBHOOK_EVENTS, WebhookRecord, WebhookSpec};
+use carga_scheduler::webhook::{SECRET_FIELD, secret_name};
 use serde::Deserialize;
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -85,6 +89,7 @@ async fn list(
     responses(
         (status = 200, description = "Stored (the secret is not in the answer)", body = WebhookRecord),
         (status = 422, description = "Not a valid subscription; the detail says which field", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The secrets provider refused the secret", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put(
     State(state): State<Arc<ApiState>>,
@@ -95,14 +100,21 @@ async fn put(
 ) -> ApiResult<Response> {
     const ACTION: &str = "put_webhook";
     let caller = authorize(&state, &headers, peer, Action::ManageWebhooks, None).await?;
-    let spec = match parse(&state, &id, &body) {
-        Ok(spec) => spec,
+    let (spec, secret) = match parse(&state, &id, &body) {
+        Ok(parsed) => parsed,
         Err(why) => {
             let message = format!("webhook '{id}': {why}");
             audit_detail(&state, &caller, ACTION, None, "rejected", message.clone()).await?;
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
         }
     };
+    // The secret first: a subscription is never in the catalog without the key to sign with.
+    let fields = BTreeMap::from([(SECRET_FIELD.to_owned(), Value::String(secret))]);
+    state
+        .secrets
+        .store(&secret_name(&id), &fields, true)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let record = state
         .catalog
         .put_webhook(&id, &spec, &caller.subject)
@@ -138,6 +150,9 @@ async fn delete(
         .delete_webhook(&id)
         .await
         .map_err(ApiError::internal)?;
+    if deleted && let Err(e) = state.secrets.remove(&secret_name(&id)).await {
+        tracing::warn!(webhook = %id, error = %e, "webhook secret not removed from the secrets provider");
+    }
     let result = if deleted { "ok" } else { "rejected" };
     audit_detail(
         &state,
@@ -179,8 +194,8 @@ async fn deliveries(
     Ok(Json(records).into_response())
 }
 
-/// The body as a subscription, or what is wrong with it; never quotes the secret.
-fn parse(state: &ApiState, id: &str, body: &[u8]) -> Result<WebhookSpec, String> {
+/// The body as a subscription and its secret, or what is wrong with it; never quotes the secret.
+fn parse(state: &ApiState, id: &str, body: &[u8]) -> Result<(WebhookSpec, String), String> {
     if id.is_empty()
         || id.len() > 100
         || !id
@@ -231,13 +246,13 @@ fn parse(state: &ApiState, id: &str, body: &[u8]) -> Result<WebhookSpec, String>
     let mut events = body.events;
     events.sort();
     events.dedup();
-    Ok(WebhookSpec {
+    let spec = WebhookSpec {
         url: url.to_string(),
         dataset_id: body.dataset_id.filter(|d| !d.is_empty()),
         events,
-        secret: body.secret,
         enabled: body.enabled,
-    })
+    };
+    Ok((spec, body.secret))
 }
 
 /// What the audit log names of a URL: its host, never its path or query.

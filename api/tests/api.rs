@@ -101,6 +101,7 @@ impl Api {
             let relay = carga_scheduler::relay::Relay::new(
                 catalog.clone(),
                 Some(Arc::new(carga_scheduler::notify::Notifier::new(url))),
+                state.secrets.clone(),
                 state.access.network,
                 carga_scheduler::relay::RelaySettings {
                     poll: std::time::Duration::from_millis(100),
@@ -984,6 +985,16 @@ async fn webhooks_are_written_by_admins_read_by_approvers_and_never_show_their_s
         serde_json::json!(["extraction_failed", "run_succeeded"])
     );
     assert!(hook["dataset_id"].is_null());
+    // The secret is in the secrets provider, and nowhere in the catalog.
+    let stored = api.secrets.connection("webhooks/ops").await.unwrap();
+    assert_eq!(stored.field("secret").as_deref(), Some(SECRET));
+    let pool = api.catalog.postgres_pool().unwrap();
+    let rows: Vec<String> = sqlx::query_scalar("SELECT row_to_json(w)::text FROM webhooks w")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].contains(SECRET), "{rows:?}");
     let (status, list) = api
         .call(Method::GET, "/webhooks", Some(&approver), None)
         .await;
@@ -1018,4 +1029,8 @@ async fn webhooks_are_written_by_admins_read_by_approvers_and_never_show_their_s
         .call(Method::DELETE, "/webhooks/ops", Some(&admin), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        api.secrets.connection("webhooks/ops").await.is_err(),
+        "the secret goes with the subscription"
+    );
 }

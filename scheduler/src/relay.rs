@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use carga_jobs::access::NetworkPolicy;
 use carga_jobs::retry::Backoff;
+use carga_jobs::secrets::SecretsProvider;
 use chrono::Utc;
 
 use crate::catalog::{Catalog, CatalogError, DeliveryOutcome, DueDelivery};
@@ -96,6 +97,8 @@ pub struct RelayPass {
 pub struct Relay {
     catalog: Catalog,
     notifier: Option<Arc<Notifier>>,
+    /// Where the subscriptions' signing secrets are (`webhook::secret_name`).
+    secrets: Arc<dyn SecretsProvider>,
     http: reqwest::Client,
     network: NetworkPolicy,
     settings: RelaySettings,
@@ -115,6 +118,7 @@ impl Relay {
     pub fn new(
         catalog: Catalog,
         notifier: Option<Arc<Notifier>>,
+        secrets: Arc<dyn SecretsProvider>,
         network: NetworkPolicy,
         settings: RelaySettings,
     ) -> Self {
@@ -129,6 +133,7 @@ impl Relay {
         Self {
             catalog,
             notifier,
+            secrets,
             http,
             network,
             settings,
@@ -236,7 +241,10 @@ impl Relay {
 
     /// POSTs one delivery, signed; what the attempt came to.
     async fn deliver(&self, delivery: &DueDelivery, attempt: i32) -> DeliveryOutcome {
-        let sent = self.post(delivery).await;
+        let sent = match self.secret(&delivery.webhook_id).await {
+            Ok(secret) => self.post(delivery, &secret).await,
+            Err(error) => Err(error),
+        };
         let (status, error) = match sent {
             Ok(status) if (200..300).contains(&status) => {
                 return DeliveryOutcome::Delivered {
@@ -262,11 +270,11 @@ impl Relay {
 
     /// The HTTP status the receiver answered, or why there was none. Errors never carry the
     /// URL (its query may hold a token) nor the secret.
-    async fn post(&self, delivery: &DueDelivery) -> Result<u16, String> {
+    async fn post(&self, delivery: &DueDelivery, secret: &str) -> Result<u16, String> {
         let url = url::Url::parse(&delivery.url).map_err(|e| format!("not a URL: {e}"))?;
         self.network.check_url(&url)?;
         let body = delivery.payload.as_bytes().to_vec();
-        let signature = webhook::sign(&delivery.secret, Utc::now().timestamp(), &body);
+        let signature = webhook::sign(secret, Utc::now().timestamp(), &body);
         let response = self
             .http
             .post(url)
@@ -279,5 +287,20 @@ impl Relay {
             .await
             .map_err(|e| e.without_url().to_string())?;
         Ok(response.status().as_u16())
+    }
+
+    /// The subscription's signing secret, or why it could not be read (said without the
+    /// provider's message, which names where secrets live; that goes to the log).
+    async fn secret(&self, webhook_id: &str) -> Result<String, String> {
+        let name = webhook::secret_name(webhook_id);
+        match self.secrets.connection(&name).await {
+            Ok(entry) => entry
+                .field(webhook::SECRET_FIELD)
+                .ok_or_else(|| format!("the secrets provider's '{name}' has no `secret` field")),
+            Err(e) => {
+                tracing::warn!(webhook = webhook_id, error = %e, "webhook secret not read");
+                Err(format!("the signing secret '{name}' could not be read"))
+            }
+        }
     }
 }

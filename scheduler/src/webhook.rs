@@ -11,6 +11,14 @@ use std::time::Duration;
 use ring::hmac;
 
 pub const SIGNATURE_HEADER: &str = "carga-signature";
+/// The field of the subscription's entry in the secrets provider that holds its key.
+pub const SECRET_FIELD: &str = "secret";
+
+/// Where a subscription's signing secret lives in the secrets provider (as a connection's
+/// credentials do; connection ids cannot hold a `/`, so the two never meet).
+pub fn secret_name(webhook_id: &str) -> String {
+    format!("webhooks/{webhook_id}")
+}
 pub const EVENT_HEADER: &str = "carga-event";
 pub const DELIVERY_HEADER: &str = "carga-delivery";
 

@@ -668,6 +668,7 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
         args.amqp_url
             .as_deref()
             .map(|url| std::sync::Arc::new(Notifier::new(url))),
+        engine.secrets().clone(),
         engine.policy().network,
         args.jobs.relay.settings(format!("{name}-relay")),
     );

@@ -170,6 +170,7 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         args.amqp_url
             .as_deref()
             .map(|url| Arc::new(carga_scheduler::notify::Notifier::new(url))),
+        engine.secrets().clone(),
         access.network,
         args.jobs.relay.settings(format!("{name}-relay")),
     );

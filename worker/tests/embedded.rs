@@ -779,6 +779,18 @@ async fn a_webhook_survives_a_kill_after_the_commit_and_arrives_once_after_two_5
         assert_eq!(body["rows"], 3);
     }
     assert!(!carga.logs().contains(SECRET), "the secret is never logged");
+    // It is in the secrets provider (here the local secrets file), not in the catalog.
+    let secrets: Value =
+        serde_json::from_str(&std::fs::read_to_string(carga.path("secrets.json")).unwrap())
+            .unwrap();
+    assert_eq!(secrets["webhooks/ops"]["secret"], SECRET);
+    let catalog = std::fs::read(carga.path("state/carga.db")).unwrap();
+    assert!(
+        !catalog
+            .windows(SECRET.len())
+            .any(|w| w == SECRET.as_bytes()),
+        "the catalog file holds no secret"
+    );
     let (_, audit) = carga.call(reqwest::Method::GET, "/audit").await;
     assert!(!audit.to_string().contains(SECRET));
     let refused = audit

@@ -736,9 +736,18 @@ async fn the_dashboard_shows_jobs_moving_and_retries_a_dead_one() {
         url: hook_url,
         dataset_id: Some("ventas".into()),
         events: vec!["run_succeeded".into()],
-        secret: "dashboard-test-secret".into(),
         enabled: true,
     };
+    // Its signing secret, where the API would have put it.
+    carga_jobs::secrets::provider(&lab.settings)
+        .await
+        .store(
+            &carga_scheduler::webhook::secret_name("ops"),
+            &[("secret".to_owned(), "dashboard-test-secret".into())].into(),
+            true,
+        )
+        .await
+        .unwrap();
     lab.catalog
         .put_webhook("ops", &subscription, "ada")
         .await

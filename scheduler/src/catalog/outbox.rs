@@ -41,7 +41,7 @@ pub struct PendingMessage {
     pub payload: String,
 }
 
-/// A webhook subscription as it may be shown: never its secret.
+/// A webhook subscription (its signing secret is in the secrets provider, never here).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WebhookRecord {
     pub webhook_id: String,
@@ -61,8 +61,6 @@ pub struct WebhookSpec {
     pub url: String,
     pub dataset_id: Option<String>,
     pub events: Vec<String>,
-    /// The HMAC-SHA256 key deliveries are signed with.
-    pub secret: String,
     pub enabled: bool,
 }
 
@@ -95,7 +93,6 @@ pub struct DueDelivery {
     /// Attempts made before this one.
     pub attempts: i32,
     pub url: String,
-    pub secret: String,
     pub event: String,
     pub payload: String,
 }
@@ -285,7 +282,7 @@ impl Catalog {
             let mut due = Vec::with_capacity(claimed.len());
             for id in claimed {
                 let row = sqlx::query(
-                    "SELECT d.id, d.outbox_id, d.webhook_id, d.attempts, w.url, w.secret, o.event, o.payload
+                    "SELECT d.id, d.outbox_id, d.webhook_id, d.attempts, w.url, o.event, o.payload
                      FROM webhook_deliveries d
                      JOIN webhooks w ON w.webhook_id = d.webhook_id
                      JOIN outbox o ON o.id = d.outbox_id
@@ -301,7 +298,6 @@ impl Catalog {
                         webhook_id: row.text("webhook_id")?,
                         attempts: row.small_integer("attempts")?,
                         url: row.text("url")?,
-                        secret: row.text("secret")?,
                         event: row.optional_text("event")?.unwrap_or_default(),
                         payload: row.text("payload")?,
                     }),
@@ -374,18 +370,16 @@ impl Catalog {
         let now = Utc::now();
         let record = with_pool!(self, |pool| {
             let row = sqlx::query(
-                "INSERT INTO webhooks (webhook_id, url, dataset_id, events, secret, enabled, created_by, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                "INSERT INTO webhooks (webhook_id, url, dataset_id, events, enabled, created_by, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
                  ON CONFLICT (webhook_id) DO UPDATE SET url = EXCLUDED.url, dataset_id = EXCLUDED.dataset_id,
-                     events = EXCLUDED.events, secret = EXCLUDED.secret, enabled = EXCLUDED.enabled,
-                     updated_at = EXCLUDED.updated_at
+                     events = EXCLUDED.events, enabled = EXCLUDED.enabled, updated_at = EXCLUDED.updated_at
                  RETURNING webhook_id, url, dataset_id, events, enabled, created_by, created_at, updated_at",
             )
             .bind(webhook_id)
             .bind(&spec.url)
             .bind(&spec.dataset_id)
             .bind(event_list(&spec.events))
-            .bind(&spec.secret)
             .bind(spec.enabled)
             .bind(by)
             .bind(now)
