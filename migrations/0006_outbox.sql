@@ -13,7 +13,8 @@ CREATE TABLE outbox (
     run_id        TEXT,
     payload       TEXT NOT NULL,
     created_at    TIMESTAMPTZ NOT NULL,
-    -- `pending`, then `published` once the broker confirmed it.
+    -- `pending`, then `published` once the broker confirmed it, or `skipped` where there is no
+    -- broker at all (`carga serve` without `--amqp-url`).
     broker_state  TEXT NOT NULL DEFAULT 'pending',
     published_at  TIMESTAMPTZ,
     -- A relay's lease on a pending row.

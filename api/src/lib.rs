@@ -387,9 +387,14 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
                content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<Response> {
     let stats = state.queue.stats().await.map_err(ApiError::internal)?;
+    let outbox = state
+        .catalog
+        .outbox_counts()
+        .await
+        .map_err(ApiError::internal)?;
     let text = state
         .metrics
-        .render(&stats)
+        .render(&stats, &outbox)
         .await
         .map_err(ApiError::internal)?;
     Ok((

@@ -317,8 +317,8 @@ macro_rules! finish_run_query {
 
 mod outbox;
 pub use outbox::{
-    DeliveryOutcome, DeliveryRecord, DueDelivery, OutboxMessage, PendingMessage, WEBHOOK_EVENTS,
-    WebhookRecord, WebhookSpec,
+    BrokerState, DeliveryOutcome, DeliveryRecord, DueDelivery, OutboxCounts, OutboxMessage,
+    PendingMessage, WEBHOOK_EVENTS, WebhookRecord, WebhookSpec,
 };
 
 #[derive(Clone)]

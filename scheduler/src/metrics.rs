@@ -9,6 +9,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::catalog::OutboxCounts;
 use crate::queue::{JobQueue, QueueError, QueueStats};
 
 const COUNTERS: &str = "metrics:counters";
@@ -123,13 +124,18 @@ impl Metrics {
     }
 
     /// The exposition (OpenMetrics text, which Prometheus scrapes) of the counters, the
-    /// run-duration histogram and the queue.
-    pub async fn render(&self, queue: &QueueStats) -> Result<String, QueueError> {
+    /// run-duration histogram, the queue and the outbox.
+    pub async fn render(
+        &self,
+        queue: &QueueStats,
+        outbox: &OutboxCounts,
+    ) -> Result<String, QueueError> {
         let snapshot = Snapshot {
             counters: self.queue.counters(COUNTERS).await?.into_iter().collect(),
             durations: self.queue.counters(DURATION).await?.into_iter().collect(),
             sources: self.queue.counters(SOURCES).await?.into_iter().collect(),
             queue: queue.clone(),
+            outbox: outbox.clone(),
         };
         let mut registry = Registry::with_prefix("carga");
         registry.register_collector(Box::new(snapshot));
@@ -155,6 +161,7 @@ struct Snapshot {
     /// `rows:<format>` and `seconds:<format>`.
     sources: BTreeMap<String, f64>,
     queue: QueueStats,
+    outbox: OutboxCounts,
 }
 
 impl Collector for Snapshot {
@@ -218,6 +225,25 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?
             .encode_gauge(&self.queue.workers)?;
+        encoder
+            .encode_descriptor(
+                "outbox_pending_messages",
+                "Messages recorded and not yet confirmed by the broker.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.outbox.pending_messages)?;
+        let mut deliveries = encoder.encode_descriptor(
+            "webhook_deliveries",
+            "Webhook deliveries kept in the log, by state (pending, delivered, failed).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, count) in &self.outbox.deliveries {
+            deliveries
+                .encode_family(&[("state", state.as_str())])?
+                .encode_gauge(count)?;
+        }
 
         let by_source = |prefix: &'static str| {
             self.sources
@@ -288,6 +314,10 @@ mod tests {
                 workers: 2,
                 ..QueueStats::default()
             },
+            outbox: OutboxCounts {
+                pending_messages: 4,
+                deliveries: vec![("delivered".into(), 7), ("failed".into(), 1)],
+            },
         });
         for line in [
             "# TYPE carga_jobs_enqueued counter",
@@ -307,6 +337,9 @@ mod tests {
             "carga_queue_workers 2",
             "carga_source_rows_total{source=\"csv\"} 500",
             "carga_source_seconds_total{source=\"csv\"} 1.5",
+            "carga_outbox_pending_messages 4",
+            "carga_webhook_deliveries{state=\"delivered\"} 7",
+            "carga_webhook_deliveries{state=\"failed\"} 1",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");

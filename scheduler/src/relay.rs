@@ -14,7 +14,7 @@ use carga_jobs::retry::Backoff;
 use carga_jobs::secrets::SecretsProvider;
 use chrono::Utc;
 
-use crate::catalog::{Catalog, CatalogError, DeliveryOutcome, DueDelivery};
+use crate::catalog::{BrokerState, Catalog, CatalogError, DeliveryOutcome, DueDelivery};
 use crate::notify::Notifier;
 use crate::webhook;
 
@@ -34,6 +34,9 @@ pub struct RelaySettings {
     pub webhook_timeout: Duration,
     /// Settled messages and deliveries are forgotten after this.
     pub retention: Duration,
+    /// Whether no process has a broker (a single-process `carga serve` without `--amqp-url`):
+    /// then a relay without one marks messages `skipped` rather than leaving them for one.
+    pub no_broker_anywhere: bool,
 }
 
 impl RelaySettings {
@@ -46,6 +49,7 @@ impl RelaySettings {
             webhook_attempts: 8,
             webhook_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
+            no_broker_anywhere: false,
         }
     }
 }
@@ -113,8 +117,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Relay {
     /// A relay publishing through `notifier` (none: it delivers webhooks only, and the messages
-    /// wait for a relay with a broker, or are pruned unsent after the retention) and delivering
-    /// webhooks to the addresses `network` allows.
+    /// wait for a relay with a broker, or are marked `skipped` where there is no broker anywhere)
+    /// and delivering webhooks to the addresses `network` allows.
     pub fn new(
         catalog: Catalog,
         notifier: Option<Arc<Notifier>>,
@@ -180,25 +184,30 @@ impl Relay {
     /// One pass: publish what is pending, deliver what is due.
     pub async fn pass(&self) -> Result<RelayPass, CatalogError> {
         let mut pass = RelayPass::default();
-        // A relay with no broker delivers webhooks only; the messages wait for one that has.
-        let pending = match &self.notifier {
-            Some(_) => {
-                self.catalog
-                    .claim_outbox(&self.settings.name, self.settings.lease, BATCH)
-                    .await?
-            }
-            None => Vec::new(),
+        // A relay with no broker delivers webhooks only; the messages wait for one that has,
+        // unless there is none anywhere.
+        let pending = if self.notifier.is_some() || self.settings.no_broker_anywhere {
+            self.catalog
+                .claim_outbox(&self.settings.name, self.settings.lease, BATCH)
+                .await?
+        } else {
+            Vec::new()
         };
         for message in pending {
             let Some(notifier) = &self.notifier else {
-                break;
+                self.catalog
+                    .outbox_sent(message.id, BrokerState::Skipped)
+                    .await?;
+                continue;
             };
             match notifier
                 .publish(&message.routing_key, message.payload.as_bytes(), message.id)
                 .await
             {
                 Ok(()) => {
-                    self.catalog.outbox_published(message.id).await?;
+                    self.catalog
+                        .outbox_sent(message.id, BrokerState::Published)
+                        .await?;
                     pass.published += 1;
                 }
                 // Its lease runs out and a later pass (of this relay or another) sends it.

@@ -6,8 +6,8 @@ mod common;
 use carga_config::DatasetSpec;
 use carga_jobs::validation::ProgressSnapshot;
 use carga_scheduler::catalog::{
-    AuditEntry, Catalog, DeliveryOutcome, OutboxMessage, RunFilter, RunProgress, RunResult,
-    WebhookSpec,
+    AuditEntry, BrokerState, Catalog, DeliveryOutcome, OutboxMessage, RunFilter, RunProgress,
+    RunResult, WebhookSpec,
 };
 use carga_scheduler::{ExtractionJob, RunReason};
 use chrono::{Duration, Utc};
@@ -455,13 +455,19 @@ async fn outbox(catalog: &Catalog) {
             .unwrap()
             .is_empty()
     );
-    catalog.outbox_published(taken[0].id).await.unwrap();
+    catalog
+        .outbox_sent(taken[0].id, BrokerState::Published)
+        .await
+        .unwrap();
     assert_eq!(catalog.outbox_pending().await.unwrap(), 1);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let retaken = catalog.claim_outbox("relay-b", lease, 10).await.unwrap();
     assert_eq!(retaken.len(), 1, "{retaken:?}");
     assert_eq!(retaken[0].id, taken[1].id);
-    catalog.outbox_published(retaken[0].id).await.unwrap();
+    catalog
+        .outbox_sent(retaken[0].id, BrokerState::Skipped)
+        .await
+        .unwrap();
     assert_eq!(catalog.outbox_pending().await.unwrap(), 0);
     let lease = std::time::Duration::from_secs(60);
 
@@ -505,6 +511,9 @@ async fn outbox(catalog: &Catalog) {
         ("delivered", 2, Some(204))
     );
     assert!(log[0].delivered_at.is_some());
+    let counts = catalog.outbox_counts().await.unwrap();
+    assert_eq!(counts.pending_messages, 0);
+    assert_eq!(counts.deliveries, [("delivered".to_owned(), 1)]);
     assert!(
         catalog
             .deliveries(Some("other"), None, 10)

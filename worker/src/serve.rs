@@ -172,7 +172,11 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
             .map(|url| Arc::new(carga_scheduler::notify::Notifier::new(url))),
         engine.secrets().clone(),
         access.network,
-        args.jobs.relay.settings(format!("{name}-relay")),
+        carga_scheduler::relay::RelaySettings {
+            // One process: without its broker there is none.
+            no_broker_anywhere: args.amqp_url.is_none(),
+            ..args.jobs.relay.settings(format!("{name}-relay"))
+        },
     );
     tasks.spawn({
         let stopped = shutdown.wait();

@@ -778,6 +778,12 @@ async fn a_webhook_survives_a_kill_after_the_commit_and_arrives_once_after_two_5
         assert_eq!(body["run_id"], run_id.as_str());
         assert_eq!(body["rows"], 3);
     }
+    let metrics = carga.text("/metrics").await;
+    assert!(
+        metrics.contains("carga_webhook_deliveries{state=\"delivered\"} 1")
+            && metrics.contains("carga_outbox_pending_messages 0"),
+        "{metrics}"
+    );
     assert!(!carga.logs().contains(SECRET), "the secret is never logged");
     // It is in the secrets provider (here the local secrets file), not in the catalog.
     let secrets: Value =

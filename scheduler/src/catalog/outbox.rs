@@ -33,6 +33,23 @@ pub struct OutboxMessage {
     pub payload: serde_json::Value,
 }
 
+/// What became of a message for the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    Published,
+    /// There is no broker to publish to.
+    Skipped,
+}
+
+impl BrokerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Published => "published",
+            BrokerState::Skipped => "skipped",
+        }
+    }
+}
+
 /// An outbox row the broker has not confirmed yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingMessage {
@@ -82,6 +99,15 @@ pub struct DeliveryRecord {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The outbox as operators watch it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Messages the broker has not confirmed.
+    pub pending_messages: i64,
+    /// Webhook deliveries by state (`pending`, `delivered`, `failed`).
+    pub deliveries: Vec<(String, i64)>,
 }
 
 /// A delivery due now, with what sending it needs.
@@ -240,15 +266,40 @@ impl Catalog {
         Ok(pending)
     }
 
-    /// The broker confirmed message `id`.
-    pub async fn outbox_published(&self, id: i64) -> Result<()> {
+    /// Messages waiting for the broker, and webhook deliveries by state, for `/metrics`.
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let (pending_messages, deliveries) = with_pool!(self, |pool| {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE broker_state = 'pending'")
+                    .fetch_one(pool)
+                    .await?;
+            let rows = sqlx::query(
+                "SELECT state, COUNT(*) AS n FROM webhook_deliveries GROUP BY state ORDER BY state",
+            )
+            .fetch_all(pool)
+            .await?;
+            let deliveries = rows
+                .iter()
+                .map(|row| Ok((row.text("state")?, row.integer("n")?)))
+                .collect::<sqlx::Result<Vec<_>>>()?;
+            (pending, deliveries)
+        });
+        Ok(OutboxCounts {
+            pending_messages,
+            deliveries,
+        })
+    }
+
+    /// The broker confirmed message `id` (`published`), or there is no broker (`skipped`).
+    pub async fn outbox_sent(&self, id: i64, state: BrokerState) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "UPDATE outbox SET broker_state = 'published', published_at = $2, claimed_by = NULL,
+                "UPDATE outbox SET broker_state = $2, published_at = $3, claimed_by = NULL,
                      claimed_until = NULL
                  WHERE id = $1",
             )
             .bind(id)
+            .bind(state.as_str())
             .bind(Utc::now())
             .execute(pool)
             .await?;
