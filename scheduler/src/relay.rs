@@ -6,6 +6,7 @@
 //! relay that dies between the broker's confirm and marking the row sends it again, with the same
 //! `message_id` (the outbox id) and `Carga-Delivery` header, so a consumer can drop the repeat.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,14 +40,23 @@ pub struct RelaySettings {
     pub no_broker_anywhere: bool,
 }
 
+/// The defaults, shared by `RelaySettings::new` and the flags.
+const POLL_SECONDS: f64 = 1.0;
+const WEBHOOK_ATTEMPTS: u32 = 8;
+const WEBHOOK_BACKOFF_SECONDS: f64 = 5.0;
+const WEBHOOK_MAX_BACKOFF_SECONDS: f64 = 600.0;
+
 impl RelaySettings {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            poll: Duration::from_secs(1),
+            poll: Duration::from_secs_f64(POLL_SECONDS),
             lease: Duration::from_secs(60),
-            webhook_backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(600)),
-            webhook_attempts: 8,
+            webhook_backoff: Backoff::new(
+                Duration::from_secs_f64(WEBHOOK_BACKOFF_SECONDS),
+                Duration::from_secs_f64(WEBHOOK_MAX_BACKOFF_SECONDS),
+            ),
+            webhook_attempts: WEBHOOK_ATTEMPTS,
             webhook_timeout: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
             no_broker_anywhere: false,
@@ -58,20 +68,20 @@ impl RelaySettings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayArgs {
     /// Attempts of a webhook delivery in all before it is given up (shown as failed).
-    #[arg(long, env = "CARGA_WEBHOOK_ATTEMPTS", default_value_t = 8)]
+    #[arg(long, env = "CARGA_WEBHOOK_ATTEMPTS", default_value_t = WEBHOOK_ATTEMPTS)]
     pub webhook_attempts: u32,
     /// Pause before a webhook's second attempt; doubles for each later one.
-    #[arg(long, env = "CARGA_WEBHOOK_BACKOFF_SECONDS", default_value_t = 5.0)]
+    #[arg(long, env = "CARGA_WEBHOOK_BACKOFF_SECONDS", default_value_t = WEBHOOK_BACKOFF_SECONDS)]
     pub webhook_backoff_seconds: f64,
     /// The longest pause between a webhook's attempts.
     #[arg(
         long,
         env = "CARGA_WEBHOOK_MAX_BACKOFF_SECONDS",
-        default_value_t = 600.0
+        default_value_t = WEBHOOK_MAX_BACKOFF_SECONDS
     )]
     pub webhook_max_backoff_seconds: f64,
     /// Seconds between the outbox relay's looks for messages to publish and deliver.
-    #[arg(long, env = "CARGA_RELAY_POLL_SECONDS", default_value_t = 1.0)]
+    #[arg(long, env = "CARGA_RELAY_POLL_SECONDS", default_value_t = POLL_SECONDS)]
     pub relay_poll_seconds: f64,
 }
 
@@ -227,9 +237,19 @@ impl Relay {
             .catalog
             .claim_deliveries(lease, i64::from(DELIVERY_BATCH))
             .await?;
+        // Each subscription's secret is read once per pass, however many of its deliveries are due.
+        let mut secrets: HashMap<String, Result<String, String>> = HashMap::new();
         for delivery in due {
             let attempt = delivery.attempts + 1;
-            let outcome = self.deliver(&delivery, attempt).await;
+            let secret = match secrets.get(&delivery.webhook_id) {
+                Some(secret) => secret.clone(),
+                None => {
+                    let secret = self.secret(&delivery.webhook_id).await;
+                    secrets.insert(delivery.webhook_id.clone(), secret.clone());
+                    secret
+                }
+            };
+            let outcome = self.deliver(&delivery, attempt, secret).await;
             match &outcome {
                 DeliveryOutcome::Delivered { .. } => pass.delivered += 1,
                 DeliveryOutcome::Retry { error, .. } => {
@@ -248,9 +268,15 @@ impl Relay {
         Ok(pass)
     }
 
-    /// POSTs one delivery, signed; what the attempt came to.
-    async fn deliver(&self, delivery: &DueDelivery, attempt: i32) -> DeliveryOutcome {
-        let sent = match self.secret(&delivery.webhook_id).await {
+    /// POSTs one delivery, signed with `secret` (or why it could not be read); what the
+    /// attempt came to.
+    async fn deliver(
+        &self,
+        delivery: &DueDelivery,
+        attempt: i32,
+        secret: Result<String, String>,
+    ) -> DeliveryOutcome {
+        let sent = match secret {
             Ok(secret) => self.post(delivery, &secret).await,
             Err(error) => Err(error),
         };

@@ -268,21 +268,16 @@ impl Catalog {
 
     /// Messages waiting for the broker, and webhook deliveries by state, for `/metrics`.
     pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
-        let (pending_messages, deliveries) = with_pool!(self, |pool| {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE broker_state = 'pending'")
-                    .fetch_one(pool)
-                    .await?;
+        let pending_messages = self.outbox_pending().await?;
+        let deliveries = with_pool!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT state, COUNT(*) AS n FROM webhook_deliveries GROUP BY state ORDER BY state",
             )
             .fetch_all(pool)
             .await?;
-            let deliveries = rows
-                .iter()
+            rows.iter()
                 .map(|row| Ok((row.text("state")?, row.integer("n")?)))
-                .collect::<sqlx::Result<Vec<_>>>()?;
-            (pending, deliveries)
+                .collect::<sqlx::Result<Vec<_>>>()?
         });
         Ok(OutboxCounts {
             pending_messages,
