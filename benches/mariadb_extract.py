@@ -74,53 +74,66 @@ def mariadb(sql):
     subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-D", "test"], input=sql, text=True, check=True)
 
 
+def prepare(rows):
+    """The table `test.lineitem_<rows>`, created once."""
+    table = f"test.lineitem_{rows}"
+    count = subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-e", f"SELECT COUNT(*) FROM {table}"],
+                           capture_output=True, text=True)
+    if count.returncode != 0 or count.stdout.strip() != str(rows):
+        mariadb(TABLE_SQL.format(rows=rows, last=rows - 1))
+    return table
+
+
+def tools(rows, work, carga=CARGA):
+    """(name, command, environment, working folder, note) of every tool, Carga first."""
+    table = f"test.lineitem_{rows}"
+    secrets = os.path.join(work, "secrets.json")
+    with open(secrets, "w") as f:
+        json.dump({"bench": {"url": URL}}, f)
+    spec = os.path.join(work, "spec.yaml")
+    with open(spec, "w") as f:
+        f.write(f"id: lineitem\nsource: {{format: mariadb, table: {table}}}\nconnection_id: bench\n"
+                "mode: complete\ntrigger: callback\n")
+    env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
+               CARGA_SECRETS_FILE=secrets, CARGA_ROWS_PER_FILE=str(10**9))
+    listed = [
+        ("carga (encrypted)", [carga, "run", "--dataset", spec], env, None, "zstd, Parquet modular encryption"),
+        ("pyspark JDBC", [sys.executable, "-c", SPARK, "jdbc:mysql://127.0.0.1:3306/test?permitMysqlScheme", table,
+                          os.path.join(work, "spark"), JDBC_JAR, str(rows)], None, None, "numPartitions=2, local[2], not encrypted"),
+        ("connectorx + pyarrow", [sys.executable, "-c", CONNECTORX, URL, table, os.path.join(work, "cx.parquet")], None, None,
+         "partition_num=2, whole table in memory, not encrypted"),
+        ("floor: mariadb --quick > /dev/null", ["sh", "-c", f"mariadb -h 127.0.0.1 -u root --quick -N -e 'SELECT * FROM {table}' > /dev/null"],
+         None, None, "text protocol, no decoding"),
+    ]
+    rivet = shutil.which("rivet")
+    if rivet:
+        rivet_dir = os.path.join(work, "rivet")
+        os.makedirs(rivet_dir, exist_ok=True)
+        with open(os.path.join(rivet_dir, "rivet.yaml"), "w") as f:
+            f.write("source:\n  type: mysql\n  url_env: DATABASE_URL\nexports:\n"
+                    f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
+                    f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
+        listed.insert(3, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), rivet_dir,
+                          "not encrypted"))
+    return listed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, action="append")
     parser.add_argument("--only")
     args = parser.parse_args()
-    subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "carga-worker"], cwd=ROOT)
+    subprocess.check_call(["cargo", "build", "--release", "--locked", "-q", "--bin", "carga"], cwd=ROOT)
     work = tempfile.mkdtemp(prefix="carga-mysql-bench-")
     try:
         for rows in args.rows or [1_000_000]:
-            table = f"test.lineitem_{rows}"
-            count = subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-e", f"SELECT COUNT(*) FROM {table}"],
-                                   capture_output=True, text=True)
-            if count.returncode != 0 or count.stdout.strip() != str(rows):
-                mariadb(TABLE_SQL.format(rows=rows, last=rows - 1))
-            secrets = os.path.join(work, "secrets.json")
-            with open(secrets, "w") as f:
-                json.dump({"bench": {"url": URL}}, f)
-            spec = os.path.join(work, "spec.yaml")
-            with open(spec, "w") as f:
-                f.write(f"id: lineitem\nsource: {{format: mariadb, table: {table}}}\nconnection_id: bench\n"
-                        "mode: complete\ntrigger: callback\n")
-            env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
-                       CARGA_SECRETS_FILE=secrets, CARGA_ROWS_PER_FILE=str(10**9))
-            tools = [
-                ("carga (encrypted)", [CARGA, "run", "--dataset", spec], env, "zstd, Parquet modular encryption"),
-                ("pyspark JDBC", [sys.executable, "-c", SPARK, "jdbc:mysql://127.0.0.1:3306/test?permitMysqlScheme", table,
-                                  os.path.join(work, "spark"), JDBC_JAR, str(rows)], None, "numPartitions=2, local[2], not encrypted"),
-                ("connectorx + pyarrow", [sys.executable, "-c", CONNECTORX, URL, table, os.path.join(work, "cx.parquet")], None,
-                 "partition_num=2, whole table in memory, not encrypted"),
-                ("floor: mariadb --quick > /dev/null", ["sh", "-c", f"mariadb -h 127.0.0.1 -u root --quick -N -e 'SELECT * FROM {table}' > /dev/null"],
-                 None, "text protocol, no decoding"),
-            ]
-            rivet = shutil.which("rivet")
-            if rivet:
-                rivet_dir = os.path.join(work, "rivet")
-                os.makedirs(rivet_dir, exist_ok=True)
-                with open(os.path.join(rivet_dir, "rivet.yaml"), "w") as f:
-                    f.write("source:\n  type: mysql\n  url_env: DATABASE_URL\nexports:\n"
-                            f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
-                            f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
-                tools.insert(3, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), "not encrypted"))
+            table = prepare(rows)
+            listed = tools(rows, work)
             if args.only:
-                tools = [t for t in tools if any(t[0].startswith(w) for w in args.only.split(","))]
+                listed = [t for t in listed if any(t[0].startswith(w) for w in args.only.split(","))]
             results = []
-            for name, cmd, tool_env, note in tools:
+            for name, cmd, tool_env, cwd, note in listed:
                 try:
-                    cwd = os.path.join(work, "rivet") if name == "rivet-cli" else None
                     seconds, rss = measure(cmd, tool_env, cwd)
                     results.append((name, seconds, rss, note))
                 except Exception as e:

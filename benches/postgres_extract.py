@@ -86,64 +86,76 @@ def psql(sql):
     subprocess.run(["psql", "-q", URL, "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, stdout=subprocess.DEVNULL)
 
 
+def prepare(rows):
+    """The table `bench.lineitem_<rows>`, created once."""
+    table = f"bench.lineitem_{rows}"
+    exists = subprocess.run(["psql", "-tA", URL, "-c", f"SELECT count(*) FROM {table}"], capture_output=True, text=True)
+    if exists.returncode != 0 or exists.stdout.strip() != str(rows):
+        psql(TABLE_SQL.format(rows=rows, last=rows - 1))
+    return table
+
+
+def tools(rows, work, carga=CARGA):
+    """(name, command, environment, working folder, note) of every tool, Carga first."""
+    table = f"bench.lineitem_{rows}"
+    secrets = os.path.join(work, "secrets.json")
+    with open(secrets, "w") as f:
+        json.dump({"bench": {"url": URL.replace("postgresql://", "postgres://")}}, f)
+    spec = os.path.join(work, f"spec_{rows}.yaml")
+    with open(spec, "w") as f:
+        f.write(f"id: lineitem\nsource: {{format: postgres, table: {table}}}\nconnection_id: bench\n"
+                "mode: complete\ntrigger: callback\n")
+    chunked = os.path.join(work, f"spec_{rows}_chunked.yaml")
+    with open(chunked, "w") as f:
+        f.write(f"id: lineitem_chunked\nsource:\n  format: postgres\n  table: {table}\n"
+                "  partitions: {column: l_orderkey, count: 4, parallel: 2}\n"
+                "connection_id: bench\nmode: complete\ntrigger: callback\n")
+    env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
+               CARGA_SECRETS_FILE=secrets, CARGA_ROWS_PER_FILE=str(10**9))
+    jdbc_url = "jdbc:" + URL.replace("postgresql://postgres@", "postgresql://")
+    listed = [
+        ("carga (encrypted)", [carga, "run", "--dataset", spec], env, None, "zstd, Parquet modular encryption"),
+        ("carga (4 chunks)", [carga, "run", "--dataset", chunked], env, None,
+         "partitions on l_orderkey, 2 in parallel, one exported snapshot"),
+        ("pyspark JDBC", [sys.executable, "-c", SPARK, jdbc_url, table, os.path.join(work, "spark"), JDBC_JAR, str(rows)], None, None,
+         "numPartitions=2, local[2], zstd, not encrypted"),
+        ("connectorx + pyarrow", [sys.executable, "-c", CONNECTORX, URL, table, os.path.join(work, "cx.parquet"), str(rows)], None, None,
+         "partition_num=2, whole table in memory, not encrypted"),
+        ("duckdb postgres", [sys.executable, "-c", DUCKDB, URL, table, os.path.join(work, "duck.parquet")], None, None,
+         "duckdb 1.5.5 + postgres_scanner, threads=2, zstd, not encrypted"),
+        ("floor: COPY binary > /dev/null", ["sh", "-c", f"psql '{URL}' -c 'COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)' > /dev/null"],
+         None, None, "no decoding, no Parquet"),
+    ]
+    rivet = shutil.which("rivet")
+    if rivet:
+        rivet_dir = os.path.join(work, "rivet")
+        os.makedirs(rivet_dir, exist_ok=True)
+        with open(os.path.join(rivet_dir, "rivet.yaml"), "w") as f:
+            f.write("source:\n  type: postgres\n  url_env: DATABASE_URL\nexports:\n"
+                    f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
+                    "    compression: zstd\n"
+                    f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
+        listed.insert(5, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), rivet_dir,
+                          "not encrypted"))
+    return listed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, action="append")
     parser.add_argument("--only", help="comma-separated tool names to run")
     args = parser.parse_args()
-    sizes = args.rows or [1_000_000]
-    subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "carga-worker"], cwd=ROOT)
+    subprocess.check_call(["cargo", "build", "--release", "--locked", "-q", "--bin", "carga"], cwd=ROOT)
     work = tempfile.mkdtemp(prefix="carga-pg-bench-")
     try:
-        for rows in sizes:
-            table = f"bench.lineitem_{rows}"
-            exists = subprocess.run(["psql", "-tA", URL, "-c", f"SELECT count(*) FROM {table}"], capture_output=True, text=True)
-            if exists.returncode != 0 or exists.stdout.strip() != str(rows):
-                psql(TABLE_SQL.format(rows=rows, last=rows - 1))
-            secrets = os.path.join(work, "secrets.json")
-            with open(secrets, "w") as f:
-                json.dump({"bench": {"url": URL.replace("postgresql://", "postgres://")}}, f)
-            spec = os.path.join(work, f"spec_{rows}.yaml")
-            with open(spec, "w") as f:
-                f.write(f"id: lineitem\nsource: {{format: postgres, table: {table}}}\nconnection_id: bench\n"
-                        "mode: complete\ntrigger: callback\n")
-            chunked = os.path.join(work, f"spec_{rows}_chunked.yaml")
-            with open(chunked, "w") as f:
-                f.write(f"id: lineitem_chunked\nsource:\n  format: postgres\n  table: {table}\n"
-                        "  partitions: {column: l_orderkey, count: 4, parallel: 2}\n"
-                        "connection_id: bench\nmode: complete\ntrigger: callback\n")
-            env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
-                       CARGA_SECRETS_FILE=secrets, CARGA_ROWS_PER_FILE=str(10**9))
-            jdbc_url = "jdbc:" + URL.replace("postgresql://postgres@", "postgresql://")
-            tools = [
-                ("carga (encrypted)", [CARGA, "run", "--dataset", spec], env, "zstd, Parquet modular encryption"),
-                ("carga (4 chunks)", [CARGA, "run", "--dataset", chunked], env,
-                 "partitions on l_orderkey, 2 in parallel, one exported snapshot"),
-                ("pyspark JDBC", [sys.executable, "-c", SPARK, jdbc_url, table, os.path.join(work, "spark"), JDBC_JAR, str(rows)], None,
-                 "numPartitions=2, local[2], zstd, not encrypted"),
-                ("connectorx + pyarrow", [sys.executable, "-c", CONNECTORX, URL, table, os.path.join(work, "cx.parquet"), str(rows)], None,
-                 "partition_num=2, whole table in memory, not encrypted"),
-                ("duckdb postgres", [sys.executable, "-c", DUCKDB, URL, table, os.path.join(work, "duck.parquet")], None, "threads=2, not encrypted"),
-                ("floor: COPY binary > /dev/null", ["sh", "-c", f"psql '{URL}' -c 'COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)' > /dev/null"],
-                 None, "no decoding, no Parquet"),
-            ]
-            rivet = shutil.which("rivet")
-            if rivet:
-                rivet_dir = os.path.join(work, "rivet")
-                os.makedirs(rivet_dir, exist_ok=True)
-                with open(os.path.join(rivet_dir, "rivet.yaml"), "w") as f:
-                    f.write("source:\n  type: postgres\n  url_env: DATABASE_URL\nexports:\n"
-                            f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
-                            "    compression: zstd\n"
-                            f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
-                tools.insert(5, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), "not encrypted"))
+        for rows in args.rows or [1_000_000]:
+            table = prepare(rows)
+            listed = tools(rows, work)
             if args.only:
-                wanted = args.only.split(",")
-                tools = [t for t in tools if any(t[0].startswith(w) for w in wanted)]
+                listed = [t for t in listed if any(t[0].startswith(w) for w in args.only.split(","))]
             results = []
-            for name, cmd, tool_env, note in tools:
+            for name, cmd, tool_env, cwd, note in listed:
                 try:
-                    cwd = os.path.join(work, "rivet") if name == "rivet-cli" else None
                     seconds, rss = measure(cmd, tool_env, cwd)
                     results.append((name, seconds, rss, note))
                 except Exception as e:  # a peer that cannot run here is reported, not fatal

@@ -40,6 +40,8 @@ pub struct Settings {
     pub rows_per_row_group: usize,
     /// Rows per Arrow record batch flowing through the pipeline.
     pub batch_rows: usize,
+    /// Threads that parse one file at once (CSV); 0 means one per core.
+    pub parse_threads: usize,
     pub s3: S3Settings,
     /// What a dataset spec may reach: local folders and networks.
     pub sources: SourceAccessSettings,
@@ -124,6 +126,7 @@ impl Default for Settings {
             rows_per_file: 5_000_000,
             rows_per_row_group: 122_880,
             batch_rows: 8192,
+            parse_threads: 0,
             s3: S3Settings::default(),
             sources: SourceAccessSettings::default(),
             query_memory_mib: 512,
@@ -133,6 +136,14 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Threads that parse one file at once: the setting, or one per core.
+    pub fn parse_threads(&self) -> usize {
+        match self.parse_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// Loads `path` if given (missing file is an error), else defaults; then applies the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut settings = match path {
@@ -208,6 +219,9 @@ impl Settings {
         }
         if let Some(v) = var("CARGA_BATCH_ROWS") {
             self.batch_rows = parse_env("CARGA_BATCH_ROWS", &v)?;
+        }
+        if let Some(v) = var("CARGA_PARSE_THREADS") {
+            self.parse_threads = parse_env("CARGA_PARSE_THREADS", &v)?;
         }
         if let Some(v) = var("CARGA_S3_ENDPOINT") {
             self.s3.endpoint = Some(v);

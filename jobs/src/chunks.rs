@@ -131,7 +131,7 @@ async fn extract_chunks(
     let first_reader = sources::open(
         source,
         spec,
-        settings.batch_rows,
+        sources::ReadShape::of(&settings),
         hints.clone(),
         chunk_access(&access, &chunks[0]),
     )
@@ -288,7 +288,7 @@ async fn attempt_chunk(
             let reader = sources::open(
                 &shared.source,
                 &shared.spec,
-                shared.settings.batch_rows,
+                sources::ReadShape::of(&shared.settings),
                 shared.hints.clone(),
                 access,
             )

@@ -90,7 +90,14 @@ async fn read_first_rows(
         ..TypeHints::default()
     };
     let source = registry.build(&spec, policy)?;
-    let mut reader = sources::open(&source, &spec, rows.max(1), hints, access).await?;
+    let mut reader = sources::open(
+        &source,
+        &spec,
+        sources::ReadShape::first_rows(rows),
+        hints,
+        access,
+    )
+    .await?;
     let columns = reader
         .schema
         .fields()

@@ -595,7 +595,7 @@ impl Engine {
             let reader = sources::open(
                 source,
                 spec,
-                self.settings.batch_rows,
+                sources::ReadShape::of(&self.settings),
                 hints.clone(),
                 access.clone(),
             )
@@ -680,7 +680,14 @@ impl Engine {
             chunk: None,
             ..access.clone()
         };
-        let described = sources::open(source, spec, 1, hints.clone(), probe).await?;
+        let described = sources::open(
+            source,
+            spec,
+            sources::ReadShape::first_rows(1),
+            hints.clone(),
+            probe,
+        )
+        .await?;
         let schema = described.schema.clone();
         described.finish().await?;
         let pushed_filter = pushable_filter(sql, schema, dialect, self.settings.query_memory_mib)

@@ -74,8 +74,14 @@ impl ReadStats {
     pub fn reject(&mut self, row: u64, kind: &str, reason: String) {
         self.rejected_rows += 1;
         *self.rejected_by_reason.entry(kind.to_owned()).or_default() += 1;
-        if self.rejected_samples.len() < MAX_LISTED_REJECTS {
-            self.rejected_samples.push(RejectedRow { row, reason });
+        // The list holds the first rejected rows of the source, in its order, however the reader
+        // met them (a cell's type is checked a batch after its row's field count): so a file read
+        // in parallel chunks lists the same rows as one read in a single pass.
+        let at = self.rejected_samples.partition_point(|r| r.row <= row);
+        if at < MAX_LISTED_REJECTS {
+            self.rejected_samples
+                .insert(at, RejectedRow { row, reason });
+            self.rejected_samples.truncate(MAX_LISTED_REJECTS);
         }
     }
 }

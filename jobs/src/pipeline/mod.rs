@@ -356,7 +356,7 @@ mod tests {
         let reader = crate::sources::open(
             &source,
             &spec,
-            1024,
+            crate::sources::ReadShape::first_rows(1024),
             TypeHints::default(),
             SourceAccess::default(),
         )

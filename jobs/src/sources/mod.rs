@@ -9,6 +9,7 @@
 mod columnar;
 mod csv;
 mod excel;
+mod in_order;
 mod json;
 mod json_records;
 pub mod listing;
@@ -357,11 +358,36 @@ pub(crate) fn describe_table(spec: &DatasetSpec) -> String {
     )
 }
 
+/// How a read is cut: rows per batch, and threads that may parse a file at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadShape {
+    pub batch_rows: usize,
+    pub parse_threads: usize,
+}
+
+impl ReadShape {
+    /// A run's shape, from its settings.
+    pub fn of(settings: &carga_config::Settings) -> Self {
+        Self {
+            batch_rows: settings.batch_rows,
+            parse_threads: settings.parse_threads(),
+        }
+    }
+
+    /// A read of the first `rows` rows only (a preview, a schema probe): one thread.
+    pub fn first_rows(rows: usize) -> Self {
+        Self {
+            batch_rows: rows.max(1),
+            parse_threads: 1,
+        }
+    }
+}
+
 /// Starts reading `source` for `spec`'s run and returns once the schema is known.
 pub async fn open(
     source: &Arc<dyn Source>,
     spec: &DatasetSpec,
-    batch_rows: usize,
+    shape: ReadShape,
     hints: TypeHints,
     access: SourceAccess,
 ) -> Result<SourceReader> {
@@ -373,7 +399,8 @@ pub async fn open(
     }
     let output = SourceOutput {
         location: location.clone(),
-        batch_rows,
+        batch_rows: shape.batch_rows,
+        parse_threads: shape.parse_threads.max(1),
         policy: spec.on_malformed_row,
         hints,
         progress: access.progress.clone(),

@@ -20,6 +20,8 @@ pub struct SourceOutput {
     /// How messages name what is read (a file's display path, a table and its connection).
     pub(crate) location: String,
     pub(crate) batch_rows: usize,
+    /// Threads a file parser may use (CSV parses chunks of the file in parallel).
+    pub(crate) parse_threads: usize,
     pub(crate) policy: MalformedRowPolicy,
     pub(crate) hints: TypeHints,
     /// What has been read so far, for a failed run's report.
@@ -119,24 +121,96 @@ impl SourceOutput {
         kind: &str,
         reason: String,
     ) -> Result<()> {
-        match self.policy {
-            MalformedRowPolicy::Fail => {
-                self.progress
-                    .reported(stats.rows_read, stats.rejected_rows + 1);
-                Err(self.bad_input(format!(
-                    "{reason} (set on_malformed_row: skip to leave such rows out and count them)"
-                )))
-            }
-            MalformedRowPolicy::Skip => {
-                stats.reject(row, kind, reason);
-                self.progress.reported(stats.rows_read, stats.rejected_rows);
-                Ok(())
-            }
+        apply_policy(
+            self.policy,
+            &self.location,
+            Some(&self.progress),
+            (stats, row, kind, reason),
+        )
+    }
+
+    /// What rows are checked and named by, for parsers that work on other threads than the one
+    /// that sends (chunks of a file parsed in parallel).
+    pub(crate) fn rules(&self) -> RowRules {
+        RowRules {
+            location: self.location.clone(),
+            batch_rows: self.batch_rows,
+            policy: self.policy,
+            hints: self.hints.clone(),
+            key: self.key.clone(),
+            progress: Some(self.progress.clone()),
         }
     }
 
     /// Bad input named by what is read.
     pub fn bad_input(&self, message: impl Into<String>) -> JobError {
         JobError::bad_input(self.location.clone(), message)
+    }
+}
+
+/// A run's rules for rows, without its channels: cloned into each thread that parses a part of
+/// the source. Such a thread's counts are partial, so it leaves `progress` out; whoever adds the
+/// parts up reports them.
+#[derive(Clone)]
+pub(crate) struct RowRules {
+    pub location: String,
+    pub batch_rows: usize,
+    pub policy: MalformedRowPolicy,
+    pub hints: TypeHints,
+    pub key: Vec<String>,
+    pub progress: Option<Arc<ReadProgress>>,
+}
+
+impl RowRules {
+    /// [`SourceOutput::reject`] for this part of the read.
+    pub fn reject(
+        &self,
+        stats: &mut ReadStats,
+        row: u64,
+        kind: &str,
+        reason: String,
+    ) -> Result<()> {
+        apply_policy(
+            self.policy,
+            &self.location,
+            self.progress.as_deref(),
+            (stats, row, kind, reason),
+        )
+    }
+
+    /// The same rules for a thread whose counts are partial.
+    pub fn without_progress(&self) -> RowRules {
+        RowRules {
+            progress: None,
+            ..self.clone()
+        }
+    }
+}
+
+fn apply_policy(
+    policy: MalformedRowPolicy,
+    location: &str,
+    progress: Option<&ReadProgress>,
+    (stats, row, kind, reason): (&mut ReadStats, u64, &str, String),
+) -> Result<()> {
+    match policy {
+        MalformedRowPolicy::Fail => {
+            if let Some(progress) = progress {
+                progress.reported(stats.rows_read, stats.rejected_rows + 1);
+            }
+            Err(JobError::bad_input(
+                location.to_owned(),
+                format!(
+                    "{reason} (set on_malformed_row: skip to leave such rows out and count them)"
+                ),
+            ))
+        }
+        MalformedRowPolicy::Skip => {
+            stats.reject(row, kind, reason);
+            if let Some(progress) = progress {
+                progress.reported(stats.rows_read, stats.rejected_rows);
+            }
+            Ok(())
+        }
     }
 }

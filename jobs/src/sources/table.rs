@@ -12,6 +12,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::SourceOutput;
+use super::output::RowRules;
 use crate::error::{JobError, Result};
 use carga_config::MalformedRowPolicy;
 
@@ -19,7 +20,8 @@ use crate::typing::{cast_text, describe, infer_type};
 use crate::validation::ReadStats;
 
 pub(crate) struct TableAssembler {
-    ctx: SourceOutput,
+    rules: RowRules,
+    out: BatchOut,
     names: Vec<String>,
     infer_rows: usize,
     sample: Vec<(u64, Vec<Option<String>>)>,
@@ -31,11 +33,45 @@ pub(crate) struct TableAssembler {
     closed: bool,
 }
 
+/// Where full batches go.
+enum BatchOut {
+    /// Straight to the run (a reader that reads the whole source itself).
+    Source(SourceOutput),
+    /// Kept for whoever sends the parts in the source's order (a chunk parsed on another thread).
+    Kept(Vec<RecordBatch>),
+}
+
 impl TableAssembler {
     pub fn new(ctx: SourceOutput, names: Vec<String>, infer_rows: usize, stats: ReadStats) -> Self {
+        Self::build(ctx.rules(), BatchOut::Source(ctx), names, infer_rows, stats)
+    }
+
+    /// An assembler for a later part of a source whose schema is already settled; its batches
+    /// are kept (see [`Self::finish_kept`]) and its counts are the part's own.
+    pub fn for_part(rules: RowRules, schema: SchemaRef, infer_rows: usize) -> Self {
+        let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut table = Self::build(
+            rules,
+            BatchOut::Kept(Vec::new()),
+            names,
+            infer_rows,
+            ReadStats::default(),
+        );
+        table.schema = Some(schema);
+        table
+    }
+
+    fn build(
+        rules: RowRules,
+        out: BatchOut,
+        names: Vec<String>,
+        infer_rows: usize,
+        stats: ReadStats,
+    ) -> Self {
         let builders = names.iter().map(|_| StringBuilder::new()).collect();
         Self {
-            ctx,
+            rules,
+            out,
             names,
             infer_rows: infer_rows.max(1),
             sample: Vec::new(),
@@ -64,11 +100,21 @@ impl TableAssembler {
         self.stats.blank_lines += lines;
     }
 
+    /// The settled schema, once the sample has been read.
+    pub fn schema(&self) -> Option<&SchemaRef> {
+        self.schema.as_ref()
+    }
+
     /// A row that cannot be read at all (wrong field count, bad encoding, cell error).
     /// `kind` groups it in the report; `reason` names the row and what is wrong.
     pub fn reject(&mut self, row: u64, kind: &str, reason: String) -> Result<()> {
+        if self.rules.policy == MalformedRowPolicy::Fail && self.schema.is_some() {
+            // Rows buffered before this one are checked first, so the run fails on the first
+            // bad row of the source however its rows were batched.
+            self.flush()?;
+        }
         self.stats.rows_read += 1;
-        self.ctx.reject(&mut self.stats, row, kind, reason)
+        self.rules.reject(&mut self.stats, row, kind, reason)
     }
 
     /// Adds one row of cells (`None` = null). `cells.len()` must equal `width()`.
@@ -87,19 +133,38 @@ impl TableAssembler {
             return Ok(());
         }
         self.append(row, cells.iter().copied());
-        if self.row_numbers.len() >= self.ctx.batch_rows {
+        if self.row_numbers.len() >= self.rules.batch_rows {
             self.flush()?;
         }
         Ok(())
     }
 
     /// Flushes what is left and returns the reader's statistics.
-    pub fn finish(mut self) -> Result<ReadStats> {
+    pub fn finish(self) -> Result<ReadStats> {
+        Ok(self.finish_parts()?.1)
+    }
+
+    /// Flushes what is left; the run's output comes back for the parts that follow (`None` when
+    /// the batches were kept) with this part's statistics.
+    pub fn finish_parts(mut self) -> Result<(Option<SourceOutput>, ReadStats)> {
         if self.schema.is_none() {
             self.settle_schema()?;
         }
         self.flush()?;
-        Ok(self.stats)
+        let out = match self.out {
+            BatchOut::Source(ctx) => Some(ctx),
+            BatchOut::Kept(_) => None,
+        };
+        Ok((out, self.stats))
+    }
+
+    /// Flushes what is left; the kept batches, in order, and this part's statistics.
+    pub fn finish_kept(mut self) -> Result<(Vec<RecordBatch>, ReadStats)> {
+        self.flush()?;
+        match self.out {
+            BatchOut::Kept(batches) => Ok((batches, self.stats)),
+            BatchOut::Source(_) => unreachable!("finish_kept is for assemblers made by for_part"),
+        }
     }
 
     fn append<'a>(&mut self, row: u64, cells: impl Iterator<Item = Option<&'a str>>) {
@@ -117,7 +182,7 @@ impl TableAssembler {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let data_type = self.ctx.hints.for_column(name).unwrap_or_else(|| {
+                let data_type = self.rules.hints.for_column(name).unwrap_or_else(|| {
                     let values: StringArray = sample
                         .iter()
                         .map(|(_, cells)| cells[i].as_deref())
@@ -128,18 +193,21 @@ impl TableAssembler {
             })
             .collect();
         let schema = Arc::new(Schema::new(fields));
-        self.ctx.announce_schema(schema.clone());
+        if let BatchOut::Source(ctx) = &mut self.out {
+            ctx.announce_schema(schema.clone());
+        }
         self.schema = Some(schema);
         for (row, cells) in sample {
             self.append(row, cells.iter().map(Option::as_deref));
-            if self.row_numbers.len() >= self.ctx.batch_rows {
+            if self.row_numbers.len() >= self.rules.batch_rows {
                 self.flush()?;
             }
         }
         Ok(())
     }
 
-    /// Casts the buffered text to the schema's types and sends the batch.
+    /// Casts the buffered text to the schema's types and sends the batch. Cells that do not fit
+    /// are handled row by row in the source's order: the first bad row decides a failing run.
     fn flush(&mut self) -> Result<()> {
         if self.row_numbers.is_empty() || self.closed {
             return Ok(());
@@ -149,80 +217,105 @@ impl TableAssembler {
             .clone()
             .expect("schema is settled before rows are buffered");
         let rows = std::mem::take(&mut self.row_numbers);
-        let mut keep = vec![true; rows.len()];
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.builders.len());
         let texts: Vec<StringArray> = self.builders.iter_mut().map(|b| b.finish()).collect();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(texts.len());
+        let mut misfits = Vec::new();
         for (i, text) in texts.iter().enumerate() {
             let field = schema.field(i);
             let typed = cast_text(text, field.data_type()).map_err(|e| {
                 JobError::arrow(
-                    format!("{}: column '{}'", self.ctx.location, field.name()),
+                    format!("{}: column '{}'", self.rules.location, field.name()),
                     e,
                 )
             })?;
             if typed.null_count() != text.null_count() {
-                if self.ctx.policy == MalformedRowPolicy::Fail
-                    && self.ctx.hints.may_widen(field.name())
-                {
-                    let r = (0..text.len())
-                        .find(|&r| text.is_valid(r) && typed.is_null(r))
-                        .expect("a cell turned null");
-                    return Err(JobError::Reread {
-                        column: field.name().clone(),
-                        data_type: widened(field.data_type(), text.value(r)),
-                        message: format!(
-                            "column '{}' was inferred as {} from the first {} rows, but row {} holds '{}'",
-                            field.name(),
-                            describe(field.data_type()),
-                            self.infer_rows,
-                            rows[r],
-                            truncate(text.value(r), 80)
-                        ),
-                    });
-                }
-                for r in 0..text.len() {
-                    if text.is_valid(r) && typed.is_null(r) && keep[r] {
-                        keep[r] = false;
-                        *self
-                            .stats
-                            .type_mismatches
-                            .entry(field.name().clone())
-                            .or_default() += 1;
-                        let hint = if self.ctx.hints.may_widen(field.name()) {
-                            format!(
-                                " (the type was inferred from the first {} rows; declare it in the spec's `schema:` to keep such rows)",
-                                self.infer_rows
-                            )
-                        } else {
-                            String::new()
-                        };
-                        let key = self.key_of(&texts, r);
-                        let reason = format!(
-                            "row {}{key}: column '{}': '{}' is not a valid {}{hint}",
-                            rows[r],
-                            field.name(),
-                            truncate(text.value(r), 80),
-                            describe(field.data_type())
-                        );
-                        self.ctx
-                            .reject(&mut self.stats, rows[r], "type mismatch", reason)?;
-                    }
-                }
+                misfits.push(i);
             }
             columns.push(typed);
         }
+        let mut keep = vec![true; rows.len()];
+        if !misfits.is_empty() {
+            for r in 0..rows.len() {
+                let Some(&i) = misfits
+                    .iter()
+                    .find(|&&i| texts[i].is_valid(r) && columns[i].is_null(r))
+                else {
+                    continue;
+                };
+                keep[r] = false;
+                self.misfit(&schema, &texts, (i, r), rows[r])?;
+            }
+        }
         let batch = RecordBatch::try_new(schema, columns)
-            .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))?;
+            .map_err(|e| JobError::arrow(self.rules.location.clone(), e))?;
         let batch = if keep.iter().all(|&k| k) {
             batch
         } else {
             filter_record_batch(&batch, &BooleanArray::from(keep))
-                .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))?
+                .map_err(|e| JobError::arrow(self.rules.location.clone(), e))?
         };
-        if batch.num_rows() > 0 && !self.ctx.send(batch) {
-            self.closed = true;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        match &mut self.out {
+            BatchOut::Source(ctx) => {
+                if !ctx.send(batch) {
+                    self.closed = true;
+                }
+            }
+            BatchOut::Kept(batches) => batches.push(batch),
         }
         Ok(())
+    }
+
+    /// A cell (`column`, index `r` of the batch) that does not parse as its column's type: the
+    /// run rereads the file with a wider type (an inferred type, failing policy), fails, or
+    /// leaves the row out and counts it.
+    fn misfit(
+        &mut self,
+        schema: &Schema,
+        texts: &[StringArray],
+        (column, r): (usize, usize),
+        row: u64,
+    ) -> Result<()> {
+        let field = schema.field(column);
+        let text = &texts[column];
+        let may_widen = self.rules.hints.may_widen(field.name());
+        if self.rules.policy == MalformedRowPolicy::Fail && may_widen {
+            return Err(JobError::Reread {
+                column: field.name().clone(),
+                data_type: widened(field.data_type(), text.value(r)),
+                message: format!(
+                    "column '{}' was inferred as {} from the first {} rows, but row {row} holds '{}'",
+                    field.name(),
+                    describe(field.data_type()),
+                    self.infer_rows,
+                    truncate(text.value(r), 80)
+                ),
+            });
+        }
+        *self
+            .stats
+            .type_mismatches
+            .entry(field.name().clone())
+            .or_default() += 1;
+        let hint = if may_widen {
+            format!(
+                " (the type was inferred from the first {} rows; declare it in the spec's `schema:` to keep such rows)",
+                self.infer_rows
+            )
+        } else {
+            String::new()
+        };
+        let key = self.key_of(texts, r);
+        let reason = format!(
+            "row {row}{key}: column '{}': '{}' is not a valid {}{hint}",
+            field.name(),
+            truncate(text.value(r), 80),
+            describe(field.data_type())
+        );
+        self.rules
+            .reject(&mut self.stats, row, "type mismatch", reason)
     }
 }
 
@@ -230,7 +323,7 @@ impl TableAssembler {
     /// ` (id=4)`: the row's key as the file wrote it, when the dataset has one.
     fn key_of(&self, texts: &[StringArray], row: usize) -> String {
         let parts: Vec<String> = self
-            .ctx
+            .rules
             .key
             .iter()
             .filter_map(|name| {

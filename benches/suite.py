@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Every benchmark in one run: Carga and its peers on the same inputs, interleaved (repetition 1 of
+every tool, then repetition 2, ...), so a slow minute of the machine hits every tool alike.
+
+    python3 benches/suite.py                      # PostgreSQL 1M and 10M, CSV 1M/4M/8M, MariaDB 1M
+    python3 benches/suite.py --works csv --csv-rows 1000000 --repeat 3
+    python3 benches/suite.py --write-readme       # also replaces the README's generated table
+
+Works and peers:
+- PostgreSQL table -> Parquet (`postgres_extract.tools`): COPY binary floor, duckdb 1.5.5 with its
+  postgres extension, connectorx + pyarrow, pyspark JDBC, rivet-cli.
+- CSV -> Parquet, the same table exported with `COPY ... (FORMAT csv, HEADER)`: polars, duckdb,
+  pyarrow (plain and encrypted), pyspark, `cat > /dev/null` as the floor; Carga with inferred and
+  with declared types.
+- MariaDB table -> Parquet (`mariadb_extract.tools`): `mariadb --quick` floor, connectorx,
+  pyspark JDBC, rivet-cli.
+
+Each measurement is a separate process; wall time and the peak resident memory of its whole
+process tree (JVMs included) are taken by `harness.measure`, the 1-minute load average before it.
+Reported: median and minimum of the repetitions, rows/s at the median, the median peak RSS, and
+the median time as a ratio to Carga's. Peers install themselves from PyPI and Debian.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mariadb_extract  # noqa: E402
+import postgres_extract  # noqa: E402
+from csv_to_parquet import DUCKDB as DUCKDB_CSV, POLARS, PYARROW  # noqa: E402
+from harness import measure  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/carga-target"))
+CARGA = os.environ.get("CARGA_BENCH_BIN", os.path.join(TARGET, "release", "carga"))
+README = os.path.join(ROOT, "README.md")
+BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
+
+PIP_PEERS = ["pyarrow", "polars", "duckdb==1.5.5", "duckdb-extension-postgres-scanner==1.5.5", "connectorx",
+             "pyspark", "rivet-cli", "cryptography"]
+APT_PEERS = ["default-jre-headless", "libpostgresql-jdbc-java", "libmariadb-java"]
+
+SPARK_CSV = r"""
+import sys
+from pyspark.sql import SparkSession
+src, out = sys.argv[1:3]
+spark = (SparkSession.builder.master("local[2]").appName("carga-bench").config("spark.ui.enabled", "false")
+         .config("spark.driver.memory", "2g").getOrCreate())
+spark.read.csv(src, header=True, inferSchema=True).write.mode("overwrite").option("compression", "zstd").parquet(out)
+spark.stop()
+"""
+
+DECLARED = {"l_quantity": "decimal(15,2)", "l_extendedprice": "decimal(15,2)", "l_discount": "decimal(15,2)",
+            "l_tax": "decimal(15,2)", "l_shipdate": "date", "l_commitdate": "date", "l_receiptdate": "date"}
+
+
+def install_peers():
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *PIP_PEERS], check=True)
+    if shutil.which("java") is None or not os.path.exists(postgres_extract.JDBC_JAR):
+        subprocess.run(["apt-get", "install", "-y", "-q", *APT_PEERS], check=False, stdout=subprocess.DEVNULL)
+
+
+def csv_export(rows, work):
+    """The PostgreSQL lineitem table's first `rows` rows as CSV (`char(25)` padding included)."""
+    source = postgres_extract.prepare(1_000_000 if rows <= 1_000_000 else 10_000_000)
+    path = os.path.join(work, f"lineitem_{rows}.csv")
+    if not os.path.exists(path):
+        query = f"SELECT * FROM {source} ORDER BY l_orderkey, l_linenumber LIMIT {rows}"
+        subprocess.run(["psql", "-q", postgres_extract.URL, "-c", f"\\copy ({query}) TO '{path}' (FORMAT csv, HEADER true)"],
+                       check=True)
+    return path
+
+
+def csv_tools(rows, work):
+    csv = csv_export(rows, work)
+    env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
+               CARGA_ROWS_PER_FILE=str(10**9))
+    specs = {}
+    for name, extra in [("inferred", ""), ("declared", "schema:\n" + "".join(f"  {c}: {t}\n" for c, t in DECLARED.items()))]:
+        specs[name] = os.path.join(work, f"csv_{name}_{rows}.yaml")
+        with open(specs[name], "w") as f:
+            f.write(f"id: lineitem_csv_{name}\nsource: {{format: csv, location: '{csv}'}}\nmode: complete\n"
+                    f"trigger: callback\n{extra}")
+    out = lambda name: os.path.join(work, name)  # noqa: E731
+    return csv, [
+        ("carga (inferred types)", [CARGA, "run", "--dataset", specs["inferred"]], env, None, "zstd, encrypted"),
+        ("carga (declared types)", [CARGA, "run", "--dataset", specs["declared"]], env, None,
+         "decimals and dates declared; zstd, encrypted"),
+        ("polars", [sys.executable, "-c", POLARS, csv, out("polars.parquet")], None, None, "sink_parquet, zstd, not encrypted"),
+        ("duckdb", [sys.executable, "-c", DUCKDB_CSV, csv, out("duck.parquet")], None, None, "threads=2, zstd, encrypted"),
+        ("pyarrow (encrypted)", [sys.executable, "-c", PYARROW, csv, out("pa_enc.parquet"), "1"], None, None, "zstd"),
+        ("pyarrow", [sys.executable, "-c", PYARROW, csv, out("pa.parquet"), "0"], None, None, "zstd, not encrypted"),
+        ("pyspark", [sys.executable, "-c", SPARK_CSV, csv, out("spark_csv")], None, None,
+         "inferSchema, local[2], zstd, not encrypted"),
+        ("floor: cat > /dev/null", ["sh", "-c", f"cat '{csv}' > /dev/null"], None, None, "reading the bytes"),
+    ]
+
+
+def works(args, work):
+    """(title, rows, tools) of every work asked for."""
+    for name in args.works.split(","):
+        if name == "pg":
+            for rows in args.pg_rows:
+                table = postgres_extract.prepare(rows)
+                yield f"PostgreSQL {rows:,} rows (`{table}`)", rows, postgres_extract.tools(rows, work, CARGA)
+        elif name == "csv":
+            for rows in args.csv_rows:
+                csv, listed = csv_tools(rows, work)
+                yield f"CSV {rows:,} rows ({os.path.getsize(csv) / 1e6:.0f} MB)", rows, listed
+        elif name == "mariadb":
+            for rows in args.mariadb_rows:
+                table = mariadb_extract.prepare(rows)
+                yield f"MariaDB {rows:,} rows (`{table}`)", rows, mariadb_extract.tools(rows, work, CARGA)
+        else:
+            raise SystemExit(f"unknown work {name!r}: pg, csv, mariadb")
+
+
+def run_work(title, rows, listed, repeat, only):
+    if only:
+        listed = [t for t in listed if t[0].startswith("carga") or any(t[0].startswith(w) for w in only)]
+    runs = {t[0]: [] for t in listed}
+    loads = []
+    for rep in range(repeat):
+        loads.append(os.getloadavg()[0])
+        for name, cmd, env, cwd, _ in listed:
+            try:
+                seconds, rss = measure(cmd, env, cwd)
+                runs[name].append((seconds, rss))
+                print(f"  {title} | rep {rep + 1} | {name}: {seconds:.2f} s, {rss:.0f} MiB", file=sys.stderr)
+            except Exception as e:  # a peer that cannot run here is reported, not fatal
+                runs[name].append((None, str(e).strip().splitlines()[-1][:160] if str(e).strip() else "failed"))
+                print(f"  {title} | rep {rep + 1} | {name}: failed: {runs[name][-1][1]}", file=sys.stderr)
+    results = []
+    for name, _, _, _, note in listed:
+        ok = [(s, r) for s, r in runs[name] if s is not None]
+        failure = next((r for s, r in runs[name] if s is None), None)
+        if not ok:
+            results.append({"tool": name, "note": note, "failed": failure})
+            continue
+        times = [s for s, _ in ok]
+        results.append({"tool": name, "note": note, "median_s": statistics.median(times), "min_s": min(times),
+                        "rss_mib": statistics.median(r for _, r in ok), "runs": len(ok), "times": times,
+                        "failed": failure})
+    return {"title": title, "rows": rows, "loads": loads, "results": results}
+
+
+def markdown(work):
+    base = next((r["median_s"] for r in work["results"] if r["tool"].startswith("carga") and "median_s" in r), None)
+    lines = [f"**{work['title']}** — load average before each repetition: "
+             + ", ".join(f"{x:.2f}" for x in work["loads"]), "",
+             "| tool | median s | min s | rows/s | peak RSS MiB | vs carga | note |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in work["results"]:
+        if "median_s" not in r:
+            lines.append(f"| {r['tool']} | — | — | — | — | — | failed here: {r['failed']} |")
+            continue
+        ratio = f"{r['median_s'] / base:.2f}x" if base else "—"
+        note = r["note"] + (f"; {r['runs']} of the runs succeeded" if r["failed"] else "")
+        lines.append(f"| {r['tool']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {work['rows'] / r['median_s']:,.0f} | "
+                     f"{r['rss_mib']:.0f} | {ratio} | {note} |")
+    return "\n".join(lines)
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, carga {commit}"
+
+
+def write_readme(text):
+    with open(README) as f:
+        readme = f.read()
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} section")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(README, "w") as f:
+        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--works", default="pg,csv,mariadb", help="comma-separated: pg, csv, mariadb")
+    parser.add_argument("--pg-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--csv-rows", type=int, nargs="+", default=[1_000_000, 4_000_000, 8_000_000])
+    parser.add_argument("--mariadb-rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated peers to run beside Carga (name prefixes)")
+    parser.add_argument("--no-install", action="store_true", help="do not install the peers")
+    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--json", help="also write the measurements here")
+    args = parser.parse_args()
+    if "CARGA_BENCH_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--bin", "carga"], cwd=ROOT, check=True)
+    if not args.no_install:
+        install_peers()
+    only = args.only.split(",") if args.only else None
+    work = tempfile.mkdtemp(prefix="carga-suite-")
+    measured = []
+    try:
+        for title, rows, listed in works(args, work):
+            measured.append(run_work(title, rows, listed, args.repeat, only))
+            print(markdown(measured[-1]) + "\n", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    today = datetime.date.today().isoformat()
+    text = (f"Generated by `python3 benches/suite.py {' '.join(sys.argv[1:])}` on {today}, {machine()}; "
+            f"{args.repeat} interleaved repetitions per tool.\n\n" + "\n\n".join(markdown(w) for w in measured))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": today, "machine": machine(), "works": measured}, f, indent=1)
+    if args.write_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()

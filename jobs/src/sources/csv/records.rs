@@ -1,0 +1,139 @@
+//! The records of one chunk of a CSV file, with their lines in the file, into a table.
+
+use csv::ByteRecord;
+
+use super::boundaries::TextChunk;
+use crate::error::{JobError, Result};
+use crate::sources::table::TableAssembler;
+use crate::sources::text_input::LineCounter;
+use carga_config::CsvOptions;
+
+/// A chunk's records, read by the csv crate.
+pub(super) struct ChunkRecords<'a> {
+    reader: csv::Reader<LineCounter<&'a [u8]>>,
+    pub record: ByteRecord,
+    /// Added to the chunk's own line numbers (1-based) to give the file's.
+    line_offset: u64,
+    /// The file line the previous record ended on: lines after it and before the next record
+    /// are blank.
+    previous_end: u64,
+    location: &'a str,
+}
+
+impl<'a> ChunkRecords<'a> {
+    pub fn new(chunk: &'a TextChunk, opts: &CsvOptions, location: &'a str) -> Self {
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(opts.delimiter as u8)
+            .quote(opts.quote as u8)
+            .escape(opts.escape.map(|c| c as u8))
+            .double_quote(opts.escape.is_none())
+            .buffer_capacity(64 * 1024)
+            .from_reader(LineCounter::new(chunk.bytes.as_slice()));
+        let line_offset = chunk.first_line - 1;
+        Self {
+            reader,
+            record: ByteRecord::new(),
+            line_offset,
+            previous_end: line_offset,
+            location,
+        }
+    }
+
+    /// Reads the next record into `self.record`; `false` at the chunk's end.
+    pub fn next(&mut self) -> Result<bool> {
+        self.reader.read_byte_record(&mut self.record).map_err(|e| {
+            JobError::io(
+                format!("reading {}", self.location),
+                std::io::Error::other(e),
+            )
+        })
+    }
+
+    /// The file line the current record starts on.
+    pub fn line(&self) -> u64 {
+        let local = self
+            .record
+            .position()
+            .map_or(0, |p| self.reader.get_ref().line_of_record(p.byte()));
+        self.line_offset + local
+    }
+
+    /// The file line the current record's last byte is on (its quoted fields may hold newlines).
+    fn end_line(&self) -> u64 {
+        let inner = memchr::memchr_iter(b'\n', self.record.as_slice()).count() as u64;
+        self.line() + inner
+    }
+
+    /// The current record is the header: blank lines before it are not counted.
+    pub fn header_read(&mut self) {
+        self.previous_end = self.end_line();
+    }
+
+    /// Reads the chunk's records into `table` (the current record first, when `current`).
+    pub fn rows_into(
+        &mut self,
+        table: &mut TableAssembler,
+        null_values: &[String],
+        encoding_hint: &str,
+        mut current: bool,
+    ) -> Result<()> {
+        loop {
+            if !current && !self.next()? {
+                break;
+            }
+            current = false;
+            let line = self.line();
+            table.blank_lines(line.saturating_sub(self.previous_end + 1));
+            self.previous_end = self.end_line();
+            let record = &self.record;
+            if record.len() == 1 && record[0].is_empty() && table.width() > 1 {
+                table.push_row(line, &vec![None; table.width()])?;
+                continue;
+            }
+            if record.len() != table.width() {
+                let reason = format!(
+                    "line {line}: has {} fields, the header has {}",
+                    record.len(),
+                    table.width()
+                );
+                table.reject(line, "wrong number of fields", reason)?;
+                continue;
+            }
+            match decode_cells(record, null_values) {
+                Ok(cells) => table.push_row(line, &cells)?,
+                Err(column) => {
+                    let reason = format!(
+                        "line {line}: column '{}' is not valid UTF-8{encoding_hint}",
+                        table.names()[column]
+                    );
+                    table.reject(line, "invalid UTF-8", reason)?;
+                }
+            }
+            if table.is_closed() {
+                return Ok(());
+            }
+        }
+        // Blank lines after the chunk's last record (the newline that ends a record is not one).
+        let lines = self.line_offset + self.reader.get_ref().newlines();
+        table.blank_lines(lines.saturating_sub(self.previous_end));
+        Ok(())
+    }
+}
+
+/// Cells as text, `None` for nulls; `Err(column)` names the first field that is not UTF-8.
+fn decode_cells<'r>(
+    record: &'r ByteRecord,
+    null_values: &[String],
+) -> Result<Vec<Option<&'r str>>, usize> {
+    record
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let text = std::str::from_utf8(field).map_err(|_| i)?;
+            let is_null = text.is_empty() || null_values.iter().any(|n| n == text);
+            Ok((!is_null).then_some(text))
+        })
+        .collect()
+}
