@@ -76,7 +76,9 @@ import sys, duckdb
 url, table, out = sys.argv[1:4]
 con = duckdb.connect()
 con.execute("SET threads = 2")
-con.execute("LOAD postgres")
+# duckdb-extension-postgres-scanner (PyPI) carries the extension: loaded from its file, offline.
+import duckdb_extension_postgres_scanner as ext, glob, os
+con.execute(f"LOAD '{glob.glob(os.path.join(os.path.dirname(ext.__file__), 'extensions', '*', 'postgres_scanner.duckdb_extension'))[0]}'")
 con.execute(f"ATTACH '{url}' AS pg (TYPE postgres, READ_ONLY)")
 con.execute(f"COPY (SELECT * FROM pg.{table}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
 """

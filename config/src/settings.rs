@@ -42,6 +42,9 @@ pub struct Settings {
     pub batch_rows: usize,
     /// Threads that parse one file at once (CSV); 0 means one per core.
     pub parse_threads: usize,
+    /// Threads that encode one Parquet part (its columns dealt out among them); 0 means one per
+    /// core.
+    pub encode_threads: usize,
     pub s3: S3Settings,
     /// What a dataset spec may reach: local folders and networks.
     pub sources: SourceAccessSettings,
@@ -127,6 +130,7 @@ impl Default for Settings {
             rows_per_row_group: 122_880,
             batch_rows: 8192,
             parse_threads: 0,
+            encode_threads: 0,
             s3: S3Settings::default(),
             sources: SourceAccessSettings::default(),
             query_memory_mib: 512,
@@ -138,10 +142,12 @@ impl Default for Settings {
 impl Settings {
     /// Threads that parse one file at once: the setting, or one per core.
     pub fn parse_threads(&self) -> usize {
-        match self.parse_threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        }
+        threads_or_cores(self.parse_threads)
+    }
+
+    /// Threads that encode one Parquet part: the setting, or one per core.
+    pub fn encode_threads(&self) -> usize {
+        threads_or_cores(self.encode_threads)
     }
 
     /// Loads `path` if given (missing file is an error), else defaults; then applies the environment.
@@ -223,6 +229,9 @@ impl Settings {
         if let Some(v) = var("CARGA_PARSE_THREADS") {
             self.parse_threads = parse_env("CARGA_PARSE_THREADS", &v)?;
         }
+        if let Some(v) = var("CARGA_ENCODE_THREADS") {
+            self.encode_threads = parse_env("CARGA_ENCODE_THREADS", &v)?;
+        }
         if let Some(v) = var("CARGA_S3_ENDPOINT") {
             self.s3.endpoint = Some(v);
         }
@@ -295,6 +304,14 @@ fn parse_env<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigE
             name: name.into(),
             message: format!("cannot parse '{value}'"),
         })
+}
+
+/// `0` means one thread per core.
+fn threads_or_cores(setting: usize) -> usize {
+    match setting {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod query;
 pub mod read;
 pub mod redact;
 pub mod retry;
+mod row_groups;
 pub mod run;
 pub mod schema_drift;
 pub mod secrets;

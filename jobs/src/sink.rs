@@ -12,7 +12,6 @@ use futures::future::BoxFuture;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -21,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::encryption::Encryptor;
 use crate::error::{JobError, Result};
+use crate::row_groups::ParallelFileWriter;
 use crate::storage::Bucket;
 
 /// A finished part file, as listed in the manifest.
@@ -61,7 +61,10 @@ impl AsyncFileWriter for HashingWriter {
 }
 
 struct OpenPart {
-    writer: AsyncArrowWriter<HashingWriter>,
+    /// Encodes the part (on `encode_threads` threads).
+    encoder: ParallelFileWriter,
+    /// Uploads the encoded bytes.
+    upload: HashingWriter,
     path: Path,
     rows: u64,
     tally: Arc<Mutex<Tally>>,
@@ -75,6 +78,7 @@ pub struct PartSink {
     compression: ParquetCompression,
     rows_per_file: u64,
     rows_per_row_group: usize,
+    encode_threads: usize,
     current: Option<OpenPart>,
     written: Vec<PartFile>,
     name_prefix: String,
@@ -103,6 +107,7 @@ impl PartSink {
             compression,
             rows_per_file: settings.rows_per_file as u64,
             rows_per_row_group: settings.rows_per_row_group,
+            encode_threads: settings.encode_threads(),
             current: None,
             written: Vec::new(),
             name_prefix: "part-".into(),
@@ -132,7 +137,13 @@ impl PartSink {
             let room = (self.rows_per_file - part.rows) as usize;
             let take = room.min(batch.num_rows() - offset);
             let slice = batch.slice(offset, take);
-            part.writer.write(&slice).await.map_err(|e| {
+            let encoded = part.encoder.write(&slice).await;
+            let written = match encoded {
+                Ok(bytes) if bytes.is_empty() => Ok(()),
+                Ok(bytes) => part.upload.write(bytes).await,
+                Err(e) => Err(e),
+            };
+            written.map_err(|e| {
                 JobError::parquet(format!("writing {}", self.bucket.display(&part.path)), e)
             })?;
             part.rows += take as u64;
@@ -154,7 +165,7 @@ impl PartSink {
     pub async fn abort(mut self) {
         if let Some(part) = self.current.take() {
             // An unfinished upload never becomes visible; aborting it also frees the uploaded parts.
-            let mut upload = part.writer.into_inner().inner;
+            let mut upload = part.upload.inner;
             if let Err(e) = upload.abort().await {
                 tracing::warn!(path = %part.path, error = %e, "could not abort an unfinished upload; it never becomes visible");
             }
@@ -186,16 +197,20 @@ impl PartSink {
             .with_file_encryption_properties(self.encryptor.file_encryption()?)
             .build();
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let writer = HashingWriter {
+        let upload = HashingWriter {
             inner: BufWriter::new(self.bucket.store.clone(), path.clone()),
             tally: tally.clone(),
         };
-        let writer = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(properties))
-            .map_err(|e| {
-                JobError::parquet(format!("creating {}", self.bucket.display(&path)), e)
-            })?;
+        let encoder = ParallelFileWriter::try_new(
+            self.schema.clone(),
+            properties,
+            self.rows_per_row_group,
+            self.encode_threads,
+        )
+        .map_err(|e| JobError::parquet(format!("creating {}", self.bucket.display(&path)), e))?;
         Ok(OpenPart {
-            writer,
+            encoder,
+            upload,
             path,
             rows: 0,
             tally,
@@ -206,13 +221,27 @@ impl PartSink {
         let Some(part) = self.current.take() else {
             return Ok(());
         };
-        part.writer.close().await.map_err(|e| {
-            JobError::parquet(format!("finishing {}", self.bucket.display(&part.path)), e)
+        let OpenPart {
+            encoder,
+            mut upload,
+            path,
+            rows,
+            tally,
+        } = part;
+        let finished = match encoder.finish().await {
+            Ok(footer) => match upload.write(footer).await {
+                Ok(()) => upload.complete().await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        finished.map_err(|e| {
+            JobError::parquet(format!("finishing {}", self.bucket.display(&path)), e)
         })?;
-        let tally = std::mem::take(&mut *part.tally.lock().expect("tally lock"));
+        let tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
         self.written.push(PartFile {
-            path: part.path.to_string(),
-            rows: part.rows,
+            path: path.to_string(),
+            rows,
             bytes: tally.bytes,
             sha256: hex::encode(tally.hasher.finalize()),
         });

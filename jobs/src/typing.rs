@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray};
+use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, TimeUnit};
 
@@ -50,10 +50,58 @@ const SAFE: CastOptions<'static> = CastOptions {
 
 /// Casts text to `target`; cells that were present but did not parse come back as null.
 pub fn cast_text(values: &StringArray, target: &DataType) -> arrow::error::Result<ArrayRef> {
-    if target == &DataType::Utf8 {
-        return Ok(Arc::new(values.clone()));
+    match target {
+        DataType::Utf8 => Ok(Arc::new(values.clone())),
+        DataType::Decimal128(precision, scale) => {
+            let typed: Decimal128Array = values
+                .iter()
+                .map(|v| v.and_then(|v| decimal_from_text(v, *precision, *scale)))
+                .collect();
+            Ok(Arc::new(
+                typed.with_precision_and_scale(*precision, *scale)?,
+            ))
+        }
+        _ => cast_with_options(values, target, &SAFE),
     }
-    cast_with_options(values, target, &SAFE)
+}
+
+/// The exact value of a decimal written as text (`-12.50`, `+3`, `.5`, surrounding spaces
+/// allowed), scaled to `scale`; `None` when it is not a decimal, needs more digits than
+/// `precision`, or has non-zero digits past `scale` (arrow's own cast rounds those: a value is
+/// never altered silently here). Parses straight into an `i128`, without arrow's per-value
+/// string building.
+pub fn decimal_from_text(text: &str, precision: u8, scale: i8) -> Option<i128> {
+    let bytes = text.trim().as_bytes();
+    let (negative, digits) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        Some(b'+') => (false, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let (integer, fraction) = match memchr::memchr(b'.', digits) {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &digits[digits.len()..]),
+    };
+    if (integer.is_empty() && fraction.is_empty())
+        || !integer.iter().chain(fraction).all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let scale = usize::try_from(scale).ok()?;
+    let (kept, beyond) = fraction.split_at(fraction.len().min(scale));
+    if beyond.iter().any(|&d| d != b'0') {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for &d in integer.iter().chain(kept) {
+        value = value.checked_mul(10)?.checked_add(i128::from(d - b'0'))?;
+    }
+    for _ in kept.len()..scale {
+        value = value.checked_mul(10)?;
+    }
+    if value >= 10_i128.checked_pow(u32::from(precision))? {
+        return None;
+    }
+    Some(if negative { -value } else { value })
 }
 
 /// Casts text to `target`, or names the first present cell that does not parse: `Err(index)`.
@@ -209,6 +257,49 @@ mod tests {
         assert_eq!(parse_type_name("decimal(40,2)"), None);
         assert_eq!(parse_type_name("timestamptz"), Some(timestamp_type(true)));
         assert_eq!(parse_type_name("blob"), None);
+    }
+
+    #[test]
+    fn decimals_parse_exactly_or_not_at_all() {
+        let d = |text| decimal_from_text(text, 5, 2);
+        assert_eq!(d("123.45"), Some(12345));
+        assert_eq!(d("-1.5"), Some(-150));
+        assert_eq!(d(" +7 "), Some(700));
+        assert_eq!(d(".5"), Some(50));
+        assert_eq!(d("5."), Some(500));
+        assert_eq!(d("-0.01"), Some(-1));
+        assert_eq!(d("1.500"), Some(150), "zeros past the scale change nothing");
+        assert_eq!(d("1.005"), None, "rounding would alter the value");
+        assert_eq!(d("1000.00"), None, "six digits in decimal(5,2)");
+        assert_eq!(d("999.99"), Some(99999));
+        for bad in [
+            "", ".", "-", "1e3", "1.2.3", "12a", "--1", "1,5", "0x10", " ",
+        ] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+        let max = "9".repeat(38);
+        assert_eq!(decimal_from_text(&max, 38, 0), Some(10_i128.pow(38) - 1));
+        assert_eq!(decimal_from_text(&format!("{max}9"), 38, 0), None);
+        assert_eq!(
+            decimal_from_text("-0.00000000000000000000000000000000000001", 38, 38),
+            Some(-1)
+        );
+        assert_eq!(
+            decimal_from_text("12", 38, -2),
+            None,
+            "negative scales are not text's"
+        );
+    }
+
+    #[test]
+    fn decimals_agree_with_arrow_where_arrow_is_exact() {
+        let texts = [
+            "0", "1.25", "-3.1", "+42", "99999.99", "-0.50", ".75", "7.", " 8.5 ",
+        ];
+        let values = StringArray::from(texts.to_vec());
+        let ours = cast_text(&values, &DataType::Decimal128(7, 2)).unwrap();
+        let arrows = cast_with_options(&values, &DataType::Decimal128(7, 2), &SAFE).unwrap();
+        assert_eq!(&ours, &arrows);
     }
 
     #[test]

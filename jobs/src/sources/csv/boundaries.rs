@@ -3,11 +3,12 @@
 //! records as one pass over the whole file.
 //!
 //! A newline ends a record only outside quotes, and whether a byte is inside quotes depends on
-//! everything before it (a quote opens a field only at its start; `""` or the escape byte keep
-//! it open). So the scanner runs csv-core's state machine over every byte from the start of the
-//! file — jumping with `memchr` to the next byte that can change its state — and cuts only right
-//! after the newline that ends a record. A cut is therefore a proven record boundary, blank lines
-//! go to the chunk after it, and every chunk but the last holds at least one record.
+//! everything before it: a quote opens a field only at the field's start (elsewhere it is text),
+//! and inside quotes `""` or the escape byte keep the field open. So the scanner follows
+//! csv-core's state machine over the whole file, in jumps: outside quotes only the next quote
+//! byte can change anything, so it finds that with `memchr` and takes the last newline before it
+//! as a place to cut; inside quotes it jumps to the next quote (or escape) byte. A cut is right
+//! after a newline outside quotes: a proven record boundary (blank lines may follow it).
 
 use std::io::{self, Read};
 
@@ -16,10 +17,9 @@ use carga_config::CsvOptions;
 /// The parser's states (csv-core's NFA, without comments; the terminator is `\r`, `\n` or `\r\n`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Between records: line ends are skipped.
-    StartRecord,
-    StartField,
-    /// In an unquoted field (or after a quoted field's closing quote).
+    /// Between records (line ends are skipped) or at a field's start: a quote opens a field.
+    FieldStart,
+    /// In an unquoted field (or after a quoted field's closing quote): a quote is text.
     InField,
     InQuotedField,
     /// After the escape byte inside quotes: the next byte is taken as it is.
@@ -36,8 +36,6 @@ pub(crate) struct RecordScanner {
     escape: Option<u8>,
     double_quote: bool,
     state: State,
-    /// A record ended on `\r`: its `\n` may follow.
-    after_cr: bool,
 }
 
 impl RecordScanner {
@@ -47,63 +45,36 @@ impl RecordScanner {
             quote: opts.quote as u8,
             escape: opts.escape.map(|c| c as u8),
             double_quote: opts.escape.is_none(),
-            state: State::StartRecord,
-            after_cr: false,
+            state: State::FieldStart,
         }
     }
 
     /// Scans the next bytes of the stream; returns the offset in `bytes` just past the last
-    /// newline that ended a record, where a chunk may be cut.
+    /// newline outside quotes, where a chunk may be cut.
     pub fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
         let mut cut = None;
         let mut i = 0;
         while i < bytes.len() {
             match self.state {
-                State::StartRecord => {
-                    let b = bytes[i];
-                    match b {
-                        b'\n' => {
-                            if self.after_cr {
-                                cut = Some(i + 1);
-                            }
-                            self.after_cr = false;
-                            i += 1;
-                        }
-                        b'\r' => {
-                            self.after_cr = false;
-                            i += 1;
-                        }
-                        _ => {
-                            self.after_cr = false;
-                            self.state = State::StartField;
-                        }
+                State::FieldStart | State::InField => {
+                    let quote = memchr::memchr(self.quote, &bytes[i..]).map(|k| i + k);
+                    let end = quote.unwrap_or(bytes.len());
+                    if let Some(k) = memchr::memrchr(b'\n', &bytes[i..end]) {
+                        cut = Some(i + k + 1);
                     }
-                }
-                State::StartField => {
-                    let b = bytes[i];
-                    i += 1;
-                    self.state = if b == self.quote {
-                        State::InQuotedField
-                    } else if b == self.delimiter {
-                        State::StartField
-                    } else if is_terminator(b) {
-                        self.end_record(b, i, &mut cut)
-                    } else {
-                        State::InField
-                    };
-                }
-                State::InField => {
-                    match memchr::memchr3(self.delimiter, b'\n', b'\r', &bytes[i..]) {
-                        None => i = bytes.len(),
-                        Some(k) => {
-                            let b = bytes[i + k];
-                            i += k + 1;
-                            self.state = if b == self.delimiter {
-                                State::StartField
-                            } else {
-                                self.end_record(b, i, &mut cut)
+                    // The state just before `end`: set by its last byte, if the jump crossed any.
+                    if end > i {
+                        self.state = self.after_unquoted(bytes[end - 1]);
+                    }
+                    match quote {
+                        Some(q) => {
+                            self.state = match self.state {
+                                State::FieldStart => State::InQuotedField,
+                                _ => State::InField,
                             };
+                            i = q + 1;
                         }
+                        None => i = bytes.len(),
                     }
                 }
                 State::InQuotedField => {
@@ -131,37 +102,32 @@ impl RecordScanner {
                 State::AfterQuote => {
                     let b = bytes[i];
                     i += 1;
-                    self.state = if self.double_quote && b == self.quote {
-                        State::InQuotedField
-                    } else if b == self.delimiter {
-                        State::StartField
-                    } else if is_terminator(b) {
-                        self.end_record(b, i, &mut cut)
+                    if self.double_quote && b == self.quote {
+                        self.state = State::InQuotedField;
                     } else {
-                        State::InField
-                    };
+                        if b == b'\n' {
+                            cut = Some(i);
+                        }
+                        self.state = self.after_unquoted(b);
+                    }
                 }
             }
         }
         cut
     }
 
-    /// A record ended on `b`; `after` is the offset past it.
-    fn end_record(&mut self, b: u8, after: usize, cut: &mut Option<usize>) -> State {
-        if b == b'\n' {
-            *cut = Some(after);
+    /// The state after byte `b` outside quotes (a quote byte is handled by the caller).
+    fn after_unquoted(&self, b: u8) -> State {
+        if b == self.delimiter || b == b'\n' || b == b'\r' {
+            State::FieldStart
         } else {
-            self.after_cr = true;
+            State::InField
         }
-        State::StartRecord
     }
 }
 
-fn is_terminator(b: u8) -> bool {
-    b == b'\n' || b == b'\r'
-}
-
-/// A piece of the file that starts on a record (or at the file's start).
+/// A piece of the file that starts on a record (or at the file's start); it may hold only blank
+/// lines.
 #[derive(Debug)]
 pub(crate) struct TextChunk {
     /// The 1-based line of the file the chunk's first byte is on.
@@ -170,7 +136,7 @@ pub(crate) struct TextChunk {
 }
 
 /// Cuts a stream of CSV text into chunks of about `target` bytes, each ending right after a
-/// record (a record longer than `target` makes a longer chunk).
+/// newline outside quotes (a record longer than `target` makes a longer chunk).
 pub(crate) struct ChunkSplitter<R> {
     input: R,
     scanner: RecordScanner,
@@ -324,12 +290,6 @@ mod tests {
             if offset > 0 {
                 assert_eq!(text[offset as usize - 1], b'\n', "a cut follows a newline");
             }
-            if i + 1 < chunks.len() {
-                assert!(
-                    !records(&chunk.bytes, opts).is_empty(),
-                    "chunk {i} holds a record"
-                );
-            }
             parts.extend(records(&chunk.bytes, opts));
             offset += chunk.bytes.len() as u64;
             line += memchr::memchr_iter(b'\n', &chunk.bytes).count() as u64;
@@ -338,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn cuts_only_after_a_record_s_newline() {
+    fn cuts_only_after_a_newline_outside_quotes() {
         let text = b"id,note\n1,\"two\nlines\"\n\n2,\"say \"\"hi\"\"\n,\"\"\"\"\r\n3,x\"y\n4,end";
         for target in 1..text.len() + 2 {
             for step in [1, 3, 7, 64] {

@@ -71,8 +71,13 @@ fn read_text(
     let location = ctx.location.clone();
     let read_err = |e: std::io::Error| JobError::io(format!("reading {location}"), e);
     let mut chunks = ChunkSplitter::new(input, opts, chunk_bytes);
-    let Some(first) = chunks.next_chunk().map_err(read_err)? else {
-        return Err(ctx.bad_input("file is empty: expected a header line"));
+    // The first chunk with a record (blank lines before the header are skipped, not counted).
+    let first = loop {
+        match chunks.next_chunk().map_err(read_err)? {
+            Some(chunk) if chunk.bytes.iter().any(|&b| b != b'\n' && b != b'\r') => break chunk,
+            Some(_) => {}
+            None => return Err(ctx.bad_input("file is empty: expected a header line")),
+        }
     };
     let mut records = ChunkRecords::new(&first, opts, &location);
     if !records.next()? {

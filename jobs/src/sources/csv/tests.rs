@@ -278,8 +278,14 @@ fn an_inferred_type_that_a_later_chunk_breaks_asks_for_a_reread() {
 }
 
 #[test]
-fn a_file_of_only_a_header_or_nothing() {
-    for text in [&b"id,name\n"[..], b"id,name", b"", b"\n\n"] {
+fn a_file_of_only_a_header_or_nothing_or_blank_lines_first() {
+    for text in [
+        &b"id,name\n"[..],
+        b"id,name",
+        b"",
+        b"\n\n",
+        b"\n\r\n\nid,n\n1,2\n\n3,4",
+    ] {
         assert_same_as_one_pass(text, &small_sample(), skip(), &TypeHints::default());
     }
 }

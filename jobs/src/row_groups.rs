@@ -1,0 +1,359 @@
+//! A Parquet file's row groups encoded column by column on several threads.
+//!
+//! Encoding (dictionaries, statistics, zstd, page encryption) is most of the work of writing a
+//! part; arrow's `ArrowWriter` does it on the thread that writes. Here the columns are dealt out
+//! to `lanes` threads: each batch goes to every lane (an `Arc` copy), each lane encodes its
+//! columns, and at the end of a row group the lanes hand back their column chunks, which are
+//! appended in schema order. The file layout, metadata and encryption are arrow's own
+//! (`ArrowWriter::into_serialized_writer`), so the bytes a reader sees are those of a file
+//! written by `ArrowWriter`; only the work is spread. Batches reach the lanes through bounded
+//! async channels, so a slow encoder slows the writer instead of filling memory.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
+};
+use parquet::errors::{ParquetError, Result};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use tokio::sync::{mpsc, oneshot};
+
+/// Batches queued per lane: one being encoded, one waiting.
+const LANE_QUEUE: usize = 1;
+
+/// Bytes the file writer produced and the caller has not taken yet.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes one Parquet file whose row groups are encoded by `lanes` threads. The encoded bytes
+/// come back from [`Self::write`] and [`Self::finish`] for the caller to upload.
+pub(crate) struct ParallelFileWriter {
+    file: SerializedFileWriter<SharedBuffer>,
+    factory: ArrowRowGroupWriterFactory,
+    buffer: SharedBuffer,
+    schema: SchemaRef,
+    /// The top-level fields each lane encodes.
+    lanes: Vec<Vec<usize>>,
+    /// The leaf columns (writers) of each top-level field, in schema order.
+    leaves_of_field: Vec<std::ops::Range<usize>>,
+    rows_per_row_group: usize,
+    row_group: Option<RowGroup>,
+}
+
+/// What a lane hands back: its column chunks, by leaf index.
+type LaneChunks = Vec<(usize, ArrowColumnChunk)>;
+
+/// The top-level fields a lane encodes, each with its leaf columns' writers (by leaf index).
+type LaneWriters = Vec<(usize, Vec<(usize, ArrowColumnWriter)>)>;
+
+/// A row group being encoded: a channel to each lane and the answer each lane will give.
+struct RowGroup {
+    rows: usize,
+    senders: Vec<mpsc::Sender<RecordBatch>>,
+    results: Vec<oneshot::Receiver<Result<LaneChunks>>>,
+}
+
+impl ParallelFileWriter {
+    pub fn try_new(
+        schema: SchemaRef,
+        properties: WriterProperties,
+        rows_per_row_group: usize,
+        lanes: usize,
+    ) -> Result<Self> {
+        let buffer = SharedBuffer::default();
+        let writer = ArrowWriter::try_new(buffer.clone(), schema.clone(), Some(properties))?;
+        let (file, factory) = writer.into_serialized_writer()?;
+        let descriptor = file.schema_descr();
+        // A field's leaves are consecutive in the Parquet schema.
+        let mut leaves_of_field: Vec<std::ops::Range<usize>> = Vec::new();
+        for leaf in 0..descriptor.num_columns() {
+            let field = descriptor.get_column_root_idx(leaf);
+            if field == leaves_of_field.len() {
+                leaves_of_field.push(leaf..leaf + 1);
+            } else {
+                leaves_of_field[field].end = leaf + 1;
+            }
+        }
+        // Fields dealt round-robin: lineitem-like tables mix cheap and costly columns evenly.
+        let lane_count = lanes.clamp(1, schema.fields().len().max(1));
+        let mut dealt = vec![Vec::new(); lane_count];
+        for field in 0..schema.fields().len() {
+            dealt[field % lane_count].push(field);
+        }
+        Ok(Self {
+            file,
+            factory,
+            buffer,
+            schema,
+            lanes: dealt,
+            leaves_of_field,
+            rows_per_row_group: rows_per_row_group.max(1),
+            row_group: None,
+        })
+    }
+
+    /// Encodes `batch`; returns the bytes of any row group it completed.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<Bytes> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.row_group.is_none() {
+                self.row_group = Some(self.start_row_group()?);
+            }
+            let group = self.row_group.as_mut().expect("row group just started");
+            let take = (self.rows_per_row_group - group.rows).min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, take);
+            for sender in &group.senders {
+                if sender.send(slice.clone()).await.is_err() {
+                    // The lane ended early: its result says why.
+                    break;
+                }
+            }
+            group.rows += take;
+            offset += take;
+            if group.rows >= self.rows_per_row_group {
+                self.close_row_group().await?;
+            }
+        }
+        Ok(self.take_bytes())
+    }
+
+    /// Closes the last row group and writes the footer; returns the remaining bytes.
+    pub async fn finish(mut self) -> Result<Bytes> {
+        self.close_row_group().await?;
+        self.file.finish()?;
+        Ok(self.take_bytes())
+    }
+
+    fn take_bytes(&self) -> Bytes {
+        Bytes::from(std::mem::take(
+            &mut *self.buffer.0.lock().expect("buffer lock"),
+        ))
+    }
+
+    fn start_row_group(&self) -> Result<RowGroup> {
+        let index = self.file.flushed_row_groups().len();
+        let mut writers: Vec<Option<ArrowColumnWriter>> = self
+            .factory
+            .create_column_writers(index)?
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut senders = Vec::with_capacity(self.lanes.len());
+        let mut results = Vec::with_capacity(self.lanes.len());
+        for fields in &self.lanes {
+            let mut lane = Vec::with_capacity(fields.len());
+            for &field in fields {
+                let leaves = self.leaves_of_field[field].clone();
+                let columns = leaves
+                    .clone()
+                    .map(|leaf| (leaf, writers[leaf].take().expect("each leaf has one lane")))
+                    .collect::<Vec<_>>();
+                lane.push((field, columns));
+            }
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            let (done_tx, done_rx) = oneshot::channel();
+            let schema = self.schema.clone();
+            std::thread::Builder::new()
+                .name("carga-encode".into())
+                .spawn(move || {
+                    let _ = done_tx.send(encode_lane(&schema, lane, rx));
+                })
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
+            senders.push(tx);
+            results.push(done_rx);
+        }
+        Ok(RowGroup {
+            rows: 0,
+            senders,
+            results,
+        })
+    }
+
+    async fn close_row_group(&mut self) -> Result<()> {
+        let Some(group) = self.row_group.take() else {
+            return Ok(());
+        };
+        drop(group.senders);
+        let mut chunks = Vec::new();
+        for result in group.results {
+            let lane = result
+                .await
+                .map_err(|_| ParquetError::General("an encoding thread stopped".into()))??;
+            chunks.extend(lane);
+        }
+        chunks.sort_by_key(|(leaf, _)| *leaf);
+        let mut row_group = self.file.next_row_group()?;
+        for (_, chunk) in chunks {
+            chunk.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// One lane's thread: encodes its fields' columns of every batch until the row group ends.
+fn encode_lane(
+    schema: &SchemaRef,
+    mut lane: LaneWriters,
+    mut batches: mpsc::Receiver<RecordBatch>,
+) -> Result<LaneChunks> {
+    while let Some(batch) = batches.blocking_recv() {
+        for (field, writers) in &mut lane {
+            let leaves = compute_leaves(schema.field(*field), batch.column(*field))?;
+            for ((_, writer), leaf) in writers.iter_mut().zip(leaves) {
+                writer.write(&leaf)?;
+            }
+        }
+    }
+    let mut chunks = Vec::new();
+    for (_, writers) in lane {
+        for (leaf, writer) in writers {
+            chunks.push((leaf, writer.close()?));
+        }
+    }
+    Ok(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        ArrayRef, Decimal128Array, Int64Array, ListArray, StringArray, StructArray,
+    };
+    use arrow::datatypes::{DataType, Field, Int32Type, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn batch(start: i64, rows: usize) -> RecordBatch {
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(start..start + rows as i64));
+        let names: ArrayRef =
+            Arc::new(StringArray::from_iter((0..rows).map(|i| {
+                (i % 5 != 0).then(|| format!("name {}", (start as usize + i) % 7))
+            })));
+        let amounts: ArrayRef = Arc::new(
+            Decimal128Array::from_iter_values((0..rows as i128).map(|i| i * 125))
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        );
+        let lists: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
+            (0..rows).map(|i| Some(vec![Some(i as i32), None])),
+        ));
+        let point: ArrayRef = Arc::new(StructArray::from(vec![
+            (
+                Arc::new(Field::new("x", DataType::Int64, true)),
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("label", DataType::Utf8, true)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("p{i}")),
+                )) as ArrayRef,
+            ),
+        ]));
+        RecordBatch::try_from_iter([
+            ("id", ids),
+            ("name", names),
+            ("amount", amounts),
+            ("tags", lists),
+            ("point", point),
+        ])
+        .unwrap()
+    }
+
+    async fn write_all(
+        batches: &[RecordBatch],
+        rows_per_row_group: usize,
+        lanes: usize,
+    ) -> Vec<u8> {
+        let schema = batches[0].schema();
+        let mut writer = ParallelFileWriter::try_new(
+            schema,
+            WriterProperties::builder().build(),
+            rows_per_row_group,
+            lanes,
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        for batch in batches {
+            bytes.extend_from_slice(&writer.write(batch).await.unwrap());
+        }
+        bytes.extend_from_slice(&writer.finish().await.unwrap());
+        bytes
+    }
+
+    fn read(bytes: Vec<u8>) -> (Vec<RecordBatch>, Vec<i64>) {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes)).unwrap();
+        let groups = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect();
+        let batches = builder.build().unwrap().map(Result::unwrap).collect();
+        (batches, groups)
+    }
+
+    #[tokio::test]
+    async fn the_file_reads_back_as_written_with_any_number_of_lanes() {
+        let batches = vec![batch(0, 700), batch(700, 1), batch(701, 1300)];
+        let schema = batches[0].schema();
+        let expected = arrow::compute::concat_batches(&schema, &batches).unwrap();
+        for lanes in [1, 2, 3, 8] {
+            let (read, groups) = read(write_all(&batches, 500, lanes).await);
+            assert_eq!(
+                groups,
+                vec![500, 500, 500, 500, 1],
+                "{lanes} lanes: row groups"
+            );
+            let read = arrow::compute::concat_batches(&read[0].schema(), &read).unwrap();
+            assert_eq!(read, expected, "{lanes} lanes");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bytes_are_those_of_arrow_s_own_writer() {
+        let batches = vec![batch(0, 1000), batch(1000, 333)];
+        let properties = || {
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(400))
+                .build()
+        };
+        let mut plain =
+            ArrowWriter::try_new(Vec::new(), batches[0].schema(), Some(properties())).unwrap();
+        for batch in &batches {
+            plain.write(batch).unwrap();
+        }
+        let plain = plain.into_inner().unwrap();
+        let ours = write_all(&batches, 400, 3).await;
+        assert_eq!(ours, plain);
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_has_a_schema_and_no_rows() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let writer =
+            ParallelFileWriter::try_new(schema, WriterProperties::builder().build(), 10, 2)
+                .unwrap();
+        let bytes = writer.finish().await.unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        assert_eq!(builder.metadata().file_metadata().num_rows(), 0);
+        assert_eq!(builder.schema().field(0).name(), "id");
+    }
+}
