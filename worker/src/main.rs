@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod drill;
 mod health;
+mod heap;
 mod lock;
 mod queue_worker;
 mod run_progress;
@@ -248,8 +249,16 @@ fn default_worker_name() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    heap::keep_heap_small();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+        .block_on(carga())
+}
+
+async fn carga() -> ExitCode {
     let cli = Cli::parse();
     carga_scheduler::logging::init(default_log_filter(&cli.command));
     match dispatch(cli).await {
