@@ -4,7 +4,8 @@ every tool, then repetition 2, ...), so a slow minute of the machine hits every 
 
     python3 benches/suite.py                      # PostgreSQL 1M and 10M, CSV 1M/4M/8M, MariaDB 1M
     python3 benches/suite.py --works csv --csv-rows 1000000 --repeat 3
-    python3 benches/suite.py --write-readme       # also replaces the README's generated table
+    python3 benches/suite.py --write-readme       # also replaces the README's generated tables
+    python3 benches/suite.py --readme-only        # the README's tables from benches/results/*.json
 
 Works and peers:
 - PostgreSQL table -> Parquet (`postgres_extract.tools`): COPY binary floor, duckdb 1.5.5 with its
@@ -200,7 +201,12 @@ def main():
     parser.add_argument("--only", help="comma-separated peers to run beside Carga (name prefixes)")
     parser.add_argument("--no-install", action="store_true", help="do not install the peers")
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="measure nothing: rewrite the README's tables from the stored measurements")
     args = parser.parse_args()
+    if args.readme_only:
+        write_readme(readme_text())
+        return
     if "CARGA_BENCH_BIN" not in os.environ:
         subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--bin", "carga"], cwd=ROOT, check=True)
     if not args.no_install:
