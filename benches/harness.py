@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: run a command, sample the whole process tree's resident memory,
 and print a results table with ratios to Carga."""
 import os
+import shutil
 import subprocess
 import time
 
@@ -62,3 +63,32 @@ def report(title, rows, results, baseline="carga"):
             continue
         ratio = f"{seconds / base:.2f}x" if base else "—"
         print(f"| {name} | {seconds:.2f} | {rows / seconds:,.0f} | {rss:.0f} | {ratio} | {note} |")
+
+
+def rivet_tool(work, source_type, table, url, note, compression=None):
+    """rivet-cli exporting `table` to Parquet, as a tool entry, or None when it is not installed."""
+    rivet = shutil.which("rivet")
+    if not rivet:
+        return None
+    folder = os.path.join(work, "rivet")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "rivet.yaml"), "w") as f:
+        f.write(f"source:\n  type: {source_type}\n  url_env: DATABASE_URL\nexports:\n"
+                f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
+                + (f"    compression: {compression}\n" if compression else "")
+                + f"    destination:\n      type: local\n      path: {folder}/out/\n")
+    return ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=url), folder, note)
+
+
+def run_listed(title, rows, listed, only=None):
+    """Runs each (name, command, environment, folder, note) once and prints the table."""
+    if only:
+        listed = [t for t in listed if any(t[0].startswith(w) for w in only.split(","))]
+    results = []
+    for name, cmd, env, cwd, note in listed:
+        try:
+            seconds, rss = measure(cmd, env, cwd)
+            results.append((name, seconds, rss, note))
+        except Exception as e:  # a peer that cannot run here is reported, not fatal
+            results.append((name, None, None, f"failed: {str(e).splitlines()[-1][:120]}"))
+    report(title, rows, results)

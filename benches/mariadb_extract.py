@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import measure, report  # noqa: E402
+from harness import rivet_tool, run_listed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/carga-target"))
@@ -105,16 +105,9 @@ def tools(rows, work, carga=CARGA):
         ("floor: mariadb --quick > /dev/null", ["sh", "-c", f"mariadb -h 127.0.0.1 -u root --quick -N -e 'SELECT * FROM {table}' > /dev/null"],
          None, None, "text protocol, no decoding"),
     ]
-    rivet = shutil.which("rivet")
+    rivet = rivet_tool(work, "mysql", table, URL, "not encrypted", compression=None)
     if rivet:
-        rivet_dir = os.path.join(work, "rivet")
-        os.makedirs(rivet_dir, exist_ok=True)
-        with open(os.path.join(rivet_dir, "rivet.yaml"), "w") as f:
-            f.write("source:\n  type: mysql\n  url_env: DATABASE_URL\nexports:\n"
-                    f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
-                    f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
-        listed.insert(3, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), rivet_dir,
-                          "not encrypted"))
+        listed.insert(3, rivet)
     return listed
 
 
@@ -128,17 +121,7 @@ def main():
     try:
         for rows in args.rows or [1_000_000]:
             table = prepare(rows)
-            listed = tools(rows, work)
-            if args.only:
-                listed = [t for t in listed if any(t[0].startswith(w) for w in args.only.split(","))]
-            results = []
-            for name, cmd, tool_env, cwd, note in listed:
-                try:
-                    seconds, rss = measure(cmd, tool_env, cwd)
-                    results.append((name, seconds, rss, note))
-                except Exception as e:
-                    results.append((name, None, None, f"failed: {str(e).splitlines()[-1][:120]}"))
-            report(f"{rows:,} rows of {table} (MariaDB), 2 cores", rows, results)
+            run_listed(f"{rows:,} rows of {table} (MariaDB), 2 cores", rows, tools(rows, work), args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

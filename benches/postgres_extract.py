@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import measure, report  # noqa: E402
+from harness import rivet_tool, run_listed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/carga-target"))
@@ -128,17 +128,9 @@ def tools(rows, work, carga=CARGA):
         ("floor: COPY binary > /dev/null", ["sh", "-c", f"psql '{URL}' -c 'COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)' > /dev/null"],
          None, None, "no decoding, no Parquet"),
     ]
-    rivet = shutil.which("rivet")
+    rivet = rivet_tool(work, "postgres", table, URL, "not encrypted", compression="zstd")
     if rivet:
-        rivet_dir = os.path.join(work, "rivet")
-        os.makedirs(rivet_dir, exist_ok=True)
-        with open(os.path.join(rivet_dir, "rivet.yaml"), "w") as f:
-            f.write("source:\n  type: postgres\n  url_env: DATABASE_URL\nexports:\n"
-                    f"  - name: lineitem\n    table: {table}\n    mode: full\n    format: parquet\n"
-                    "    compression: zstd\n"
-                    f"    destination:\n      type: local\n      path: {rivet_dir}/out/\n")
-        listed.insert(5, ("rivet-cli", [rivet, "run", "-c", "rivet.yaml"], dict(os.environ, DATABASE_URL=URL), rivet_dir,
-                          "not encrypted"))
+        listed.insert(5, rivet)
     return listed
 
 
@@ -152,17 +144,7 @@ def main():
     try:
         for rows in args.rows or [1_000_000]:
             table = prepare(rows)
-            listed = tools(rows, work)
-            if args.only:
-                listed = [t for t in listed if any(t[0].startswith(w) for w in args.only.split(","))]
-            results = []
-            for name, cmd, tool_env, cwd, note in listed:
-                try:
-                    seconds, rss = measure(cmd, tool_env, cwd)
-                    results.append((name, seconds, rss, note))
-                except Exception as e:  # a peer that cannot run here is reported, not fatal
-                    results.append((name, None, None, f"failed: {str(e).splitlines()[-1][:120]}"))
-            report(f"{rows:,} rows of {table}, 2 cores", rows, results)
+            run_listed(f"{rows:,} rows of {table}, 2 cores", rows, tools(rows, work), args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
