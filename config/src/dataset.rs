@@ -347,6 +347,32 @@ mod tests {
     }
 
     #[test]
+    fn partitions_are_read_by_postgres_and_mysql_and_checked() {
+        let with = |format: &str, partitions: &str| {
+            DatasetSpec::from_yaml(&format!(
+                "id: p\nsource:\n  format: {format}\n  table: s.t\n  partitions: {partitions}\nconnection_id: c\ntrigger: callback\n"
+            ))
+        };
+        let spread = with("mariadb", "{column: id, count: 8, across_workers: true}").unwrap();
+        let SourceSpec::Mysql(table) = &spread.source else {
+            panic!("{:?}", spread.source)
+        };
+        let partitions = table.partitions.as_ref().unwrap();
+        assert!(partitions.across_workers);
+        assert_eq!((partitions.count, partitions.attempts), (8, 3));
+        assert!(with("postgres", "{column: id, count: 8}").is_ok());
+        let err = with("mssql", "{column: id, count: 8}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres, mysql and mariadb"), "{err}");
+        let err = with("mysql", "{column: id, count: 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("between 2 and 1024"), "{err}");
+        assert!(with("mysql", "{column: id, count: 4, spread: true}").is_err());
+    }
+
+    #[test]
     fn delta_without_cursor_is_refused_with_a_reason() {
         let err = DatasetSpec::from_yaml(&format!("{MINIMAL}mode: delta\n")).unwrap_err();
         let msg = err.to_string();

@@ -76,6 +76,38 @@ pub fn effective_lookback(previous: Option<&Watermark>, configured: Option<u64>)
     }
 }
 
+/// A delta filter's findings in transit between workers (`DeltaFilter::export`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CursorState {
+    pub null_cursor_rows: u64,
+    pub highest: Option<RowBytes>,
+    pub forgotten_up_to: Option<i64>,
+    /// Delivered tuples inside the lookback window: (timestamp in µs, row bytes).
+    pub window: Vec<(i64, RowBytes)>,
+}
+
+/// Arrow row-format bytes, base64 in JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowBytes(pub Vec<u8>);
+
+impl Serialize for RowBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for RowBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(RowBytes)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A delivered tuple inside the lookback window.
 struct Recent {
     micros: i64,
@@ -322,6 +354,57 @@ impl DeltaFilter {
             mine.forgotten_up_to = mine.forgotten_up_to.max(theirs.forgotten_up_to);
             for recent in theirs.window {
                 mine.remember(recent);
+            }
+        }
+        Ok(())
+    }
+
+    /// What this filter saw, to be folded into the coordinator's filter by another process (a
+    /// chunk read by another worker): the highest tuple and the window's tuples as row bytes,
+    /// which decode only with a filter built from the same columns and types.
+    pub fn export(&self) -> CursorState {
+        CursorState {
+            null_cursor_rows: self.null_cursor_rows,
+            highest: self
+                .highest
+                .as_ref()
+                .map(|(row, _)| RowBytes(row.row().as_ref().to_vec())),
+            forgotten_up_to: self.lookback.as_ref().and_then(|l| l.forgotten_up_to),
+            window: self.lookback.as_ref().map_or_else(Vec::new, |l| {
+                l.window
+                    .iter()
+                    .map(|r| (r.micros, RowBytes(r.row.clone())))
+                    .collect()
+            }),
+        }
+    }
+
+    /// Folds in what `export` gave on another worker, as `absorb` does with a filter.
+    pub fn absorb_state(&mut self, state: CursorState) -> Result<()> {
+        self.null_cursor_rows += state.null_cursor_rows;
+        if let Some(RowBytes(bytes)) = state.highest {
+            let parser = self.converter.parser();
+            let row = parser.parse(&bytes);
+            let columns = self
+                .converter
+                .convert_rows(std::iter::once(row))
+                .map_err(|e| JobError::arrow("a chunk's highest cursor tuple", e))?;
+            let batch = RecordBatch::try_new(self.cursor_schema.clone(), columns)
+                .map_err(|e| JobError::arrow("a chunk's highest cursor tuple", e))?;
+            // Re-encoded from the decoded values, so a tuple from a foreign layout cannot pass.
+            let owned = self.convert(&batch)?.row(0).owned();
+            if self
+                .highest
+                .as_ref()
+                .is_none_or(|(high, _)| owned.row() > high.row())
+            {
+                self.highest = Some((owned, batch));
+            }
+        }
+        if let Some(mine) = self.lookback.as_mut() {
+            mine.forgotten_up_to = mine.forgotten_up_to.max(state.forgotten_up_to);
+            for (micros, RowBytes(row)) in state.window {
+                mine.remember(Recent { micros, row });
             }
         }
         Ok(())
@@ -640,6 +723,49 @@ mod tests {
         let mut tracking = DeltaFilter::tracking(&b.schema(), &cursor(), None).unwrap();
         assert_eq!(tracking.apply(&b).unwrap().num_rows(), 2);
         assert_eq!(tracking.highest(None).unwrap().unwrap().values["id"], "2");
+    }
+
+    /// Two chunks' filters folded through their exported state (JSON, as a chunk's note carries
+    /// it) give the same watermark and window as the chunks' filters folded in one process.
+    #[test]
+    fn a_filter_exported_by_another_worker_folds_in_like_the_filter_itself() {
+        let second = 1_000_000;
+        let lookback = Some(60);
+        let left = batch(&[Some(100 * second), Some(130 * second)], &[1, 5]);
+        let right = batch(&[Some(130 * second), Some(110 * second), None], &[2, 3, 4]);
+        let fresh = || DeltaFilter::new(&left.schema(), &cursor(), None, lookback, &[]).unwrap();
+        let (mut a, mut b) = (fresh(), fresh());
+        a.apply(&left).unwrap();
+        b.apply(&right).unwrap();
+
+        let mut in_process = fresh();
+        in_process.absorb(fresh_with(&left, &mut fresh())).unwrap();
+        in_process.absorb(fresh_with(&right, &mut fresh())).unwrap();
+
+        let mut across = fresh();
+        for filter in [&a, &b] {
+            let text = serde_json::to_string(&filter.export()).unwrap();
+            across
+                .absorb_state(serde_json::from_str(&text).unwrap())
+                .unwrap();
+        }
+        let mark = across.highest(None).unwrap().unwrap();
+        assert_eq!(mark.values["id"], "5", "(130 s, 5) is after (130 s, 2)");
+        assert_eq!(mark, in_process.highest(None).unwrap().unwrap());
+        assert_eq!(across.null_cursor_rows(), 1);
+        assert_eq!(
+            across.recent_tuples().unwrap(),
+            in_process.recent_tuples().unwrap()
+        );
+        assert_eq!(across.recent_tuples().unwrap().unwrap().num_rows(), 4);
+    }
+
+    fn fresh_with(batch: &RecordBatch, filter: &mut DeltaFilter) -> DeltaFilter {
+        filter.apply(batch).unwrap();
+        std::mem::replace(
+            filter,
+            DeltaFilter::new(&batch.schema(), &cursor(), None, Some(60), &[]).unwrap(),
+        )
     }
 
     #[test]

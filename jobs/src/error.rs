@@ -82,6 +82,10 @@ pub enum JobError {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// The job queue failed (a run spread over workers talks to it).
+    #[error("queue: {0}")]
+    Queue(String),
+
     /// An error whose text had to be masked: what it said, with the secrets taken out.
     #[error("{message}")]
     Masked { message: String, validation: bool },

@@ -29,5 +29,6 @@ pub mod typing;
 pub mod upload;
 pub mod validation;
 
+pub use chunks::order::{ChunkDispatch, ChunkGaveUp, ChunkOrder, ChunkReport};
 pub use error::{JobError, Result};
 pub use run::{Engine, RunFailure, RunOutcome};

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::access::AccessPolicy;
 use crate::chunks::ChunkFaults;
+use crate::chunks::order::{ChunkDispatch, ChunkOrder, ChunkReport};
 use crate::delta::{DeltaFilter, Watermark, effective_lookback};
 use crate::destination::{Destination, RawZone, RunTarget};
 use crate::encryption::Encryptor;
@@ -30,6 +31,16 @@ use crate::validation::{BatchChecks, ReadProgress, ValidationReport};
 
 /// Columns a run may widen and read again for (a file with more surprises is better declared).
 const MAX_WIDENED_COLUMNS: usize = 8;
+
+/// What a run starts from (`Engine::start`).
+pub(crate) struct RunStart {
+    pub source: Arc<dyn Source>,
+    pub previous: Option<Manifest>,
+    pub hints: TypeHints,
+    pub floor: Option<Watermark>,
+    pub delivered: Vec<RecordBatch>,
+    pub access: SourceAccess,
+}
 
 /// What a committed run produced.
 #[derive(Debug)]
@@ -248,18 +259,20 @@ impl Engine {
         spec: &DatasetSpec,
         run_id: &str,
     ) -> std::result::Result<RunOutcome, RunFailure> {
-        self.run_observed(spec, run_id, Arc::new(ReadProgress::default()))
+        self.run_observed(spec, run_id, None, Arc::new(ReadProgress::default()))
             .await
     }
 
     /// Runs with a given run id and hands `report` how far the read has got, with the time
     /// since the start, every `every` until the run ends (the worker writes it to the catalog
     /// for the dashboard; `carga run` draws it). A slow `report` delays the next one, never the
-    /// run.
+    /// run. With `dispatch`, a partitioned dataset that asks for it (`partitions.across_workers`)
+    /// has its chunks read by the queue's workers while this run coordinates them.
     pub async fn run_watched<F, Fut>(
         &self,
         spec: &DatasetSpec,
         run_id: &str,
+        dispatch: Option<Arc<dyn ChunkDispatch>>,
         every: std::time::Duration,
         mut report: F,
     ) -> std::result::Result<RunOutcome, RunFailure>
@@ -269,7 +282,7 @@ impl Engine {
     {
         let progress = Arc::new(ReadProgress::default());
         let started = std::time::Instant::now();
-        let run = self.run_observed(spec, run_id, progress.clone());
+        let run = self.run_observed(spec, run_id, dispatch, progress.clone());
         tokio::pin!(run);
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,6 +300,7 @@ impl Engine {
         &self,
         spec: &DatasetSpec,
         run_id: &str,
+        dispatch: Option<Arc<dyn ChunkDispatch>>,
         progress: Arc<ReadProgress>,
     ) -> std::result::Result<RunOutcome, RunFailure> {
         let run_id = run_id.to_owned();
@@ -312,8 +326,15 @@ impl Engine {
             };
             let executed = match secret {
                 Ok(secret) => {
-                    self.execute(spec, &target, started_at, secret, progress.clone())
-                        .await
+                    self.execute(
+                        spec,
+                        &target,
+                        started_at,
+                        secret,
+                        dispatch,
+                        progress.clone(),
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -407,38 +428,19 @@ impl Engine {
         target: &RunTarget,
         started_at: chrono::DateTime<Utc>,
         secret: Option<ConnectionSecret>,
+        dispatch: Option<Arc<dyn ChunkDispatch>>,
         progress: Arc<ReadProgress>,
     ) -> Result<RunOutcome> {
         let run_id = target.run_id.as_str();
-        spec.validate()?;
-        if !spec.source.tables().is_empty() {
-            return Err(JobError::Refused {
-                dataset: spec.id.clone(),
-                message: "the spec lists several tables: run each of `DatasetSpec::per_table()`"
-                    .into(),
-            });
-        }
-        let source = self.sources.build(spec, &self.policy)?;
-        let previous = self.destination.latest(&spec.id).await?;
-        let hints = TypeHints {
-            explicit: explicit_types(spec)?,
-            previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
-            ..TypeHints::default()
-        };
-        let floor = match spec.mode {
-            Mode::Delta => previous.as_ref().and_then(Manifest::next_watermark),
-            Mode::Complete => None,
-        };
-        let delivered = self.delivered_window(floor, spec).await?;
-        let access = SourceAccess {
-            secret,
-            floor: floor.cloned(),
-            lookback: effective_lookback(floor, spec.lookback_seconds()),
-            chunk: None,
-            progress,
-            pushed_filter: None,
-            schema_only: false,
-        };
+        let RunStart {
+            source,
+            previous,
+            hints,
+            floor,
+            delivered,
+            access,
+        } = self.start(spec, secret, progress).await?;
+        let floor = floor.as_ref();
         let previous_schema = previous.as_ref().map(|m| &m.schema);
         let Extracted {
             plan,
@@ -448,8 +450,25 @@ impl Engine {
             stats,
             files,
         } = {
-            let access = self.with_pushdown(spec, &source, &hints, access).await?;
             match source.partitions(&access).await? {
+                Some(partitions) if partitions.across_workers && dispatch.is_some() => {
+                    crate::chunks::spread::extract(
+                        crate::chunks::spread::SpreadRun {
+                            settings: &self.settings,
+                            destination: &self.destination,
+                            dispatch: dispatch.expect("checked"),
+                        },
+                        spec,
+                        &source,
+                        partitions,
+                        hints,
+                        access,
+                        previous.as_ref(),
+                        target,
+                        &delivered,
+                    )
+                    .await?
+                }
                 Some(partitions) => {
                     crate::chunks::extract(
                         crate::chunks::ChunkRun {
@@ -570,6 +589,106 @@ impl Engine {
             report,
             manifest,
         })
+    }
+
+    /// What a run starts from, the same for the coordinator and for each chunk read on another
+    /// worker: the spec checked, the source built, the last commit (the schema and watermark
+    /// it pins), the lookback window's delivered tuples, and how the source is read (with the
+    /// transform's filters the source can evaluate).
+    async fn start(
+        &self,
+        spec: &DatasetSpec,
+        secret: Option<ConnectionSecret>,
+        progress: Arc<ReadProgress>,
+    ) -> Result<RunStart> {
+        spec.validate()?;
+        if !spec.source.tables().is_empty() {
+            return Err(JobError::Refused {
+                dataset: spec.id.clone(),
+                message: "the spec lists several tables: run each of `DatasetSpec::per_table()`"
+                    .into(),
+            });
+        }
+        let source = self.sources.build(spec, &self.policy)?;
+        let previous = self.destination.latest(&spec.id).await?;
+        let hints = TypeHints {
+            explicit: explicit_types(spec)?,
+            previous: previous.as_ref().map(|m| Arc::new(m.schema.clone())),
+            ..TypeHints::default()
+        };
+        let floor = match spec.mode {
+            Mode::Delta => previous
+                .as_ref()
+                .and_then(Manifest::next_watermark)
+                .cloned(),
+            Mode::Complete => None,
+        };
+        let delivered = self.delivered_window(floor.as_ref(), spec).await?;
+        let access = SourceAccess {
+            secret,
+            floor: floor.clone(),
+            lookback: effective_lookback(floor.as_ref(), spec.lookback_seconds()),
+            chunk: None,
+            progress,
+            pushed_filter: None,
+            schema_only: false,
+        };
+        let access = self.with_pushdown(spec, &source, &hints, access).await?;
+        Ok(RunStart {
+            source,
+            previous,
+            hints,
+            floor,
+            delivered,
+            access,
+        })
+    }
+
+    /// Reads one chunk of a run another worker coordinates (`ChunkOrder`, from a chunk job),
+    /// writes its parts into the run's folder and reports what it wrote in the run's notes.
+    /// `take` tells this take of the job from earlier ones (their files are left to the
+    /// coordinator's sweep).
+    pub async fn run_chunk(
+        &self,
+        spec: &DatasetSpec,
+        order: &ChunkOrder,
+        take: usize,
+        worker: &str,
+    ) -> Result<ChunkReport> {
+        let secret = match &spec.connection_id {
+            Some(id) if spec.source.needs_connection() => Some(self.secrets.connection(id).await?),
+            _ => None,
+        };
+        let redactor = secret
+            .as_ref()
+            .map_or_else(Redactor::none, ConnectionSecret::redactor);
+        let span = tracing::info_span!("chunk", dataset = %spec.id, run_id = %order.run_id, chunk = order.chunk.index);
+        async {
+            let start = self
+                .start(spec, secret, Arc::new(ReadProgress::default()))
+                .await?;
+            crate::chunks::spread::read_chunk(
+                crate::chunks::spread::ChunkReader {
+                    settings: &self.settings,
+                    destination: &self.destination,
+                    worker,
+                    take,
+                },
+                spec,
+                order,
+                start,
+            )
+            .await
+        }
+        .instrument(span)
+        .await
+        .map_err(|e| e.redacted(&redactor))
+    }
+
+    /// Records that a chunk gave up, for its coordinator (best effort: a coordinator that finds
+    /// no note notices the job left the queue).
+    pub async fn chunk_gave_up(&self, order: &ChunkOrder, error: &JobError) {
+        crate::chunks::spread::report_gave_up(self.destination.as_ref(), order, error).await;
     }
 
     /// One reader, one sink: the whole source streamed in one pass.

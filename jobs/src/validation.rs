@@ -3,7 +3,7 @@
 //! Written as JSON beside the run's manifest, on success and on failure.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, RecordBatch};
@@ -184,11 +184,51 @@ struct KeyCheck {
     sort_fields: Vec<SortField>,
     converter: RowConverter,
     seen: HashSet<u64>,
-    hasher: std::collections::hash_map::RandomState,
+    seed: KeySeed,
     duplicates: u64,
     checked_rows: u64,
     complete: bool,
     limit: usize,
+}
+
+/// The keys of the hash that stands for a key in duplicate detection: random per run, and the
+/// same in every chunk of the run, so hashes from chunks read by other workers can be merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySeed(pub u64, pub u64);
+
+impl KeySeed {
+    pub fn random() -> Self {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 16];
+        // A seed only spreads keys; should the system generator fail, a fixed one still counts right.
+        let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+        let half = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        Self(half(&bytes[..8]), half(&bytes[8..]))
+    }
+
+    fn hasher(&self) -> siphasher::sip::SipHasher13 {
+        siphasher::sip::SipHasher13::new_with_keys(self.0, self.1)
+    }
+}
+
+/// What `BatchChecks` counted, in transit from a chunk read by another worker to the run's
+/// coordinator (`BatchChecks::export`, `absorb_state`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChecksState {
+    pub rows: u64,
+    pub nulls: Vec<u64>,
+    pub timestamp_missing: Option<u64>,
+    pub key: Option<KeyState>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeyState {
+    pub duplicates: u64,
+    pub checked_rows: u64,
+    pub complete: bool,
+    /// The distinct keys' hashes (little-endian u64s, base64), when other chunks may hold the
+    /// same keys; `None` when the chunks' key ranges cannot overlap.
+    pub hashes: Option<String>,
 }
 
 impl BatchChecks {
@@ -224,7 +264,7 @@ impl BatchChecks {
                 sort_fields,
                 converter,
                 seen: HashSet::new(),
-                hasher: Default::default(),
+                seed: KeySeed::random(),
                 duplicates: 0,
                 checked_rows: 0,
                 complete: true,
@@ -273,7 +313,7 @@ impl BatchChecks {
                     key.seen = HashSet::new();
                     break;
                 }
-                let mut h = key.hasher.build_hasher();
+                let mut h = key.seed.hasher();
                 h.write(row.as_ref());
                 if !key.seen.insert(h.finish()) {
                     key.duplicates += 1;
@@ -299,7 +339,7 @@ impl BatchChecks {
                 converter: RowConverter::new(key.sort_fields.clone())
                     .map_err(|e| JobError::arrow("key columns cannot be compared", e))?,
                 seen: HashSet::new(),
-                hasher: key.hasher.clone(),
+                seed: key.seed,
                 duplicates: 0,
                 checked_rows: 0,
                 complete: true,
@@ -347,6 +387,97 @@ impl BatchChecks {
                 mine.seen = HashSet::new();
             }
         }
+    }
+
+    /// Uses `seed` for key hashes (every chunk of a run must use the run's seed).
+    pub fn with_key_seed(mut self, seed: KeySeed) -> Self {
+        if let Some(key) = self.key.as_mut() {
+            key.seed = seed;
+        }
+        self
+    }
+
+    /// The seed of this run's key hashes.
+    pub fn key_seed(&self) -> Option<KeySeed> {
+        self.key.as_ref().map(|k| k.seed)
+    }
+
+    /// Adds a sibling whose keys cannot be among this one's (a chunk whose key range is its
+    /// own): only the counts are added, no hash is compared or kept.
+    pub fn absorb_disjoint(&mut self, mut other: BatchChecks) {
+        if let Some(key) = other.key.as_mut() {
+            key.seen = HashSet::new();
+        }
+        let complete = other.key.as_ref().is_none_or(|k| k.complete);
+        if let Some(mine) = self.key.as_mut() {
+            // The hashes this side kept are of no use either: nothing will be compared to them.
+            mine.seen = HashSet::new();
+            mine.complete &= complete;
+        }
+        self.absorb(other);
+    }
+
+    /// What these checks counted, for a coordinator in another process; `with_hashes` ships the
+    /// distinct keys' hashes (when other chunks may hold the same keys).
+    pub fn export(&self, with_hashes: bool) -> ChecksState {
+        use base64::Engine;
+        ChecksState {
+            rows: self.rows,
+            nulls: self.nulls.clone(),
+            timestamp_missing: self.timestamp.as_ref().map(|(_, _, missing)| *missing),
+            key: self.key.as_ref().map(|key| KeyState {
+                duplicates: key.duplicates,
+                checked_rows: key.checked_rows,
+                complete: key.complete,
+                hashes: (with_hashes && key.complete).then(|| {
+                    let bytes: Vec<u8> = key.seen.iter().flat_map(|h| h.to_le_bytes()).collect();
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                }),
+            }),
+        }
+    }
+
+    /// Adds what `export` gave on another worker, as `absorb` (hashes shipped) or
+    /// `absorb_disjoint` (no hashes) does with a sibling.
+    pub fn absorb_state(&mut self, state: ChecksState) -> Result<()> {
+        use base64::Engine;
+        let mut other = self.sibling()?;
+        if state.nulls.len() != other.nulls.len() {
+            return Err(JobError::Internal(format!(
+                "a chunk's checks cover {} columns, the run's {}",
+                state.nulls.len(),
+                other.nulls.len()
+            )));
+        }
+        other.rows = state.rows;
+        other.nulls = state.nulls;
+        if let (Some((_, _, missing)), Some(theirs)) =
+            (&mut other.timestamp, state.timestamp_missing)
+        {
+            *missing = theirs;
+        }
+        let mut disjoint = true;
+        if let (Some(key), Some(theirs)) = (other.key.as_mut(), state.key) {
+            key.duplicates = theirs.duplicates;
+            key.checked_rows = theirs.checked_rows;
+            key.complete = theirs.complete;
+            if let Some(hashes) = theirs.hashes {
+                disjoint = false;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(hashes)
+                    .map_err(|e| JobError::Internal(format!("a chunk's key hashes: {e}")))?;
+                key.seen = bytes
+                    .chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+            }
+        }
+        if disjoint {
+            self.absorb_disjoint(other);
+        } else {
+            self.absorb(other);
+        }
+        Ok(())
     }
 
     /// Builds the report from these checks and the reader's statistics.
@@ -599,6 +730,81 @@ mod tests {
         assert_eq!(ts.rows_without_timestamp, 2);
         assert!(!ts.every_row_has_timestamp);
         assert_eq!(report.columns[1].nulls, 2);
+    }
+
+    /// Chunks checked by other workers (same seed) and folded in through their JSON state find
+    /// a key that two chunks share; chunks of disjoint key ranges add counts only.
+    #[test]
+    fn checks_from_other_workers_fold_in_and_find_keys_two_chunks_share() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("ts", DataType::Utf8, true),
+        ]));
+        let batch = |ids: Vec<i64>, ts: Vec<Option<&str>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(StringArray::from(ts)),
+                ],
+            )
+            .unwrap()
+        };
+        let coordinator = BatchChecks::new(&schema, &["id".into()], Some("ts")).unwrap();
+        let seed = coordinator.key_seed().unwrap();
+        let worker = |b: RecordBatch| {
+            // Another process: its own checks, with the run's seed.
+            let mut checks = BatchChecks::new(&schema, &["id".into()], Some("ts"))
+                .unwrap()
+                .with_key_seed(seed);
+            checks.observe(&b).unwrap();
+            checks
+        };
+        let left = worker(batch(vec![1, 2, 2], vec![Some("a"), None, Some("b")]));
+        let right = worker(batch(vec![3, 2], vec![None, Some("c")]));
+        let through_json = |c: &BatchChecks, hashes: bool| -> ChecksState {
+            serde_json::from_str(&serde_json::to_string(&c.export(hashes)).unwrap()).unwrap()
+        };
+
+        let mut shared = coordinator.sibling().unwrap();
+        shared.absorb_state(through_json(&left, true)).unwrap();
+        shared.absorb_state(through_json(&right, true)).unwrap();
+        let report = shared.into_report("d", "r", "s", ReadStats::default(), 5);
+        let keys = report.duplicate_keys.unwrap();
+        assert_eq!(
+            (keys.duplicate_rows, keys.checked_rows, keys.complete),
+            (2, 5, true),
+            "2 twice in the left chunk, and once more in the right one"
+        );
+        assert_eq!(report.timestamp.unwrap().rows_without_timestamp, 2);
+        assert_eq!(report.columns[1].nulls, 2);
+
+        let mut disjoint = coordinator.sibling().unwrap();
+        disjoint.absorb_state(through_json(&left, false)).unwrap();
+        disjoint.absorb_state(through_json(&right, false)).unwrap();
+        let keys = disjoint
+            .into_report("d", "r", "s", ReadStats::default(), 5)
+            .duplicate_keys
+            .unwrap();
+        assert_eq!(
+            (keys.duplicate_rows, keys.checked_rows, keys.complete),
+            (1, 5, true),
+            "without hashes only each chunk's own duplicates count"
+        );
+
+        let other_shape = BatchChecks::new(
+            &Schema::new(vec![Field::new("id", DataType::Int64, true)]),
+            &[],
+            None,
+        )
+        .unwrap();
+        assert!(
+            other_shape
+                .sibling()
+                .unwrap()
+                .absorb_state(through_json(&left, true))
+                .is_err()
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct ExtractionJob {
     /// delayed job with this raised, so no worker sleeps through a backoff.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// Set on a chunk job: one key range of a run another worker coordinates
+    /// (`partitions.across_workers`). `run_id` is then the chunk's own job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<carga_jobs::ChunkOrder>,
 }
 
 fn first_attempt() -> u32 {
@@ -51,6 +55,20 @@ impl ExtractionJob {
             scheduled_for: None,
             requested_by: None,
             attempt: 1,
+            chunk: None,
+        }
+    }
+
+    /// The job that reads one chunk of run `order.run_id` of `dataset_id`.
+    pub fn for_chunk(dataset_id: &str, reason: RunReason, order: carga_jobs::ChunkOrder) -> Self {
+        Self {
+            run_id: order.job_id(),
+            dataset_id: dataset_id.to_owned(),
+            reason,
+            scheduled_for: None,
+            requested_by: None,
+            attempt: 1,
+            chunk: Some(order),
         }
     }
 

@@ -143,7 +143,7 @@ async fn enqueue_take_and_settle(queue: JobQueue) {
             &Settlement::Later {
                 delay: Duration::from_millis(1500),
                 reason: "connection refused".into(),
-                job: Some(on_demand.next_attempt()),
+                job: Some(Box::new(on_demand.next_attempt())),
             },
         )
         .await

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod chunk_job;
 mod drill;
 mod health;
 mod heap;

@@ -70,10 +70,19 @@ pub struct Shared {
 }
 
 /// One job taken for the `takes`-th time: where it goes next.
-pub(crate) async fn handle_job(job: &ExtractionJob, shared: &Shared, takes: usize) -> Settlement {
+pub(crate) async fn handle_job(
+    job: &ExtractionJob,
+    shared: &Shared,
+    takes: usize,
+    slot: crate::chunk_job::Slot,
+) -> Settlement {
     let span = tracing::info_span!("job", run_id = %job.run_id, dataset = %job.dataset_id);
     async {
-        match handle_in_span(job, shared, takes).await {
+        let handled = match &job.chunk {
+            Some(order) => crate::chunk_job::handle_chunk(job, order, shared, takes).await,
+            None => handle_in_span(job, shared, takes, slot).await,
+        };
+        match handled {
             Ok(settlement) => settlement,
             // The catalog or the queue failed under us: nothing was decided, so the job comes
             // back (and is dead only after many put-backs without an attempt).
@@ -105,6 +114,7 @@ async fn handle_in_span(
     job: &ExtractionJob,
     shared: &Shared,
     takes: usize,
+    slot: crate::chunk_job::Slot,
 ) -> Result<Settlement, Fault> {
     tracing::info!(takes, attempt = job.attempt, "job taken");
     if shared.queue.is_cancelled(&job.run_id).await? {
@@ -155,7 +165,7 @@ async fn handle_in_span(
         ));
     };
     let ended = tokio::select! {
-        ended = attempt(shared, job, &spec) => ended,
+        ended = attempt(shared, job, &spec, slot) => ended,
         () = cancelled(shared, &job.run_id) => {
             // Dropping the run stops it: nothing was committed, so nothing becomes visible, and
             // the watermark does not move (its uploaded parts stay unreferenced).
@@ -169,7 +179,7 @@ async fn handle_in_span(
 }
 
 /// Resolves when an operator asks to kill the job (checked every second).
-async fn cancelled(shared: &Shared, run_id: &str) {
+pub(crate) async fn cancelled(shared: &Shared, run_id: &str) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if shared.queue.is_cancelled(run_id).await.unwrap_or(false) {
@@ -183,6 +193,7 @@ async fn attempt(
     shared: &Shared,
     job: &ExtractionJob,
     spec: &carga_config::DatasetSpec,
+    slot: crate::chunk_job::Slot,
 ) -> Result<Settlement, Fault> {
     let policy = &shared.settings.retry;
     let attempt = job.attempt.max(1);
@@ -210,7 +221,14 @@ async fn attempt(
                 break;
             }
         }
-        match run_reporting_progress(shared, &table, &job.run_id).await {
+        // A partitioned table may have its chunks read by the queue's workers meanwhile.
+        let dispatch = std::sync::Arc::new(crate::chunk_job::QueueDispatch {
+            queue: shared.queue.clone(),
+            dataset_id: job.dataset_id.clone(),
+            reason: job.reason,
+            slot: slot.clone(),
+        });
+        match run_reporting_progress(shared, &table, &job.run_id, dispatch).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 failure = Some(e);
@@ -257,7 +275,7 @@ async fn attempt(
     Ok(Settlement::Later {
         delay: wait,
         reason: message,
-        job: Some(job.next_attempt()),
+        job: Some(Box::new(job.next_attempt())),
     })
 }
 
@@ -267,17 +285,24 @@ async fn run_reporting_progress(
     shared: &Shared,
     table: &carga_config::DatasetSpec,
     run_id: &str,
+    dispatch: std::sync::Arc<dyn carga_jobs::ChunkDispatch>,
 ) -> Result<RunOutcome, RunFailure> {
     let every = shared.settings.progress_every;
     shared
         .engine
-        .run_watched(table, run_id, every, |snapshot, elapsed| async move {
-            let update = RunProgress::new(&snapshot, elapsed);
-            // Progress is for people watching; a catalog hiccup must not fail the run.
-            if let Err(e) = shared.catalog.run_progress(run_id, &update).await {
-                tracing::debug!(error = %e, "progress not written");
-            }
-        })
+        .run_watched(
+            table,
+            run_id,
+            Some(dispatch),
+            every,
+            |snapshot, elapsed| async move {
+                let update = RunProgress::new(&snapshot, elapsed);
+                // Progress is for people watching; a catalog hiccup must not fail the run.
+                if let Err(e) = shared.catalog.run_progress(run_id, &update).await {
+                    tracing::debug!(error = %e, "progress not written");
+                }
+            },
+        )
         .await
 }
 

@@ -26,7 +26,7 @@ pub async fn run(
     let bar = on_terminal.then(|| bar(&spec.id));
     let every = if on_terminal { BAR_REFRESH } else { every };
     let outcome = engine
-        .run_watched(spec, &run_id, every, |snapshot, elapsed| {
+        .run_watched(spec, &run_id, None, every, |snapshot, elapsed| {
             match &bar {
                 Some(bar) => draw(bar, &snapshot, elapsed),
                 None => eprintln!("{}", line(&spec.id, &snapshot, elapsed)),

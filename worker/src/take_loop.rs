@@ -53,7 +53,9 @@ pub async fn run(
                 let (shared, queue, name) = (shared.clone(), queue.clone(), name.clone());
                 running.spawn(async move {
                     let TakenJob { job, takes } = taken;
-                    let settlement = handle_job(&job, &shared, takes).await;
+                    // A run coordinating chunks on other workers gives its slot back meanwhile.
+                    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(slot)));
+                    let settlement = handle_job(&job, &shared, takes, slot.clone()).await;
                     settle(&queue, &name, &job.run_id, &settlement).await;
                     drop(slot);
                 });

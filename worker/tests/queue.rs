@@ -625,6 +625,196 @@ async fn a_failing_source_lands_in_the_dead_set_after_its_retries() {
     );
 }
 
+/// `public.slow_chunks`: `rows` rows whose `v` takes 20 ms each (the id is a plain column, so a
+/// chunk's key range is found by the index and only its rows are slow); reading id `broken`
+/// fails in the database.
+async fn create_slow_chunks(lab: &Lab, rows: u32, broken: Option<u32>) {
+    let broken = broken.map_or("NULL".to_owned(), |b| b.to_string());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE chunk_rows (id BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO chunk_rows SELECT g, 'v' || g FROM generate_series(1, {rows}) g;
+         ANALYZE chunk_rows;
+         CREATE FUNCTION slow_text(i BIGINT, v TEXT) RETURNS TEXT STABLE LANGUAGE plpgsql
+             AS $$ BEGIN
+                 IF i = {broken} THEN RAISE EXCEPTION 'row % is broken', i; END IF;
+                 PERFORM pg_sleep(0.02); RETURN v;
+             END $$;
+         CREATE VIEW slow_chunks AS SELECT c.id, slow_text(c.id, c.v) AS v FROM chunk_rows c;"
+    )))
+    .execute(lab.catalog.postgres_pool().expect("a PostgreSQL catalog"))
+    .await
+    .unwrap();
+}
+
+/// Every file under the dataset's data folders (parts, notes), relative to the bucket.
+fn dataset_files(lab: &Lab, dataset: &str) -> Vec<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let bucket = PathBuf::from(&lab.settings.bucket);
+    let mut found = Vec::new();
+    walk(&bucket.join("raw").join(dataset), &mut found);
+    let mut files: Vec<String> = found
+        .iter()
+        .map(|p| p.strip_prefix(&bucket).unwrap().display().to_string())
+        .filter(|p| !p.contains("/_manifests/"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A partitioned table spread over worker processes (`partitions.across_workers`): the run
+/// that takes the job plans the chunks and puts them on the queue; a worker reading a chunk is
+/// killed with SIGKILL, its chunk is taken over, and the run commits every row once with only
+/// the listed parts left in its folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_run_survives_a_chunk_worker_killed_mid_chunk() {
+    if !services_available() {
+        return;
+    }
+    let mut lab = Lab::new("spread").await;
+    create_slow_chunks(&lab, 400, None).await;
+    lab.add_dataset(
+        "id: spread\nsource:\n  format: postgres\n  table: public.slow_chunks\n  \
+         partitions: {column: id, count: 4, across_workers: true}\nconnection_id: catalog-db\n\
+         mode: complete\ntrigger: callback\nkey: [id]\n",
+    )
+    .await;
+    let names = ["w1", "w2", "w3"];
+    for name in names {
+        lab.start_worker(name, &[]);
+    }
+    let mut job =
+        carga_scheduler::ExtractionJob::new("spread", carga_scheduler::RunReason::Trigger);
+    job.requested_by = Some("test".into());
+    lab.submit(&job).await;
+    let running = lab
+        .wait_for_run(&job.run_id, &["running"], Duration::from_secs(30))
+        .await;
+    let coordinator = running.worker.clone().unwrap();
+
+    // A worker other than the coordinator, reading a chunk: kill it a moment into its chunk.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (victim, chunk_job) = loop {
+        let workers = lab.queue.workers(Duration::from_secs(5)).await.unwrap();
+        let reading = workers.iter().find_map(|w| {
+            let chunk = w
+                .running
+                .iter()
+                .find(|id| id.starts_with(&format!("{}:", job.run_id)))?;
+            (w.name != coordinator).then(|| (w.name.clone(), chunk.clone()))
+        });
+        if let Some(found) = reading {
+            break found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no worker took a chunk: {}",
+            lab.workers_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let index = names.iter().position(|n| *n == victim).unwrap();
+    lab.workers[index].kill().unwrap();
+    lab.workers[index].wait().unwrap();
+    lab.start_worker("rescuer", &[]);
+
+    let run = lab.wait_for_end(&job.run_id).await;
+    assert_eq!(run.state, "succeeded", "{run:#?}\n{}", lab.workers_logs());
+    assert_eq!(run.rows_written, Some(400));
+    let manifests = lab.manifests("spread").await;
+    assert_eq!(manifests.len(), 1, "one commit");
+    assert!(manifests[0].files.len() >= 4, "{:?}", manifests[0].files);
+    let engine = carga_jobs::Engine::new(lab.settings.clone()).unwrap();
+    let batches = carga_jobs::read::collect_dataset(engine.bucket(), engine.encryptor(), "spread")
+        .await
+        .unwrap();
+    assert_eq!(
+        common::ids_of(&batches),
+        (1..=400).collect::<Vec<i64>>(),
+        "every row once"
+    );
+    // Nothing but the committed parts in the run's folder: no file of the killed take, no note.
+    let mut listed: Vec<String> = manifests[0].files.iter().map(|f| f.path.clone()).collect();
+    listed.sort();
+    assert_eq!(dataset_files(&lab, "spread"), listed);
+    // The killed worker's chunk was read by another worker, in a later take.
+    let taken_over = names
+        .iter()
+        .filter(|n| **n != victim)
+        .chain(std::iter::once(&"rescuer"))
+        .any(|n| {
+            lab.worker_log(n).lines().any(|l| {
+                l.contains(&chunk_job) && l.contains("chunk job taken") && !l.contains("takes=1")
+            })
+        });
+    assert!(
+        taken_over,
+        "{chunk_job} not taken over:\n{}",
+        lab.workers_logs()
+    );
+    assert_eq!(lab.queue.stats().await.unwrap().dead, 0);
+}
+
+/// A chunk that fails on every attempt makes the spread run fail: no manifest, no part, no
+/// note left, and the chunk jobs are not left in the dead set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_run_whose_chunk_keeps_failing_leaves_nothing() {
+    if !services_available() {
+        return;
+    }
+    let mut lab = Lab::new("spreadfail").await;
+    create_slow_chunks(&lab, 200, Some(170)).await;
+    lab.add_dataset(
+        "id: spreadfail\nsource:\n  format: postgres\n  table: public.slow_chunks\n  \
+         partitions: {column: id, count: 4, attempts: 2, across_workers: true}\n\
+         connection_id: catalog-db\nmode: complete\ntrigger: callback\nkey: [id]\n",
+    )
+    .await;
+    for name in ["w1", "w2"] {
+        lab.start_worker(name, &["--max-attempts", "1"]);
+    }
+    let job =
+        carga_scheduler::ExtractionJob::new("spreadfail", carga_scheduler::RunReason::Trigger);
+    lab.submit(&job).await;
+    let run = lab.wait_for_end(&job.run_id).await;
+    assert_eq!(run.state, "dead", "{run:#?}");
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("chunk 3 gave up after 2 attempt(s)") && error.contains("row 170 is broken"),
+        "{error}"
+    );
+    assert!(lab.manifests("spreadfail").await.is_empty());
+    // The other chunks are withdrawn or finish; then the run's folder is empty.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let files = dataset_files(&lab, "spreadfail");
+        if files.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{files:?}\n{}",
+            lab.workers_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let dead = lab.queue.dead_jobs().await.unwrap();
+    assert_eq!(
+        dead,
+        vec![job.run_id.clone()],
+        "only the run is dead, not its chunks"
+    );
+}
+
 /// Where the browser test's tools are; `None` (and a skip notice) when one is missing.
 fn browser_tools() -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -289,6 +289,8 @@ impl SourceSpec {
             SourceSpec::Csv(s) => s.validate(),
             SourceSpec::Excel(s) => s.validate(),
             SourceSpec::Postgres(s) => s.validate(),
+            SourceSpec::Mysql(s) => s.validate(true),
+            SourceSpec::Mssql(s) => s.validate(false),
             _ => Ok(()),
         }
     }

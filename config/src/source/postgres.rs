@@ -27,15 +27,9 @@ impl PostgresSource {
         &["table", "tables", "columns", "postgres", "partitions"];
 
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if let Some(partitions) = &self.partitions {
-            if partitions.count < 2 || partitions.count > 1024 {
-                return Err("source.partitions.count must be between 2 and 1024".into());
-            }
-            if partitions.attempts == 0 || partitions.parallel == Some(0) {
-                return Err("source.partitions.attempts and parallel must be at least 1".into());
-            }
-        }
-        Ok(())
+        self.partitions
+            .as_ref()
+            .map_or(Ok(()), PartitionSpec::validate)
     }
 }
 
@@ -70,6 +64,23 @@ pub struct PartitionSpec {
     /// Attempts per chunk before the run fails (a failed attempt's parts are removed first).
     #[serde(default = "default_chunk_attempts")]
     pub attempts: u32,
+    /// Chunks are jobs on the queue that any worker takes (the run that planned them holds the
+    /// snapshot and commits once all are written); in a process without a queue (`carga run`)
+    /// they are read in that process as usual.
+    #[serde(default)]
+    pub across_workers: bool,
+}
+
+impl PartitionSpec {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.count < 2 || self.count > 1024 {
+            return Err("source.partitions.count must be between 2 and 1024".into());
+        }
+        if self.attempts == 0 || self.parallel == Some(0) {
+            return Err("source.partitions.attempts and parallel must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_chunk_attempts() -> u32 {

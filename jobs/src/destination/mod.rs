@@ -109,6 +109,20 @@ pub trait Destination: Send + Sync {
     /// Removes files of a run that will not commit.
     async fn discard(&self, files: &[PartFile]);
 
+    /// Writes a working note of a run spread over workers (what a chunk wrote, or why it gave
+    /// up), sealed, beside the run's parts until `sweep` removes it. `name` may hold `/`.
+    async fn put_note(&self, run: &RunTarget, name: &str, body: &[u8]) -> Result<()>;
+
+    /// The names of the run's notes under `prefix`.
+    async fn note_names(&self, run: &RunTarget, prefix: &str) -> Result<Vec<String>>;
+
+    /// A note `put_note` wrote, opened.
+    async fn read_note(&self, run: &RunTarget, name: &str) -> Result<Vec<u8>>;
+
+    /// Removes everything the run wrote beside its rows that `keep` does not list: parts of
+    /// attempts that died, and the run's notes. Returns how many objects went.
+    async fn sweep(&self, run: &RunTarget, keep: &[PartFile]) -> Result<usize>;
+
     /// Where the run's rows are, for people.
     fn data_url(&self, run: &RunTarget) -> String;
 }

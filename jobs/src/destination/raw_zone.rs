@@ -21,6 +21,9 @@ use crate::sink::{PartFile, PartSink};
 use crate::storage::Bucket;
 use crate::validation::{RunStatus, ValidationReport};
 
+/// The folder of a run's working notes, inside its data folder.
+const NOTES_FOLDER: &str = "_chunks";
+
 /// 3: the report is sealed; only these fields are readable.
 const SEALED_REPORT_VERSION: u32 = 3;
 
@@ -109,6 +112,15 @@ impl RawZone {
             .dir()
             .clone()
             .join(format!("{}.validation.json", run.run_id))
+    }
+
+    /// Notes live in the run's folder under `_chunks/`, which Spark and pyarrow skip as hidden.
+    fn notes_dir(&self, run: &RunTarget) -> String {
+        format!("{}/{NOTES_FOLDER}", self.run_dir(run))
+    }
+
+    fn note_context(run: &RunTarget, name: &str) -> String {
+        format!("run note {}/{}/{name}", run.dataset, run.run_id)
     }
 
     async fn read_object(&self, path: &Path) -> Result<bytes::Bytes> {
@@ -272,6 +284,84 @@ impl Destination for RawZone {
                 tracing::warn!(path = %file.path, error = %e, "could not delete an uncommitted part; it is unreferenced and safe to remove");
             }
         }
+    }
+
+    async fn put_note(&self, run: &RunTarget, name: &str, body: &[u8]) -> Result<()> {
+        let sealed = self.encryptor.seal(body, &Self::note_context(run, name))?;
+        let bytes = serde_json::to_vec(&sealed)
+            .map_err(|e| JobError::Internal(format!("a run note does not serialise: {e}")))?;
+        let path = Path::from(format!("{}/{name}", self.notes_dir(run)));
+        self.bucket
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| JobError::store(format!("writing {}", self.bucket.display(&path)), e))?;
+        Ok(())
+    }
+
+    async fn note_names(&self, run: &RunTarget, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.notes_dir(run);
+        let listed: Vec<_> = self
+            .bucket
+            .store
+            .list(Some(&Path::from(dir.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| JobError::store(format!("listing the notes of run {}", run.run_id), e))?;
+        let mut names: Vec<String> = listed
+            .into_iter()
+            .filter_map(|meta| {
+                meta.location
+                    .as_ref()
+                    .strip_prefix(&format!("{dir}/"))
+                    .map(str::to_owned)
+            })
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn read_note(&self, run: &RunTarget, name: &str) -> Result<Vec<u8>> {
+        let path = Path::from(format!("{}/{name}", self.notes_dir(run)));
+        let bytes = self.read_object(&path).await?;
+        let sealed: Sealed = serde_json::from_slice(&bytes).map_err(|e| {
+            JobError::Internal(format!(
+                "{} is not a run note: {e}",
+                self.bucket.display(&path)
+            ))
+        })?;
+        self.encryptor.open(&sealed, &Self::note_context(run, name))
+    }
+
+    async fn sweep(&self, run: &RunTarget, keep: &[PartFile]) -> Result<usize> {
+        let dir = self.run_dir(run);
+        let listed: Vec<_> = self
+            .bucket
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| JobError::store(format!("listing run {}", run.run_id), e))?;
+        let kept: std::collections::HashSet<&str> = keep.iter().map(|f| f.path.as_str()).collect();
+        let mut removed = 0;
+        for meta in listed {
+            if kept.contains(meta.location.as_ref()) {
+                continue;
+            }
+            self.bucket
+                .store
+                .delete(&meta.location)
+                .await
+                .map_err(|e| {
+                    JobError::store(
+                        format!("removing {}", self.bucket.display(&meta.location)),
+                        e,
+                    )
+                })?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     fn data_url(&self, run: &RunTarget) -> String {

@@ -92,6 +92,9 @@ pub struct Partitions {
     pub parallel: usize,
     /// Attempts per chunk before the run gives up.
     pub attempts: u32,
+    /// The chunks may be read by other workers (as chunk jobs on the queue) while the run that
+    /// planned them coordinates; without a queue they are read in this process.
+    pub across_workers: bool,
     pub hold: Box<dyn PartitionHold>,
 }
 

@@ -21,3 +21,4 @@ mod s3;
 mod sealed_metadata;
 mod secrets_manager;
 mod source_conformance;
+mod spread;

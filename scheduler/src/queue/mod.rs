@@ -83,7 +83,7 @@ pub enum Settlement {
     Later {
         delay: Duration,
         reason: String,
-        job: Option<ExtractionJob>,
+        job: Option<Box<ExtractionJob>>,
     },
 }
 

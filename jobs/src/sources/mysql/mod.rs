@@ -4,6 +4,7 @@
 //! (no value is ever spliced into SQL) and compare `(ts, key) > (...)` on the server.
 
 pub(crate) mod discover;
+pub(crate) mod partition;
 pub mod types;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use futures::TryStreamExt;
 use sqlx::mysql::MySql;
 use sqlx::{AssertSqlSafe, Connection, Decode, Executor, MySqlConnection, Row, ValueRef};
 
-use super::{Capabilities, Source, SourceAccess, SourceOutput};
+use super::{Capabilities, PartitionHold, Partitions, Source, SourceAccess, SourceOutput};
 use crate::delta::Watermark;
 use crate::error::{JobError, Result};
 use crate::query::SqlDialect;
@@ -55,6 +56,27 @@ impl Source for MysqlTable {
         }
     }
 
+    async fn partitions(&self, access: &SourceAccess) -> Result<Option<Partitions>> {
+        let Some(partitioning) = (match &self.spec.source {
+            carga_config::SourceSpec::Mysql(table) => table.partitions.as_ref(),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let secret = access.require_secret(self.spec.connection_id.as_deref())?;
+        let chunks = partition::plan_chunks(&self.spec, partitioning, &secret).await?;
+        Ok(Some(Partitions {
+            parallel: partitioning
+                .parallel
+                .map_or(chunks.len(), |p| p as usize)
+                .max(1),
+            attempts: partitioning.attempts,
+            across_workers: partitioning.across_workers,
+            chunks,
+            hold: Box::new(NoHold),
+        }))
+    }
+
     async fn read(
         self: Arc<Self>,
         output: SourceOutput,
@@ -63,6 +85,14 @@ impl Source for MysqlTable {
         let secret = access.require_secret(self.spec.connection_id.as_deref())?;
         read(&self.spec, secret, access, output).await
     }
+}
+
+/// MySQL's chunks share no snapshot: nothing to hold while they run.
+struct NoHold;
+
+#[async_trait::async_trait]
+impl PartitionHold for NoHold {
+    async fn release(self: Box<Self>) {}
 }
 
 async fn read(
@@ -154,12 +184,27 @@ async fn read(
             None => format!(" WHERE ({}) > ({})", names.join(", "), values.join(", ")),
         };
     }
-    // A transform's filters, in MySQL's SQL (see `query::transform`).
-    let predicate = match &access.pushed_filter {
-        Some(filter) if predicate.is_empty() => format!(" WHERE {filter}"),
-        Some(filter) => format!("{predicate} AND {filter}"),
-        None => predicate,
-    };
+    // A transform's filters, in MySQL's SQL (see `query::transform`), and a chunk's range.
+    let mut conditions: Vec<String> = access.pushed_filter.iter().cloned().collect();
+    if let Some(chunk) = &access.chunk {
+        for (var, bound) in [("@carga_lo", &chunk.lower), ("@carga_hi", &chunk.upper)] {
+            if let Some(bound) = bound {
+                sqlx::query(AssertSqlSafe(format!("SET {var} = ?")))
+                    .bind(bound)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| db_error("binding the chunk's bounds", e))?;
+            }
+        }
+        conditions.push(partition::chunk_predicate(chunk, &columns).map_err(|m| ctx.bad_input(m))?);
+    }
+    for condition in conditions {
+        predicate = if predicate.is_empty() {
+            format!(" WHERE {condition}")
+        } else {
+            format!("{predicate} AND {condition}")
+        };
+    }
     let select_list = plans
         .iter()
         .map(|p| p.select.as_str())

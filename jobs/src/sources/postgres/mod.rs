@@ -76,6 +76,7 @@ impl Source for PostgresTable {
                 .map_or(chunks.len(), |p| p as usize)
                 .max(1),
             attempts: partitioning.attempts,
+            across_workers: partitioning.across_workers,
             chunks,
             hold: Box::new(holder),
         }))

@@ -15,9 +15,11 @@ const SAMPLE_ROWS: f64 = 200_000.0;
 
 /// One key range of a partitioned read. `lower` is inclusive, `upper` exclusive; the first chunk
 /// also takes the rows whose key is null.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Chunk {
     pub index: usize,
+    /// PostgreSQL's exported snapshot the chunk imports (empty for MySQL and MariaDB, whose chunks
+    /// each take their own).
     pub snapshot: String,
     pub column: String,
     pub lower: Option<String>,
