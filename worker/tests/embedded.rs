@@ -2,7 +2,8 @@
 //! RabbitMQ, only the binary, a state folder and a local bucket. A cron fires and commits; the
 //! HTTP trigger runs a callback dataset; a process killed with SIGKILL mid-job is started again
 //! and the job is finished once, with every row once; a failing source ends dead after its
-//! retries; SIGTERM stops it cleanly. Needs no service, so it always runs.
+//! retries; SIGTERM stops it cleanly. Needs no service, so it always runs (except the spread
+//! run's test, which reads a PostgreSQL table in chunks through the embedded queue).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -807,4 +808,70 @@ async fn a_webhook_survives_a_kill_after_the_commit_and_arrives_once_after_two_5
         .count();
     assert_eq!(refused, 3, "every refusal is audited: {audit}");
     assert_eq!(carga.stop().code(), Some(0), "{}", carga.logs());
+}
+
+/// A partitioned PostgreSQL table with `across_workers` in `carga serve`: the chunks are jobs on
+/// the embedded SQLite queue, read by the process's own worker slots while the run that planned
+/// them waits with its slot given back (with one slot, the run could not finish otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_run_reads_its_chunks_through_the_embedded_queue() {
+    const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5432".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        if std::env::var("CARGA_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+            panic!("PostgreSQL not reachable, and CARGA_TEST_REQUIRE_ALL=1 forbids skipping");
+        }
+        eprintln!("SKIPPED: PostgreSQL not reachable on loopback");
+        return;
+    }
+    let pool = sqlx::PgPool::connect(PG).await.unwrap();
+    sqlx::raw_sql(
+        "DROP SCHEMA IF EXISTS carga_serve_spread CASCADE; CREATE SCHEMA carga_serve_spread;
+         CREATE TABLE carga_serve_spread.t (id bigint PRIMARY KEY, v text);
+         INSERT INTO carga_serve_spread.t SELECT g, 'v' || g FROM generate_series(1, 5000) g;
+         ANALYZE carga_serve_spread.t;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut carga = Embedded::new();
+    carga.retry_args.extend(["--concurrency", "1"]);
+    std::fs::write(
+        carga.path("secrets.json"),
+        serde_json::json!({ "pg": { "url": PG } }).to_string(),
+    )
+    .unwrap();
+    carga.add_spec(
+        "spread",
+        "id: spread\nsource:\n  format: postgres\n  table: carga_serve_spread.t\n  \
+         partitions: {column: id, count: 4, across_workers: true}\nconnection_id: pg\n\
+         mode: complete\ntrigger: callback\nkey: [id]\n",
+    );
+    carga.start();
+    carga.wait_until_ready().await;
+    let run_id = carga.trigger("spread").await;
+    let run = carga.wait_for_end(&run_id).await;
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", carga.logs());
+    assert_eq!(run["rows_written"], 5000);
+    let manifests = carga.manifests("spread").await;
+    assert_eq!(manifests.len(), 1);
+    assert!(
+        manifests[0]
+            .files
+            .iter()
+            .all(|f| f.path.contains("/part-c000")),
+        "{:?}",
+        manifests[0].files
+    );
+    let logs = carga.logs();
+    assert_eq!(logs.matches("chunk job taken").count(), 4, "{logs}");
+    let engine = carga_jobs::Engine::new(carga.settings()).unwrap();
+    let batches = carga_jobs::read::collect_dataset(engine.bucket(), engine.encryptor(), "spread")
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&batches), (1..=5000).collect::<Vec<i64>>());
 }
