@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let queue = JobQueue::connect(&queue_settings).await?;
     let state = tempfile::tempdir()?;
     let key_file = state.path().join("keys.json");
-    carga_jobs::encryption::MasterKeyring::create_file(&key_file, "bench")?;
+    carga_jobs::encryption::MasterKeyring::create_file(&key_file, "carga-master")?;
     let secrets_file = state.path().join("secrets.json");
     std::fs::write(
         &secrets_file,
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
                         .env("RUST_LOG", "warn")
                         .env_remove("CARGA_SETTINGS")
                         .stdout(Stdio::null())
-                        .stderr(Stdio::null())
+                        .stderr(std::fs::File::create(state.path().join(format!("{name}.log")))?)
                         .spawn()?;
                     Ok((name, child))
                 })
@@ -85,7 +85,11 @@ async fn main() -> anyhow::Result<()> {
             // Every worker registered before the job goes in, so each can take a chunk.
             let deadline = Instant::now() + Duration::from_secs(30);
             while queue.workers(Duration::from_secs(30)).await?.len() < count {
-                anyhow::ensure!(Instant::now() < deadline, "workers did not start");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "workers did not start: {}",
+                    std::fs::read_to_string(state.path().join("w0.log")).unwrap_or_default()
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let job = ExtractionJob::new("scale", RunReason::Trigger);
