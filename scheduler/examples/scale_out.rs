@@ -77,7 +77,9 @@ async fn main() -> anyhow::Result<()> {
                         .env("RUST_LOG", "warn")
                         .env_remove("CARGA_SETTINGS")
                         .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(state.path().join(format!("{name}.log")))?)
+                        .stderr(std::fs::File::create(
+                            state.path().join(format!("{name}.log")),
+                        )?)
                         .spawn()?;
                     Ok((name, child))
                 })

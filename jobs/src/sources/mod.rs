@@ -98,6 +98,24 @@ pub struct Partitions {
     pub hold: Box<dyn PartitionHold>,
 }
 
+impl Partitions {
+    /// The plan of `chunks` as the spec's `partitions` asks: all chunks at once unless
+    /// `parallel` says fewer.
+    pub(crate) fn planned(
+        spec: &carga_config::PartitionSpec,
+        chunks: Vec<Chunk>,
+        hold: Box<dyn PartitionHold>,
+    ) -> Self {
+        Self {
+            parallel: spec.parallel.map_or(chunks.len(), |p| p as usize).max(1),
+            attempts: spec.attempts,
+            across_workers: spec.across_workers,
+            chunks,
+            hold,
+        }
+    }
+}
+
 /// Kept alive while a partitioned read runs, released after the last chunk.
 #[async_trait::async_trait]
 pub trait PartitionHold: Send {

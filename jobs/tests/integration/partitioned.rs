@@ -12,7 +12,7 @@ fn url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn setup(schema: &str) -> Option<(Lab, PgConnection)> {
+pub(crate) async fn setup(schema: &str) -> Option<(Lab, PgConnection)> {
     if !service_available("PostgreSQL", "127.0.0.1:5432") {
         return None;
     }
@@ -26,7 +26,7 @@ async fn setup(schema: &str) -> Option<(Lab, PgConnection)> {
     Some((lab, conn))
 }
 
-fn spec(lab: &Lab, id: &str, table: &str, extra: &str) -> carga_config::DatasetSpec {
+pub(crate) fn spec(lab: &Lab, id: &str, table: &str, extra: &str) -> carga_config::DatasetSpec {
     lab.spec(&format!(
         "id: {id}\nsource:\n  format: postgres\n  table: {table}\n{extra}connection_id: pg\ntrigger: callback\n"
     ))

@@ -8,15 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use carga_jobs::{ChunkDispatch, ChunkOrder, Engine, JobError};
-use serde_json::json;
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use sqlx::Executor;
 
-use crate::common::{Lab, column, service_available};
-
-fn url() -> String {
-    std::env::var("CARGA_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+use crate::common::{Lab, column};
+use crate::partitioned::{setup, spec};
 
 /// What the stand-in workers do with one chunk.
 #[derive(Clone, Copy, PartialEq)]
@@ -131,26 +126,6 @@ impl ChunkDispatch for StandIns {
     fn waiting(&self) {
         self.0.waited.store(true, Ordering::SeqCst);
     }
-}
-
-async fn setup(schema: &str) -> Option<(Lab, PgConnection)> {
-    if !service_available("PostgreSQL", "127.0.0.1:5432") {
-        return None;
-    }
-    let mut lab = Lab::new();
-    lab.settings.secrets_file =
-        lab.write("secrets.json", json!({"pg": {"url": url()}}).to_string());
-    lab.settings.batch_rows = 1024;
-    let mut conn = PgConnection::connect(&url()).await.unwrap();
-    let reset = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}");
-    conn.execute(AssertSqlSafe(reset)).await.unwrap();
-    Some((lab, conn))
-}
-
-fn spec(lab: &Lab, id: &str, table: &str, extra: &str) -> carga_config::DatasetSpec {
-    lab.spec(&format!(
-        "id: {id}\nsource:\n  format: postgres\n  table: {table}\n{extra}connection_id: pg\ntrigger: callback\n"
-    ))
 }
 
 async fn run_spread(

@@ -65,16 +65,11 @@ impl Source for MysqlTable {
         };
         let secret = access.require_secret(self.spec.connection_id.as_deref())?;
         let chunks = partition::plan_chunks(&self.spec, partitioning, &secret).await?;
-        Ok(Some(Partitions {
-            parallel: partitioning
-                .parallel
-                .map_or(chunks.len(), |p| p as usize)
-                .max(1),
-            attempts: partitioning.attempts,
-            across_workers: partitioning.across_workers,
+        Ok(Some(Partitions::planned(
+            partitioning,
             chunks,
-            hold: Box::new(NoHold),
-        }))
+            Box::new(NoHold),
+        )))
     }
 
     async fn read(

@@ -93,22 +93,10 @@ pub(crate) async fn plan_chunks(
     }
     let _ = conn.close().await;
     let count = partitions.count as usize;
-    let mut cuts: Vec<String> = (1..count)
+    let cuts: Vec<String> = (1..count)
         .filter_map(|i| values.get(i * values.len() / count).cloned())
         .collect();
-    cuts.dedup();
-    let mut chunks = Vec::with_capacity(cuts.len() + 1);
-    let mut lower = None;
-    for upper in cuts.into_iter().map(Some).chain(std::iter::once(None)) {
-        chunks.push(Chunk {
-            index: chunks.len(),
-            snapshot: String::new(),
-            column: partitions.column.clone(),
-            lower: lower.clone(),
-            upper: upper.clone(),
-        });
-        lower = upper;
-    }
+    let chunks = Chunk::ranges(&partitions.column, "", cuts);
     tracing::info!(table = %format!("{schema}.{name}"), chunks = chunks.len(), column = %partitions.column, sampled = values.len(), "partitioned read planned");
     Ok(chunks)
 }

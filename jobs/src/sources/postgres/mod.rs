@@ -70,16 +70,11 @@ impl Source for PostgresTable {
         };
         let secret = access.require_secret(self.spec.connection_id.as_deref())?;
         let (holder, chunks) = partition::plan_chunks(&self.spec, partitioning, &secret).await?;
-        Ok(Some(Partitions {
-            parallel: partitioning
-                .parallel
-                .map_or(chunks.len(), |p| p as usize)
-                .max(1),
-            attempts: partitioning.attempts,
-            across_workers: partitioning.across_workers,
+        Ok(Some(Partitions::planned(
+            partitioning,
             chunks,
-            hold: Box::new(holder),
-        }))
+            Box::new(holder),
+        )))
     }
 
     async fn read(

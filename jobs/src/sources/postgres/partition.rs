@@ -26,6 +26,27 @@ pub struct Chunk {
     pub upper: Option<String>,
 }
 
+impl Chunk {
+    /// The ranges between sorted cut points (equal cuts merge): below the first (with the null
+    /// keys), between each two, and from the last on.
+    pub(crate) fn ranges(column: &str, snapshot: &str, mut cuts: Vec<String>) -> Vec<Chunk> {
+        cuts.dedup();
+        let mut chunks = Vec::with_capacity(cuts.len() + 1);
+        let mut lower = None;
+        for upper in cuts.into_iter().map(Some).chain(std::iter::once(None)) {
+            chunks.push(Chunk {
+                index: chunks.len(),
+                snapshot: snapshot.to_owned(),
+                column: column.to_owned(),
+                lower: lower.clone(),
+                upper: upper.clone(),
+            });
+            lower = upper;
+        }
+        chunks
+    }
+}
+
 /// The coordinator's open transaction: chunks can import its snapshot only while it lives.
 pub struct SnapshotHolder {
     conn: PgConnection,
@@ -110,20 +131,8 @@ pub(crate) async fn plan_chunks(
             .await
             .map_err(db_error)?;
     }
-    let mut cuts: Vec<String> = bounds.unwrap_or_default().into_iter().flatten().collect();
-    cuts.dedup();
-    let mut chunks = Vec::with_capacity(cuts.len() + 1);
-    let mut lower = None;
-    for upper in cuts.into_iter().map(Some).chain(std::iter::once(None)) {
-        chunks.push(Chunk {
-            index: chunks.len(),
-            snapshot: snapshot.clone(),
-            column: partitions.column.clone(),
-            lower: lower.clone(),
-            upper: upper.clone(),
-        });
-        lower = upper;
-    }
+    let cuts: Vec<String> = bounds.unwrap_or_default().into_iter().flatten().collect();
+    let chunks = Chunk::ranges(&partitions.column, &snapshot, cuts);
     tracing::info!(table = %qualified, chunks = chunks.len(), column = %partitions.column, "partitioned read planned");
     Ok((SnapshotHolder { conn }, chunks))
 }
