@@ -115,10 +115,13 @@ async fn read(
         .await
         .map_err(|e| db_error("connecting", e))?;
     // One snapshot for the catalog read and the COPY; intervals print as ISO 8601 durations.
-    // A chunk of a partitioned read imports the coordinator's snapshot (first thing in its transaction).
+    // A chunk of a partitioned read imports the coordinator's snapshot (first thing in its
+    // transaction). The chunks are the read's parallelism: a chunk's query takes no parallel
+    // workers, which would scan the whole table on extra cores for each range instead of the
+    // range through the key's index.
     let import = match &chunk {
         Some(chunk) => format!(
-            " SET TRANSACTION SNAPSHOT {};",
+            " SET TRANSACTION SNAPSHOT {}; SET LOCAL max_parallel_workers_per_gather = 0;",
             quote_literal(&chunk.snapshot).map_err(|m| ctx.bad_input(m))?
         ),
         None => String::new(),
