@@ -23,7 +23,7 @@ use crate::redact::Redactor;
 use crate::schema_drift::SchemaPlan;
 use crate::secrets::{ConnectionSecret, LocalSecretsFile, SecretsProvider};
 use crate::sink::PartFile;
-use crate::sources::{self, Source, SourceAccess, SourceReader, SourceRegistry, TypeHints};
+use crate::sources::{self, Source, SourceAccess, SourceRegistry, TypeHints};
 use crate::storage::Bucket;
 use crate::typing::parse_type_name;
 use crate::upload::UploadArea;
@@ -711,15 +711,15 @@ impl Engine {
         // 30,000) makes the file be read again with the column widened: a valid file is never
         // unreadable because of where its first odd value sits.
         loop {
-            let reader = sources::open(
+            let reader = sources::open_transformed(
                 source,
                 spec,
                 sources::ReadShape::of(&self.settings),
                 hints.clone(),
                 access.clone(),
+                self.settings.query_memory_mib,
             )
             .await?;
-            let reader = self.transformed(spec, reader).await?;
             let plan = Arc::new(SchemaPlan::new(
                 &spec.id,
                 &reader.schema,
@@ -819,15 +819,6 @@ impl Engine {
             pushed_filter,
             ..access
         })
-    }
-
-    /// The reader through the spec's transform, when it has one.
-    pub(crate) async fn transformed(
-        &self,
-        spec: &DatasetSpec,
-        reader: SourceReader,
-    ) -> Result<SourceReader> {
-        crate::query::transform::apply_if_any(spec, reader, self.settings.query_memory_mib).await
     }
 
     /// The tuples the previous run delivered inside its lookback window, read back from its side

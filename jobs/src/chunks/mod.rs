@@ -132,17 +132,15 @@ async fn extract_chunks(
     }
     let settings = engine.settings.clone();
     // The first chunk's reader tells the schema all chunks share (same columns, same snapshot).
-    let first_reader = sources::open(
+    let first_reader = sources::open_transformed(
         source,
         spec,
         sources::ReadShape::of(&settings),
         hints.clone(),
         chunk_access(&access, &chunks[0]),
+        settings.query_memory_mib,
     )
     .await?;
-    let first_reader =
-        crate::query::transform::apply_if_any(spec, first_reader, settings.query_memory_mib)
-            .await?;
     let plan = Arc::new(SchemaPlan::new(
         &spec.id,
         &first_reader.schema,
@@ -295,17 +293,12 @@ async fn attempt_chunk(
         Some(reader) => reader,
         None => {
             let access = chunk_access(&shared.access, chunk);
-            let reader = sources::open(
+            sources::open_transformed(
                 &shared.source,
                 &shared.spec,
                 sources::ReadShape::of(&shared.settings),
                 shared.hints.clone(),
                 access,
-            )
-            .await?;
-            crate::query::transform::apply_if_any(
-                &shared.spec,
-                reader,
                 shared.settings.query_memory_mib,
             )
             .await?

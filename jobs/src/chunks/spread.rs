@@ -127,7 +127,7 @@ async fn coordinate(
     destination.sweep(target, &[]).await?;
 
     // The output schema every chunk must arrive at: the first range's, described only.
-    let described = sources::open(
+    let described = sources::open_transformed(
         source,
         spec,
         sources::ReadShape::first_rows(1),
@@ -137,11 +137,9 @@ async fn coordinate(
             schema_only: true,
             ..access.clone()
         },
+        engine.settings.query_memory_mib,
     )
     .await?;
-    let described =
-        crate::query::transform::apply_if_any(spec, described, engine.settings.query_memory_mib)
-            .await?;
     let plan = Arc::new(SchemaPlan::new(
         &spec.id,
         &described.schema,
@@ -416,7 +414,7 @@ pub(crate) async fn read_chunk(
             ),
         });
     }
-    let reader = sources::open(
+    let reader = sources::open_transformed(
         &source,
         spec,
         sources::ReadShape::of(engine.settings),
@@ -425,11 +423,9 @@ pub(crate) async fn read_chunk(
             chunk: Some(order.chunk.clone()),
             ..access
         },
+        engine.settings.query_memory_mib,
     )
     .await?;
-    let reader =
-        crate::query::transform::apply_if_any(spec, reader, engine.settings.query_memory_mib)
-            .await?;
     let plan = Arc::new(SchemaPlan::new(
         &spec.id,
         &reader.schema,

@@ -404,6 +404,20 @@ impl ReadShape {
     }
 }
 
+/// `open`, then the spec's transform over the reader when it has one: what a run, or a chunk
+/// of it, reads.
+pub(crate) async fn open_transformed(
+    source: &Arc<dyn Source>,
+    spec: &DatasetSpec,
+    shape: ReadShape,
+    hints: TypeHints,
+    access: SourceAccess,
+    query_memory_mib: usize,
+) -> Result<SourceReader> {
+    let reader = open(source, spec, shape, hints, access).await?;
+    crate::query::transform::apply_if_any(spec, reader, query_memory_mib).await
+}
+
 /// Starts reading `source` for `spec`'s run and returns once the schema is known.
 pub async fn open(
     source: &Arc<dyn Source>,
