@@ -30,6 +30,26 @@ pub(crate) struct QueueDispatch {
     pub dataset_id: String,
     pub reason: RunReason,
     pub slot: Slot,
+    /// The chunk jobs sent so far, to withdraw when the worker stops under the run.
+    pub sent: Mutex<Vec<String>>,
+}
+
+impl QueueDispatch {
+    pub fn new(queue: JobQueue, job: &ExtractionJob, slot: Slot) -> Self {
+        Self {
+            queue,
+            dataset_id: job.dataset_id.clone(),
+            reason: job.reason,
+            slot,
+            sent: Mutex::default(),
+        }
+    }
+
+    /// Withdraws every chunk job this run sent.
+    pub async fn withdraw_sent(&self) {
+        let sent = std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner()));
+        self.withdraw(&sent).await;
+    }
 }
 
 fn queue_error(e: impl std::fmt::Display) -> JobError {
@@ -43,6 +63,10 @@ impl ChunkDispatch for QueueDispatch {
             .iter()
             .map(|order| ExtractionJob::for_chunk(&self.dataset_id, self.reason, order.clone()))
             .collect();
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(jobs.iter().map(|j| j.run_id.clone()));
         self.queue.enqueue(&jobs).await.map_err(queue_error)?;
         Ok(())
     }

@@ -689,6 +689,7 @@ async fn worker(settings_path: Option<&Path>, args: WorkerArgs) -> Result<()> {
         catalog,
         queue,
         settings: args.jobs.worker_settings(name.clone()),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     eprintln!("worker '{name}' taking jobs from '{}'", args.queue);
     take_loop::run(shared, shutdown.wait()).await?;

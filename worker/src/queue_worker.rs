@@ -67,6 +67,8 @@ pub struct Shared {
     pub queue: JobQueue,
     pub metrics: Metrics,
     pub settings: WorkerSettings,
+    /// Set when the worker stops taking jobs (SIGTERM).
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// One job taken for the `takes`-th time: where it goes next.
@@ -164,8 +166,22 @@ async fn handle_in_span(
             ),
         ));
     };
+    // A partitioned table may have its chunks read by the queue's workers meanwhile.
+    let dispatch = std::sync::Arc::new(crate::chunk_job::QueueDispatch::new(
+        shared.queue.clone(),
+        job,
+        slot.clone(),
+    ));
     let ended = tokio::select! {
-        ended = attempt(shared, job, &spec, slot) => ended,
+        ended = attempt(shared, job, &spec, dispatch.clone()) => ended,
+        () = stopping_while_coordinating(shared, &slot) => {
+            // Its chunks wait for workers, and this one takes no more: the run goes back to
+            // the queue for another worker to coordinate, its chunk jobs withdrawn (nothing was
+            // committed, so nothing is visible and the watermark did not move).
+            dispatch.withdraw_sent().await;
+            tracing::warn!("worker stopping while the run coordinates its chunks: the run goes back to the queue");
+            Ok(put_back(job, takes, "its worker stopped while the run waited for its chunks".into()))
+        }
         () = cancelled(shared, &job.run_id) => {
             // Dropping the run stops it: nothing was committed, so nothing becomes visible, and
             // the watermark does not move (its uploaded parts stay unreferenced).
@@ -176,6 +192,21 @@ async fn handle_in_span(
     };
     lock.release().await;
     ended
+}
+
+/// Resolves once the worker is stopping while this job is a run that only waits for its chunks
+/// (it gave its slot back): the chunks would wait for a worker that takes no more jobs.
+async fn stopping_while_coordinating(shared: &Shared, slot: &crate::chunk_job::Slot) {
+    let mut stopping = shared.stopping.subscribe();
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        return std::future::pending().await;
+    }
+    loop {
+        if slot.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Resolves when an operator asks to kill the job (checked every second).
@@ -193,7 +224,7 @@ async fn attempt(
     shared: &Shared,
     job: &ExtractionJob,
     spec: &carga_config::DatasetSpec,
-    slot: crate::chunk_job::Slot,
+    dispatch: std::sync::Arc<crate::chunk_job::QueueDispatch>,
 ) -> Result<Settlement, Fault> {
     let policy = &shared.settings.retry;
     let attempt = job.attempt.max(1);
@@ -221,14 +252,7 @@ async fn attempt(
                 break;
             }
         }
-        // A partitioned table may have its chunks read by the queue's workers meanwhile.
-        let dispatch = std::sync::Arc::new(crate::chunk_job::QueueDispatch {
-            queue: shared.queue.clone(),
-            dataset_id: job.dataset_id.clone(),
-            reason: job.reason,
-            slot: slot.clone(),
-        });
-        match run_reporting_progress(shared, &table, &job.run_id, dispatch).await {
+        match run_reporting_progress(shared, &table, &job.run_id, dispatch.clone()).await {
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 failure = Some(e);

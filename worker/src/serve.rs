@@ -191,6 +191,7 @@ pub async fn serve(settings_path: Option<&Path>, args: ServeArgs) -> Result<()> 
         queue,
         metrics,
         settings: args.jobs.worker_settings(name),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     tasks.spawn(take_loop::run(shared, shutdown.wait()));
 

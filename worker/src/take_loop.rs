@@ -83,6 +83,7 @@ pub async fn run(
             }
         }
     }
+    shared.stopping.send_replace(true);
     tracing::info!(
         running = running.len(),
         "stopping: finishing the running jobs"

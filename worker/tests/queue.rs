@@ -764,6 +764,85 @@ async fn a_spread_run_survives_a_chunk_worker_killed_mid_chunk() {
     assert_eq!(lab.queue.stats().await.unwrap().dead, 0);
 }
 
+/// A worker stopped (SIGTERM) while its run waits for its chunks does not wait for chunks no
+/// worker will take: it withdraws them, hands the run back to the queue and exits; another
+/// worker coordinates the run again, to one commit with every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_coordinating_hands_the_run_back() {
+    if !services_available() {
+        return;
+    }
+    let mut lab = Lab::new("handback").await;
+    create_slow_chunks(&lab, 300, None).await;
+    lab.add_dataset(
+        "id: handback\nsource:\n  format: postgres\n  table: public.slow_chunks\n  \
+         partitions: {column: id, count: 4, across_workers: true}\nconnection_id: catalog-db\n\
+         mode: complete\ntrigger: callback\nkey: [id]\n",
+    )
+    .await;
+    let only = lab.start_worker("only", &[]);
+    let job = carga_scheduler::ExtractionJob::new("handback", carga_scheduler::RunReason::Trigger);
+    lab.submit(&job).await;
+    lab.wait_for_run(&job.run_id, &["running"], Duration::from_secs(30))
+        .await;
+    // The run gave its slot back and the worker reads one of the run's chunks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = lab.queue.workers(Duration::from_secs(5)).await.unwrap();
+        if workers.iter().any(|w| {
+            w.running
+                .iter()
+                .any(|id| id.starts_with(&format!("{}:", job.run_id)))
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            lab.workers_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &lab.workers[only].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while lab.workers[only].try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not stop within 15 s:\n{}",
+            lab.workers_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lab.worker_log("only")
+            .contains("worker stopping while the run coordinates its chunks"),
+        "{}",
+        lab.workers_logs()
+    );
+    assert!(lab.manifests("handback").await.is_empty());
+
+    lab.start_worker("next", &[]);
+    let run = lab.wait_for_end(&job.run_id).await;
+    assert_eq!(run.state, "succeeded", "{run:#?}\n{}", lab.workers_logs());
+    assert_eq!(run.rows_written, Some(300));
+    assert_eq!(run.worker.as_deref(), Some("next"));
+    let manifests = lab.manifests("handback").await;
+    assert_eq!(manifests.len(), 1);
+    let engine = carga_jobs::Engine::new(lab.settings.clone()).unwrap();
+    let batches =
+        carga_jobs::read::collect_dataset(engine.bucket(), engine.encryptor(), "handback")
+            .await
+            .unwrap();
+    assert_eq!(common::ids_of(&batches), (1..=300).collect::<Vec<i64>>());
+    let mut listed: Vec<String> = manifests[0].files.iter().map(|f| f.path.clone()).collect();
+    listed.sort();
+    assert_eq!(dataset_files(&lab, "handback"), listed);
+}
+
 /// A chunk that fails on every attempt makes the spread run fail: no manifest, no part, no
 /// note left, and the chunk jobs are not left in the dead set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
