@@ -184,7 +184,9 @@ async fn handle_in_span(
         }
         () = cancelled(shared, &job.run_id) => {
             // Dropping the run stops it: nothing was committed, so nothing becomes visible, and
-            // the watermark does not move (its uploaded parts stay unreferenced).
+            // the watermark does not move (its uploaded parts stay unreferenced). A run
+            // spread over workers takes its chunk jobs back.
+            dispatch.withdraw_sent().await;
             shared.catalog.run_killed(&job.run_id, "an operator").await?;
             tracing::warn!("job killed by an operator; its uncommitted output is discarded");
             Ok(Settlement::Done)

@@ -153,21 +153,23 @@ async fn coordinate(
     // Ranges of a column of the key cannot share a key: no hashes need to travel then.
     let disjoint = spec.key.contains(&first.column);
     let plan_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let (digest, schema) = (spec_digest(spec), schema_text(&plan));
+    let key_seed = checks_template.key_seed().unwrap_or(KeySeed(0, 0));
     let orders: Vec<ChunkOrder> = chunks
         .iter()
         .map(|chunk| ChunkOrder {
             run_id: target.run_id.clone(),
             dataset: spec.id.clone(),
-            spec_digest: spec_digest(spec),
+            spec_digest: digest.clone(),
             ingest_date: target.ingest_date.clone(),
             plan: plan_id.clone(),
             chunk: chunk.clone(),
             chunks: chunks.len(),
             attempts,
             previous_sequence: previous.map(|m| m.sequence),
-            key_seed: checks_template.key_seed().unwrap_or(KeySeed(0, 0)),
+            key_seed,
             ship_key_hashes: !disjoint,
-            schema: schema_text(&plan),
+            schema: schema.clone(),
         })
         .collect();
     let job_ids: Vec<String> = orders.iter().map(ChunkOrder::job_id).collect();
