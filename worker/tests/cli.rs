@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 fn carga(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_carga"));
     command
@@ -244,7 +246,7 @@ fn a_run_killed_mid_write_commits_nothing_and_the_next_run_is_whole() {
     let run_dir = dir.path().join(".carga/bucket/raw/big");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let wrote_a_part = || {
-        walk(&run_dir)
+        common::files_under(&run_dir)
             .iter()
             .any(|p| p.extension().is_some_and(|e| e == "parquet"))
     };
@@ -272,19 +274,6 @@ fn a_run_killed_mid_write_commits_nothing_and_the_next_run_is_whole() {
         text(&read.stdout).contains("(400000 row(s) shown"),
         "every row once, none from the killed run"
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

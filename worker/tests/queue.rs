@@ -648,20 +648,8 @@ async fn create_slow_chunks(lab: &Lab, rows: u32, broken: Option<u32>) {
 
 /// Every file under the dataset's data folders (parts, notes), relative to the bucket.
 fn dataset_files(lab: &Lab, dataset: &str) -> Vec<String> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
-        }
-    }
     let bucket = PathBuf::from(&lab.settings.bucket);
-    let mut found = Vec::new();
-    walk(&bucket.join("raw").join(dataset), &mut found);
-    let mut files: Vec<String> = found
+    let mut files: Vec<String> = common::files_under(&bucket.join("raw").join(dataset))
         .iter()
         .map(|p| p.strip_prefix(&bucket).unwrap().display().to_string())
         .filter(|p| !p.contains("/_manifests/"))

@@ -202,7 +202,8 @@ async fn a_spread_run_commits_every_row_once_and_sweeps_a_dead_takes_files() {
         files.iter().all(|f| !f.to_string_lossy().contains("-t1-")
             || !f.to_string_lossy().contains("part-c0001"))
     );
-    let notes: Vec<_> = walk(&lab.dir.path().join("bucket"))
+    let notes: Vec<_> = lab
+        .bucket_files()
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("_chunks"))
         .collect();
@@ -286,17 +287,4 @@ async fn a_chunk_that_gives_up_or_vanishes_leaves_no_manifest_and_no_parts() {
     );
     assert!(lab.manifests("fails").await.is_empty());
     assert!(lab.parquet_files().is_empty(), "{:?}", lab.parquet_files());
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

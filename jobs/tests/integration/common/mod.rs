@@ -146,12 +146,20 @@ impl Lab {
 
     /// Every Parquet file under the bucket, committed or not.
     pub fn parquet_files(&self) -> Vec<PathBuf> {
+        self.bucket_files()
+            .into_iter()
+            .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+            .collect()
+    }
+
+    /// Every file in the lab's bucket, at any depth.
+    pub fn bucket_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let path = entry.path();
                 if path.is_dir() {
                     walk(&path, out);
-                } else if path.extension().is_some_and(|e| e == "parquet") {
+                } else {
                     out.push(path);
                 }
             }
