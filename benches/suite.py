@@ -2,7 +2,7 @@
 """Every benchmark in one run: Carga and its peers on the same inputs, interleaved (repetition 1 of
 every tool, then repetition 2, ...), so a slow minute of the machine hits every tool alike.
 
-    python3 benches/suite.py                      # PostgreSQL 1M and 10M, CSV 1M/4M/8M, MariaDB 1M
+    python3 benches/suite.py                      # PostgreSQL 1M and 10M, CSV 1M/4M/8M, NDJSON 1M, MariaDB 1M
     python3 benches/suite.py --works csv --csv-rows 1000000 --repeat 3
     python3 benches/suite.py --write-readme       # also replaces the README's generated tables
     python3 benches/suite.py --readme-only        # the README's tables from benches/results/*.json
@@ -13,6 +13,8 @@ Works and peers:
 - CSV -> Parquet, the same table exported with `COPY ... (FORMAT csv, HEADER)`: polars, duckdb,
   pyarrow (plain and encrypted), pyspark, `cat > /dev/null` as the floor; Carga with inferred and
   with declared types.
+- NDJSON -> Parquet, the same table as one JSON object per line (`row_to_json`): polars, duckdb,
+  pyarrow, `cat > /dev/null`; Carga on every core and on one parse thread (`CARGA_PARSE_THREADS=1`).
 - MariaDB table -> Parquet (`mariadb_extract.tools`): `mariadb --quick` floor, connectorx,
   pyspark JDBC, rivet-cli.
 
@@ -105,6 +107,53 @@ def csv_tools(rows, work):
     ]
 
 
+POLARS_NDJSON = r"""
+import sys, polars as pl
+pl.scan_ndjson(sys.argv[1]).sink_parquet(sys.argv[2], compression="zstd")
+"""
+
+DUCKDB_NDJSON = DUCKDB_CSV.replace("read_csv('{src}')", "read_json('{src}', format = 'newline_delimited')")
+
+PYARROW_NDJSON = r"""
+import sys, pyarrow.json as pj, pyarrow.parquet as pq
+pq.write_table(pj.read_json(sys.argv[1]), sys.argv[2], compression="zstd")
+"""
+
+
+def ndjson_export(rows, work):
+    """The PostgreSQL lineitem table's first `rows` rows, one JSON object per line."""
+    source = postgres_extract.prepare(1_000_000 if rows <= 1_000_000 else 10_000_000)
+    path = os.path.join(work, f"lineitem_{rows}.ndjson")
+    if not os.path.exists(path):
+        query = f"SELECT row_to_json(t) FROM (SELECT * FROM {source} ORDER BY l_orderkey, l_linenumber LIMIT {rows}) t"
+        # psql -A -t prints each row's text as is (COPY's text format would escape backslashes).
+        with open(path, "w") as out:
+            subprocess.run(["psql", "-q", "-A", "-t", postgres_extract.URL, "-c", query], stdout=out, check=True)
+    return path
+
+
+def ndjson_tools(rows, work):
+    ndjson = ndjson_export(rows, work)
+    env = dict(os.environ, CARGA_BUCKET=os.path.join(work, "bucket"), CARGA_KEY_FILE=os.path.join(work, "keys.json"),
+               CARGA_ROWS_PER_FILE=str(10**9))
+    spec = os.path.join(work, f"ndjson_{rows}.yaml")
+    with open(spec, "w") as f:
+        f.write(f"id: lineitem_ndjson\nsource: {{format: json, location: '{ndjson}'}}\nmode: complete\ntrigger: callback\n")
+    out = lambda name: os.path.join(work, name)  # noqa: E731
+    return ndjson, [
+        ("carga", [CARGA, "run", "--dataset", spec], env, None, "every core; zstd, encrypted"),
+        ("carga (1 parse thread)", [CARGA, "run", "--dataset", spec], dict(env, CARGA_PARSE_THREADS="1"), None,
+         "records decoded on one thread beside the splitter; zstd, encrypted"),
+        ("polars", [sys.executable, "-c", POLARS_NDJSON, ndjson, out("polars.parquet")], None, None,
+         "scan_ndjson, sink_parquet, zstd, not encrypted"),
+        ("duckdb", [sys.executable, "-c", DUCKDB_NDJSON, ndjson, out("duck.parquet")], None, None,
+         "threads=2, zstd, encrypted"),
+        ("pyarrow", [sys.executable, "-c", PYARROW_NDJSON, ndjson, out("pa.parquet")], None, None,
+         "whole file in memory, zstd, not encrypted"),
+        ("floor: cat > /dev/null", ["sh", "-c", f"cat '{ndjson}' > /dev/null"], None, None, "reading the bytes"),
+    ]
+
+
 def works(args, work):
     """(title, rows, tools) of every work asked for."""
     for name in args.works.split(","):
@@ -116,12 +165,16 @@ def works(args, work):
             for rows in args.csv_rows:
                 csv, listed = csv_tools(rows, work)
                 yield f"CSV {rows:,} rows ({os.path.getsize(csv) / 1e6:.0f} MB)", rows, listed
+        elif name == "ndjson":
+            for rows in args.ndjson_rows:
+                ndjson, listed = ndjson_tools(rows, work)
+                yield f"NDJSON {rows:,} rows ({os.path.getsize(ndjson) / 1e6:.0f} MB)", rows, listed
         elif name == "mariadb":
             for rows in args.mariadb_rows:
                 table = mariadb_extract.prepare(rows)
                 yield f"MariaDB {rows:,} rows (`{table}`)", rows, mariadb_extract.tools(rows, work, CARGA)
         else:
-            raise SystemExit(f"unknown work {name!r}: pg, csv, mariadb")
+            raise SystemExit(f"unknown work {name!r}: pg, csv, ndjson, mariadb")
 
 
 def run_work(title, rows, listed, repeat, only):
@@ -193,9 +246,10 @@ def write_readme(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--works", default="pg,csv,mariadb", help="comma-separated: pg, csv, mariadb")
+    parser.add_argument("--works", default="pg,csv,ndjson,mariadb", help="comma-separated: pg, csv, ndjson, mariadb")
     parser.add_argument("--pg-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--csv-rows", type=int, nargs="+", default=[1_000_000, 4_000_000, 8_000_000])
+    parser.add_argument("--ndjson-rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--mariadb-rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="comma-separated peers to run beside Carga (name prefixes)")
@@ -231,7 +285,7 @@ def main():
         write_readme(readme_text())
 
 
-ORDER = ["postgresql", "csv", "mariadb"]
+ORDER = ["postgresql", "csv", "ndjson", "mariadb"]
 
 
 def readme_text():

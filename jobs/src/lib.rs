@@ -8,6 +8,7 @@ mod chunks;
 pub mod connections;
 pub mod delta;
 pub mod destination;
+mod dictionary_choice;
 pub mod encryption;
 pub mod error;
 pub mod manifest;
@@ -32,3 +33,13 @@ pub mod validation;
 pub use chunks::order::{ChunkDispatch, ChunkGaveUp, ChunkOrder, ChunkReport};
 pub use error::{JobError, Result};
 pub use run::{Engine, RunFailure, RunOutcome};
+
+/// Cases for a property test: `CARGA_FUZZ_CASES / share` (CI sets it), `default` otherwise, so
+/// a slow property runs a share of what a fast one does.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32, share: u32) -> u32 {
+    std::env::var("CARGA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(default, |n| (n / share).max(1))
+}

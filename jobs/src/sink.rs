@@ -15,9 +15,11 @@ use object_store::path::Path;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dictionary_choice::columns_without_dictionary;
 use crate::encryption::Encryptor;
 use crate::error::{JobError, Result};
 use crate::row_groups::ParallelFileWriter;
@@ -82,6 +84,8 @@ pub struct PartSink {
     current: Option<OpenPart>,
     written: Vec<PartFile>,
     name_prefix: String,
+    /// Columns written without a dictionary, decided on the first batch (`dictionary_choice`).
+    plain_columns: Option<Vec<ColumnPath>>,
 }
 
 impl PartSink {
@@ -111,6 +115,7 @@ impl PartSink {
             current: None,
             written: Vec::new(),
             name_prefix: "part-".into(),
+            plain_columns: None,
         })
     }
 
@@ -131,7 +136,11 @@ impl PartSink {
         let mut offset = 0;
         while offset < batch.num_rows() {
             if self.current.is_none() {
-                self.current = Some(self.open_part()?);
+                let plain = self
+                    .plain_columns
+                    .get_or_insert_with(|| columns_without_dictionary(batch));
+                let plain = plain.clone();
+                self.current = Some(self.open_part(plain)?);
             }
             let part = self.current.as_mut().expect("part just opened");
             let room = (self.rows_per_file - part.rows) as usize;
@@ -178,7 +187,7 @@ impl PartSink {
         }
     }
 
-    fn open_part(&self) -> Result<OpenPart> {
+    fn open_part(&self, plain_columns: Vec<ColumnPath>) -> Result<OpenPart> {
         let path = self.dir.clone().join(format!(
             "{}{:05}.parquet",
             self.name_prefix,
@@ -194,7 +203,12 @@ impl PartSink {
                 env!("CARGO_PKG_VERSION"),
                 parquet::file::properties::DEFAULT_CREATED_BY
             ))
-            .with_file_encryption_properties(self.encryptor.file_encryption()?)
+            .with_file_encryption_properties(self.encryptor.file_encryption()?);
+        let properties = plain_columns
+            .into_iter()
+            .fold(properties, |builder, column| {
+                builder.set_column_dictionary_enabled(column, false)
+            })
             .build();
         let tally = Arc::new(Mutex::new(Tally::default()));
         let upload = HashingWriter {

@@ -11,7 +11,6 @@ mod csv;
 mod excel;
 mod in_order;
 mod json;
-mod json_records;
 pub mod listing;
 pub mod mongodb;
 pub mod mssql;

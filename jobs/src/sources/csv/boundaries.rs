@@ -333,14 +333,6 @@ mod tests {
         }
     }
 
-    /// `CARGA_FUZZ_CASES` (CI sets it), 500 otherwise.
-    fn cases() -> u32 {
-        std::env::var("CARGA_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500)
-    }
-
     fn csv_text() -> impl Strategy<Value = Vec<u8>> {
         let piece = prop_oneof![
             Just(b",".to_vec()),
@@ -358,7 +350,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(500, 1)))]
 
         #[test]
         fn any_text_splits_into_the_same_records(

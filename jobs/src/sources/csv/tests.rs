@@ -314,15 +314,8 @@ fn row() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|(cells, end)| [cells.join(&b","[..]), end.to_vec()].concat())
 }
 
-fn cases() -> u32 {
-    std::env::var("CARGA_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(64, |n: u32| n / 4)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(64, 4)))]
 
     #[test]
     fn generated_files_read_the_same_in_parallel(

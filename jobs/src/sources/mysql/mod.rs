@@ -9,7 +9,7 @@ pub mod types;
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryBuilder, RecordBatch, StringBuilder};
+use arrow::array::{ArrayRef, BinaryBuilder, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use carga_config::DatasetSpec;
 use futures::TryStreamExt;
@@ -220,6 +220,9 @@ async fn read(
     }
 
     let mut batch = TextBatch::new(schema.clone(), &plans);
+    // Casting a full batch runs on a blocking thread while the next rows arrive: the text
+    // protocol's rows come one at a time, so the reading task is the stream's pace.
+    let mut casting: Option<tokio::task::JoinHandle<Result<RecordBatch, String>>> = None;
     {
         let mut rows = sqlx::raw_sql(AssertSqlSafe(query)).fetch(&mut conn);
         while let Some(row) = rows
@@ -232,15 +235,26 @@ async fn read(
                 .push(&row, stats.rows_read)
                 .map_err(|m| ctx.bad_input(m))?;
             if batch.rows >= ctx.batch_rows {
-                let ready = batch.take(stats.rows_read).map_err(|m| ctx.bad_input(m))?;
-                if !ctx.send_async(ready).await {
+                let texts = batch.take_texts(stats.rows_read);
+                if let Some(previous) =
+                    casting.replace(tokio::task::spawn_blocking(move || texts.cast()))
+                    && !send_cast(&ctx, previous).await?
+                {
                     return Ok(stats);
                 }
             }
         }
     }
+    if let Some(previous) = casting.take()
+        && !send_cast(&ctx, previous).await?
+    {
+        return Ok(stats);
+    }
     if batch.rows > 0 {
-        let ready = batch.take(stats.rows_read).map_err(|m| ctx.bad_input(m))?;
+        let ready = batch
+            .take_texts(stats.rows_read)
+            .cast()
+            .map_err(|m| ctx.bad_input(m))?;
         ctx.send_async(ready).await;
     }
     conn.execute("COMMIT")
@@ -356,30 +370,68 @@ impl TextBatch {
         Ok(())
     }
 
-    /// `last_row` is the number of the last row pushed, to name a bad row in messages.
-    fn take(&mut self, last_row: u64) -> Result<RecordBatch, String> {
+    /// The rows pushed so far, as text, for [`BatchTexts::cast`]; `last_row` is the number of
+    /// the last row pushed, to name a bad row in messages.
+    fn take_texts(&mut self, last_row: u64) -> BatchTexts {
+        let columns = self
+            .builders
+            .iter_mut()
+            .map(|builder| match builder {
+                Builder::Binary(b) => Arc::new(b.finish()) as ArrayRef,
+                Builder::Text(b) => Arc::new(b.finish()) as ArrayRef,
+            })
+            .collect();
         let first_row = last_row + 1 - self.rows as u64;
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.builders.len());
-        for (builder, field) in self.builders.iter_mut().zip(self.schema.fields()) {
-            let array: ArrayRef = match builder {
-                Builder::Binary(b) => Arc::new(b.finish()),
-                Builder::Text(b) => {
-                    let texts = b.finish();
-                    cast_exact(&texts, field.data_type()).map_err(|failure| match failure {
-                        CastFailure::Value(i) => format!(
-                            "row {}: column '{}': '{}' is not a valid {}",
-                            first_row + i as u64,
-                            field.name(),
-                            texts.value(i),
-                            describe(field.data_type())
-                        ),
-                        CastFailure::Unsupported(e) => format!("column '{}': {e}", field.name()),
-                    })?
-                }
-            };
-            columns.push(array);
-        }
         self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
+        BatchTexts {
+            schema: self.schema.clone(),
+            columns,
+            first_row,
+        }
     }
+}
+
+/// A batch's rows as the server sent them (text, or bytes for binary columns).
+struct BatchTexts {
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+    /// The number of the batch's first row, to name a bad row in messages.
+    first_row: u64,
+}
+
+impl BatchTexts {
+    /// Casts the text columns exactly to the schema's types.
+    fn cast(self) -> Result<RecordBatch, String> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (column, field) in self.columns.into_iter().zip(self.schema.fields()) {
+            let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
+                columns.push(column);
+                continue;
+            };
+            let typed = cast_exact(texts, field.data_type()).map_err(|failure| match failure {
+                CastFailure::Value(i) => format!(
+                    "row {}: column '{}': '{}' is not a valid {}",
+                    self.first_row + i as u64,
+                    field.name(),
+                    texts.value(i),
+                    describe(field.data_type())
+                ),
+                CastFailure::Unsupported(e) => format!("column '{}': {e}", field.name()),
+            })?;
+            columns.push(typed);
+        }
+        RecordBatch::try_new(self.schema, columns).map_err(|e| e.to_string())
+    }
+}
+
+/// Waits for a batch being cast and sends it; `false` when the run stopped listening.
+async fn send_cast(
+    ctx: &SourceOutput,
+    casting: tokio::task::JoinHandle<Result<RecordBatch, String>>,
+) -> Result<bool> {
+    let batch = casting
+        .await
+        .map_err(|e| JobError::Internal(format!("casting a batch: {e}")))?
+        .map_err(|m| ctx.bad_input(m))?;
+    Ok(ctx.send_async(batch).await)
 }

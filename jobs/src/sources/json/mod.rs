@@ -1,23 +1,35 @@
 //! JSON: a top-level array of objects or NDJSON, decoded by arrow-json. Nested objects become
-//! structs, arrays become lists. Records are split first (see `json_records`), so a bad record is
+//! structs, arrays become lists. Records are split first (see `records`), so a bad record is
 //! named by number and line, and with the skip policy only that record is left out.
+//!
+//! The first records settle the schema, in order; the rest are split on the calling thread (it
+//! only follows brackets and quotes) into parts that `parse_threads` threads check and decode,
+//! handed on in the file's order (`sources::in_order`): the same rows, report and first error as
+//! one pass.
 //!
 //! Values are never altered silently: a field inferred as text takes numbers and booleans as
 //! their JSON text; a field that is an object or array in some records and a scalar in others is
 //! written as JSON text (`json.mixed_types: string`) or refused (`fail`); integers beyond int64
 //! are exact decimals (or text when they exceed 38 digits or mix with fractions), never floats.
 
+mod records;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
-use carga_config::{Encoding, JsonOptions, JsonSource, MixedTypesPolicy};
+use carga_config::{Encoding, JsonOptions, JsonSource, MalformedRowPolicy, MixedTypesPolicy};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::json_records::{RecordPosition, RecordSplitter};
+use self::records::{RecordPosition, RecordSplitter};
+use super::in_order::parse_in_order;
+use super::output::RowRules;
 use super::text_input::utf8_input;
 use super::{FileFormat, SourceOutput, TypeHints};
 use crate::error::{JobError, Result};
@@ -38,15 +50,32 @@ impl FileFormat for JsonSource {
 pub(crate) fn read(
     object: &SourceObject,
     opts: &JsonOptions,
-    mut ctx: SourceOutput,
+    ctx: SourceOutput,
 ) -> Result<ReadStats> {
     let raw = ctx.open_counted(object)?;
     let (input, _) = utf8_input(raw, Encoding::Utf8)
         .map_err(|e| JobError::io(format!("reading {}", ctx.location), e))?;
+    let shape = (ctx.parse_threads, ctx.batch_rows, PART_BYTES);
+    read_text(input, opts, ctx, shape)
+}
+
+/// Records per part are the batch size; bytes per part are capped too, so a file of large
+/// records keeps the parts in flight (threads + 1) a few MiB each.
+const PART_BYTES: usize = 4 << 20;
+
+/// Reads UTF-8 JSON text: the sample in order, then the rest split into parts of at most
+/// `part_rows` records and about `part_bytes` that `threads` threads check and decode, handed on
+/// in the file's order (`sources::in_order`).
+fn read_text(
+    input: impl std::io::Read + Send,
+    opts: &JsonOptions,
+    mut ctx: SourceOutput,
+    (threads, part_rows, part_bytes): (usize, usize, usize),
+) -> Result<ReadStats> {
     let input = std::io::BufReader::with_capacity(1 << 20, input);
     let mut splitter = RecordSplitter::new(input, opts.max_record_bytes);
     let mut stats = ReadStats::default();
-    let mut pending = PendingRecords::default();
+    let mut head = PendingRecords::default();
 
     // Sample: parse the first records fully to infer the schema; keep their bytes to decode later.
     let mut sample = Vec::new();
@@ -55,23 +84,30 @@ pub(crate) fn read(
         let Some(position) = next_record(&mut splitter, &ctx)? else {
             break;
         };
-        stats.rows_read += 1;
         let parsed = serde_json::from_slice::<BTreeMap<String, &RawValue>>(&splitter.record)
             .and_then(|fields| {
                 kinds.observe(&fields);
                 serde_json::from_slice::<Value>(&splitter.record)
             });
+        head.push(position, &splitter.record);
         match parsed {
-            Ok(value) => {
-                sample.push(value);
-                pending.push(position, &splitter.record);
+            Ok(value) => sample.push(value),
+            // The run fails: on this record, or on an earlier one that does not fit the schema
+            // the records before it give (the head's decode below names the first).
+            Err(e) if ctx.policy == MalformedRowPolicy::Fail => {
+                if sample.is_empty() {
+                    stats.rows_read += 1;
+                    ctx.reject(
+                        &mut stats,
+                        position.record,
+                        "invalid JSON",
+                        invalid(position, &e),
+                    )?;
+                }
+                break;
             }
-            Err(e) => ctx.reject(
-                &mut stats,
-                position.record,
-                "invalid JSON",
-                invalid(position, &e),
-            )?,
+            // Left out of the sample; counted in its place when the head is decoded.
+            Err(_) => {}
         }
     }
     let decided = kinds
@@ -111,56 +147,54 @@ pub(crate) fn read(
         ));
     }
 
-    let mut batcher = Batcher {
+    let decoding = RecordDecoding {
         schema,
-        ctx,
-        stats,
         as_json_text,
+        rules: ctx.rules().without_progress(),
     };
-    // The sample's records were kept as read: their nested values become text too.
-    if !batcher.as_json_text.is_empty() {
-        let mut rewritten = PendingRecords::default();
-        for (position, record) in pending.records() {
-            let record = batcher
-                .nested_as_text(record)
-                .map_err(|e| batcher.ctx.bad_input(invalid(position, &e)))?;
-            rewritten.push(position, &record);
-        }
-        pending = rewritten;
+    let mut deliver = |(batch, part_stats): (Option<RecordBatch>, ReadStats)| {
+        stats.absorb(part_stats);
+        ctx.progress.reported(stats.rows_read, stats.rejected_rows);
+        Ok(batch.is_none_or(|batch| ctx.send(batch)))
+    };
+    // The sample's records first, on this thread: they are the file's first rows.
+    if head.len() > 0 && !deliver(decoding.decode_part(&head)?)? {
+        return Ok(stats);
     }
-    loop {
-        if pending.len() >= batcher.ctx.batch_rows && !batcher.flush(&mut pending)? {
-            return Ok(batcher.stats);
-        }
-        let Some(position) = next_record(&mut splitter, &batcher.ctx)? else {
-            break;
-        };
-        batcher.stats.rows_read += 1;
-        // A cheap syntax check per record, so one bad record cannot poison a whole batch's decode.
-        match serde_json::from_slice::<serde::de::IgnoredAny>(&splitter.record) {
-            Ok(_) if batcher.as_json_text.is_empty() => pending.push(position, &splitter.record),
-            Ok(_) => match batcher.nested_as_text(&splitter.record) {
-                Ok(record) => pending.push(position, &record),
-                Err(e) => {
-                    let reason = invalid(position, &e);
-                    batcher.ctx.reject(
-                        &mut batcher.stats,
-                        position.record,
-                        "invalid JSON",
-                        reason,
-                    )?
-                }
-            },
-            Err(e) => {
-                let reason = invalid(position, &e);
-                batcher
-                    .ctx
-                    .reject(&mut batcher.stats, position.record, "invalid JSON", reason)?
+    drop(head);
+    let part_rows = part_rows.max(1);
+    let (mut ended, mut stashed) = (false, None);
+    parse_in_order(
+        || {
+            if let Some(error) = stashed.take() {
+                return Err(error);
             }
-        }
-    }
-    batcher.flush(&mut pending)?;
-    Ok(batcher.stats)
+            let mut part = PendingRecords::default();
+            while !ended && part.len() < part_rows && part.bytes.len() < part_bytes {
+                match splitter.next_record() {
+                    Ok(Some(position)) => part.push(position, &splitter.record),
+                    Ok(None) => ended = true,
+                    // The records before the broken layout are delivered before its error.
+                    Err(message) => {
+                        ended = true;
+                        stashed = Some(ctx.bad_input(message));
+                    }
+                }
+            }
+            match (part.len(), stashed.take()) {
+                (0, Some(error)) => Err(error),
+                (0, None) => Ok(None),
+                (_, error) => {
+                    stashed = error;
+                    Ok(Some(part))
+                }
+            }
+        },
+        threads,
+        |part| decoding.decode_part(&part),
+        &mut deliver,
+    )?;
+    Ok(stats)
 }
 
 fn next_record<R: std::io::BufRead>(
@@ -231,23 +265,18 @@ impl PendingRecords {
             .zip(starts.zip(self.ends.iter().copied()))
             .map(|(p, (s, e))| (*p, &self.bytes[s..e]))
     }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-        self.positions.clear();
-    }
 }
 
-struct Batcher {
+/// What every thread needs to turn a part's records into a batch: the schema, the fields whose
+/// nested values become text, and the malformed-row rules.
+struct RecordDecoding {
     schema: SchemaRef,
-    ctx: SourceOutput,
-    stats: ReadStats,
     /// Text fields whose objects and arrays are written as their JSON text.
     as_json_text: Vec<String>,
+    rules: RowRules,
 }
 
-impl Batcher {
+impl RecordDecoding {
     /// The record with the objects and arrays of `as_json_text` fields replaced by their text.
     fn nested_as_text(&self, record: &[u8]) -> serde_json::Result<Vec<u8>> {
         let mut value: Value = serde_json::from_slice(record)?;
@@ -263,13 +292,12 @@ impl Batcher {
         serde_json::to_vec(&value)
     }
 
-    fn decoder(&self, rows: usize) -> Result<Decoder> {
+    fn decoder(&self, rows: usize) -> arrow::error::Result<Decoder> {
         // Numbers and booleans in a text field are written as their JSON text, not refused.
         ReaderBuilder::new(self.schema.clone())
             .with_batch_size(rows.max(1))
             .with_coerce_primitive(true)
             .build_decoder()
-            .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))
     }
 
     fn decode<'a>(
@@ -277,54 +305,68 @@ impl Batcher {
         records: impl Iterator<Item = &'a [u8]>,
         rows: usize,
     ) -> arrow::error::Result<Option<RecordBatch>> {
-        let mut decoder = self
-            .decoder(rows)
-            .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+        let mut decoder = self.decoder(rows)?;
         for record in records {
             decoder.decode(record)?;
         }
         decoder.flush()
     }
 
-    /// Decodes and sends the pending records; `false` when the pipeline stopped listening.
-    fn flush(&mut self, pending: &mut PendingRecords) -> Result<bool> {
-        if pending.len() == 0 {
-            return Ok(true);
+    /// Checks and decodes one part: its batch (the records that are valid and fit the schema)
+    /// and its counts. Bad records go through the malformed-row policy in the file's order, so
+    /// with `fail` the error is the part's first bad record whatever made it bad.
+    fn decode_part(&self, part: &PendingRecords) -> Result<(Option<RecordBatch>, ReadStats)> {
+        let mut stats = ReadStats {
+            rows_read: part.len() as u64,
+            ..ReadStats::default()
+        };
+        let mut bad: Vec<(RecordPosition, &'static str, String)> = Vec::new();
+        // A cheap syntax check per record, so one bad record cannot poison a whole batch's decode.
+        let mut valid: Vec<(RecordPosition, Cow<'_, [u8]>)> = Vec::with_capacity(part.len());
+        for (position, record) in part.records() {
+            let checked = if self.as_json_text.is_empty() {
+                serde_json::from_slice::<serde::de::IgnoredAny>(record)
+                    .map(|_| Cow::Borrowed(record))
+            } else {
+                self.nested_as_text(record).map(Cow::Owned)
+            };
+            match checked {
+                Ok(record) => valid.push((position, record)),
+                Err(e) => bad.push((position, "invalid JSON", invalid(position, &e))),
+            }
         }
-        let batch = match self.decode(pending.records().map(|(_, r)| r), pending.len()) {
+        let arrow_error = |e| JobError::arrow(self.rules.location.clone(), e);
+        let batch = match self.decode(valid.iter().map(|(_, r)| r.as_ref()), valid.len()) {
             Ok(batch) => batch,
             // Some record does not fit the schema: find which, decoding each on its own.
             Err(_) => {
-                let mut good = Vec::with_capacity(pending.len());
-                for (position, record) in pending.records() {
-                    match self.decode(std::iter::once(record), 1) {
-                        Ok(_) => good.push(record),
-                        Err(e) => {
-                            let reason = format!(
+                let mut fitting = Vec::with_capacity(valid.len());
+                for (position, record) in &valid {
+                    match self.decode(std::iter::once(record.as_ref()), 1) {
+                        Ok(_) => fitting.push(record.as_ref()),
+                        Err(e) => bad.push((
+                            *position,
+                            "type mismatch",
+                            format!(
                                 "record {} (line {}{}): does not fit the schema: {e}",
                                 position.record,
                                 position.line,
-                                record_key(record, &self.ctx.key)
-                            );
-                            self.ctx.reject(
-                                &mut self.stats,
-                                position.record,
-                                "type mismatch",
-                                reason,
-                            )?;
-                        }
+                                record_key(record, &self.rules.key)
+                            ),
+                        )),
                     }
                 }
-                let rows = good.len();
-                self.decode(good.into_iter(), rows)
-                    .map_err(|e| JobError::arrow(self.ctx.location.clone(), e))?
+                let rows = fitting.len();
+                self.decode(fitting.into_iter(), rows)
+                    .map_err(arrow_error)?
             }
         };
-        pending.clear();
-        Ok(match batch {
-            Some(batch) if batch.num_rows() > 0 => self.ctx.send(batch),
-            _ => true,
-        })
+        bad.sort_by_key(|(position, _, _)| position.record);
+        for (position, kind, reason) in bad {
+            self.rules
+                .reject(&mut stats, position.record, kind, reason)?;
+        }
+        Ok((batch.filter(|batch| batch.num_rows() > 0), stats))
     }
 }
 

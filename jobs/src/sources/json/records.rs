@@ -69,17 +69,20 @@ impl<R: BufRead> RecordSplitter<R> {
             if buf.is_empty() {
                 return self.end_of_input(depth > 0, start_line);
             }
-            let mut used = 0;
+            // The record's bytes in this buffer start here; they are copied once per buffer.
+            let mut record_from = (depth > 0).then_some(0);
+            let mut at = 0;
             let mut done = false;
-            for &byte in buf {
-                used += 1;
-                if byte == b'\n' {
-                    self.line += 1;
-                }
+            while at < buf.len() {
                 if depth == 0 {
+                    let byte = buf[at];
+                    at += 1;
+                    if byte == b'\n' {
+                        self.line += 1;
+                    }
                     // Between records: whitespace, array punctuation in its place, or the start
                     // of the next record. Anything else is malformed, never skipped.
-                    let at = |what: String| format!("line {}: {what}", self.line);
+                    let at_line = |what: String| format!("line {}: {what}", self.line);
                     match (byte, self.layout) {
                         (b' ' | b'\t' | b'\r' | b'\n', _) => continue,
                         (b'[', Layout::Unknown) => {
@@ -100,38 +103,40 @@ impl<R: BufRead> RecordSplitter<R> {
                         }
                         (b'{', Layout::Lines) => {}
                         (b'{', Layout::Array(Expect::CommaOrEnd)) => {
-                            return Err(at(format!(
+                            return Err(at_line(format!(
                                 "a ',' is missing between record {} and the next one",
                                 self.records
                             )));
                         }
                         (b',', Layout::Array(Expect::FirstOrEnd)) => {
-                            return Err(at("the array starts with ',' (an empty element)".into()));
+                            return Err(at_line(
+                                "the array starts with ',' (an empty element)".into(),
+                            ));
                         }
                         (b',', Layout::Array(Expect::Record)) => {
-                            return Err(at(format!(
+                            return Err(at_line(format!(
                                 "two ',' in a row after record {} (an empty element)",
                                 self.records
                             )));
                         }
                         (b']', Layout::Array(Expect::Record)) => {
-                            return Err(at(format!(
+                            return Err(at_line(format!(
                                 "a ',' after the last record ({}) before ']'",
                                 self.records
                             )));
                         }
                         (b',', Layout::Lines) => {
-                            return Err(at(format!(
+                            return Err(at_line(format!(
                                 "a ',' between records {} and {} of a file of JSON lines (records are not separated by commas outside an array)",
                                 self.records,
                                 self.records + 1
                             )));
                         }
                         (_, Layout::Closed) => {
-                            return Err(at("unexpected content after the closing ']'".into()));
+                            return Err(at_line("unexpected content after the closing ']'".into()));
                         }
                         (other, _) => {
-                            return Err(at(format!(
+                            return Err(at_line(format!(
                                 "record {} is not a JSON object (starts with {})",
                                 self.records + 1,
                                 describe_byte(other)
@@ -140,21 +145,36 @@ impl<R: BufRead> RecordSplitter<R> {
                     }
                     depth = 1;
                     start_line = self.line;
-                    self.record.push(byte);
+                    record_from = Some(at - 1);
                     continue;
                 }
-                self.record.push(byte);
                 if in_string {
                     if escaped {
                         escaped = false;
-                    } else if byte == b'\\' {
-                        escaped = true;
-                    } else if byte == b'"' {
-                        in_string = false;
+                        if buf[at] == b'\n' {
+                            self.line += 1;
+                        }
+                        at += 1;
+                        continue;
+                    }
+                    // Most of a record is string contents: jump to what can end or escape one.
+                    match memchr::memchr3(b'"', b'\\', b'\n', &buf[at..]) {
+                        None => at = buf.len(),
+                        Some(offset) => {
+                            match buf[at + offset] {
+                                b'"' => in_string = false,
+                                b'\\' => escaped = true,
+                                _ => self.line += 1,
+                            }
+                            at += offset + 1;
+                        }
                     }
                     continue;
                 }
+                let byte = buf[at];
+                at += 1;
                 match byte {
+                    b'\n' => self.line += 1,
                     b'"' => in_string = true,
                     b'{' | b'[' => depth += 1,
                     b'}' | b']' => {
@@ -167,7 +187,10 @@ impl<R: BufRead> RecordSplitter<R> {
                     _ => {}
                 }
             }
-            self.reader.consume(used);
+            if let Some(from) = record_from {
+                self.record.extend_from_slice(&buf[from..at]);
+            }
+            self.reader.consume(at);
             if done {
                 self.records += 1;
                 return Ok(Some(RecordPosition {
@@ -241,6 +264,42 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1].1, 3);
         assert_eq!(split("[]").unwrap(), vec![]);
+    }
+
+    /// Records, lines and errors do not depend on where the reader's buffer ends: escapes,
+    /// quotes and newlines cut between two reads are followed across the cut.
+    #[test]
+    fn buffer_boundaries_change_nothing() {
+        let inputs = [
+            "[\n {\"a\": \"x\\\"}\\\\\"},\r\n {\"b\": [1, {\"c\": \"]\"}]}\n]\n",
+            "{\"a\": \"line\\nbreak\"}\n\n\n{\"a\": \"\\u00e9\"}\n{\"a\": {\"b\": \"{\"}}",
+            "{\"a\": \"raw\nnewline\"}\n{\"a\": \"x\\\nnewline\"}\n{\"a\": 3}",
+            "{\"a\": 1}\n{\"a\": 2},\n",
+            "{\"a\": \"cut off",
+        ];
+        for input in inputs {
+            let whole = split(input);
+            for capacity in 1..=9 {
+                let mut splitter = RecordSplitter::new(
+                    std::io::BufReader::with_capacity(capacity, input.as_bytes()),
+                    1 << 20,
+                );
+                let mut got = Vec::new();
+                let outcome = loop {
+                    match splitter.next_record() {
+                        Ok(Some(pos)) => got.push((
+                            String::from_utf8(splitter.record.clone()).unwrap(),
+                            pos.line,
+                        )),
+                        Ok(None) => break Ok(got),
+                        Err(e) => break Err(e),
+                    }
+                };
+                assert_eq!(outcome, whole, "capacity {capacity}: {input:?}");
+            }
+        }
+        let lines = split(inputs[2]).unwrap();
+        assert_eq!(lines.iter().map(|(_, l)| *l).collect::<Vec<_>>(), [1, 3, 5]);
     }
 
     #[test]
