@@ -18,7 +18,7 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -151,6 +151,8 @@ fn read_text(
         schema,
         as_json_text,
         rules: ctx.rules().without_progress(),
+        part_rows: part_rows.max(1),
+        spare_decoders: Mutex::default(),
     };
     let mut deliver = |(batch, part_stats): (Option<RecordBatch>, ReadStats)| {
         stats.absorb(part_stats);
@@ -162,17 +164,24 @@ fn read_text(
         return Ok(stats);
     }
     drop(head);
-    let part_rows = part_rows.max(1);
+    let part_rows = decoding.part_rows;
     let (mut ended, mut stashed) = (false, None);
+    // Decoded parts come back emptied, to be filled again: each part's few MiB are allocated
+    // once, instead of fresh buffers (and their page faults) for every part.
+    let spare: Mutex<Vec<PendingRecords>> = Mutex::default();
     parse_in_order(
         || {
             if let Some(error) = stashed.take() {
                 return Err(error);
             }
-            let mut part = PendingRecords::default();
+            let mut part = spare
+                .lock()
+                .ok()
+                .and_then(|mut spare| spare.pop())
+                .unwrap_or_default();
             while !ended && part.len() < part_rows && part.bytes.len() < part_bytes {
-                match splitter.next_record() {
-                    Ok(Some(position)) => part.push(position, &splitter.record),
+                match splitter.next_record_into(&mut part.bytes) {
+                    Ok(Some(position)) => part.record_appended(position),
                     Ok(None) => ended = true,
                     // The records before the broken layout are delivered before its error.
                     Err(message) => {
@@ -191,7 +200,14 @@ fn read_text(
             }
         },
         threads,
-        |part| decoding.decode_part(&part),
+        |mut part| {
+            let decoded = decoding.decode_part(&part);
+            part.clear();
+            if let Ok(mut spare) = spare.lock() {
+                spare.push(part);
+            }
+            decoded
+        },
         &mut deliver,
     )?;
     Ok(stats)
@@ -250,8 +266,19 @@ struct PendingRecords {
 impl PendingRecords {
     fn push(&mut self, position: RecordPosition, record: &[u8]) {
         self.bytes.extend_from_slice(record);
+        self.record_appended(position);
+    }
+
+    /// The record the splitter just appended to `bytes` ends here.
+    fn record_appended(&mut self, position: RecordPosition) {
         self.ends.push(self.bytes.len());
         self.positions.push(position);
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.positions.clear();
     }
 
     fn len(&self) -> usize {
@@ -267,6 +294,9 @@ impl PendingRecords {
     }
 }
 
+/// Parts of up to this many records are decoded by decoders kept for reuse.
+const MAX_REUSED_ROWS: usize = 1 << 16;
+
 /// What every thread needs to turn a part's records into a batch: the schema, the fields whose
 /// nested values become text, and the malformed-row rules.
 struct RecordDecoding {
@@ -274,6 +304,11 @@ struct RecordDecoding {
     /// Text fields whose objects and arrays are written as their JSON text.
     as_json_text: Vec<String>,
     rules: RowRules,
+    /// Records per part: the batch size of the decoders kept for reuse.
+    part_rows: usize,
+    /// Decoders that decoded a part cleanly, kept for the next part: a decoder's tape holds
+    /// a few MiB per 8,192 records, which a fresh one would allocate and fault in again.
+    spare_decoders: Mutex<Vec<Decoder>>,
 }
 
 impl RecordDecoding {
@@ -305,11 +340,25 @@ impl RecordDecoding {
         records: impl Iterator<Item = &'a [u8]>,
         rows: usize,
     ) -> arrow::error::Result<Option<RecordBatch>> {
-        let mut decoder = self.decoder(rows)?;
+        // A kept decoder is sized for a whole part up front; parts of more records than
+        // `MAX_REUSED_ROWS` (a very large `batch_rows`) get a decoder of their own size.
+        let reusable = rows > 1 && rows <= self.part_rows && self.part_rows <= MAX_REUSED_ROWS;
+        let spare = reusable
+            .then(|| self.spare_decoders.lock().ok()?.pop())
+            .flatten();
+        let mut decoder = match spare {
+            Some(decoder) => decoder,
+            None => self.decoder(if reusable { self.part_rows } else { rows })?,
+        };
         for record in records {
             decoder.decode(record)?;
         }
-        decoder.flush()
+        let batch = decoder.flush()?;
+        // Only a decoder that ended cleanly is empty again (an error leaves its tape behind).
+        if reusable && let Ok(mut spare) = self.spare_decoders.lock() {
+            spare.push(decoder);
+        }
+        Ok(batch)
     }
 
     /// Checks and decodes one part: its batch (the records that are valid and fit the schema)

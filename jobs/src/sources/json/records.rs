@@ -56,7 +56,32 @@ impl<R: BufRead> RecordSplitter<R> {
 
     /// Reads the next record into `self.record`. `Ok(None)` at a clean end of input.
     pub fn next_record(&mut self) -> Result<Option<RecordPosition>, String> {
-        self.record.clear();
+        let mut record = std::mem::take(&mut self.record);
+        record.clear();
+        let next = self.next_record_into(&mut record);
+        self.record = record;
+        next
+    }
+
+    /// Appends the next record to `out` (its bytes are copied once, from the reader's buffer to
+    /// where they are decoded); on `Ok(None)` or an error `out` is as it was.
+    pub fn next_record_into(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<RecordPosition>, String> {
+        let start = out.len();
+        let next = self.scan_record(out, start);
+        if !matches!(next, Ok(Some(_))) {
+            out.truncate(start);
+        }
+        next
+    }
+
+    fn scan_record(
+        &mut self,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<Option<RecordPosition>, String> {
         let mut depth = 0u32;
         let mut in_string = false;
         let mut escaped = false;
@@ -188,7 +213,7 @@ impl<R: BufRead> RecordSplitter<R> {
                 }
             }
             if let Some(from) = record_from {
-                self.record.extend_from_slice(&buf[from..at]);
+                out.extend_from_slice(&buf[from..at]);
             }
             self.reader.consume(at);
             if done {
@@ -198,7 +223,7 @@ impl<R: BufRead> RecordSplitter<R> {
                     line: start_line,
                 }));
             }
-            if self.record.len() > self.max_record_bytes {
+            if out.len() - start > self.max_record_bytes {
                 return Err(format!(
                     "record {} starting at line {start_line} is larger than json.max_record_bytes ({} bytes)",
                     self.records + 1,
