@@ -17,6 +17,8 @@ pub mod mssql;
 pub mod mysql;
 mod output;
 pub mod postgres;
+#[cfg(test)]
+mod read_harness;
 mod registry;
 pub mod rest;
 pub(crate) mod scan;

@@ -2,29 +2,22 @@
 //! order, the same line numbers, counts and rejected rows, and the same first error.
 
 use std::io::{BufRead, Cursor};
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use carga_config::{CsvOptions, Encoding, MalformedRowPolicy};
 use proptest::prelude::*;
-use tokio::sync::{mpsc, oneshot};
 
 use super::read_text;
+use crate::sources::TypeHints;
+use crate::sources::read_harness::{Read, ReadShape, assert_same, collect, rows};
 use crate::sources::text_input::utf8_input;
-use crate::sources::{SourceOutput, TypeHints};
-use crate::validation::ReadStats;
 
 /// One pass: a single thread and one chunk for the whole file.
 const ONE_PASS: (usize, usize) = (1, 1 << 30);
 
 /// Thread counts and chunk sizes that put cuts everywhere, at bad rows and quoted newlines too.
 const PARALLEL: &[(usize, usize)] = &[(2, 1), (3, 17), (4, 64), (2, 301), (8, 1024)];
-
-struct Read {
-    outcome: Result<ReadStats, String>,
-    batches: Vec<RecordBatch>,
-}
 
 fn read(
     text: &[u8],
@@ -33,43 +26,18 @@ fn read(
     hints: &TypeHints,
     shape: (usize, usize),
 ) -> Read {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let (schema_tx, _schema_rx) = oneshot::channel();
-    let (batch_tx, mut batch_rx) = mpsc::channel(2);
-    let ctx = SourceOutput {
-        location: "sample.csv".into(),
-        batch_rows: 7,
-        parse_threads: shape.0,
-        policy,
-        hints: hints.clone(),
-        progress: Arc::default(),
-        key: vec!["id".into()],
-        schema_tx: Some(schema_tx),
-        batch_tx,
-        runtime: runtime.handle().clone(),
-    };
     let (bytes, opts) = (text.to_vec(), opts.clone());
-    let reader = std::thread::spawn(move || {
+    let how = ReadShape {
+        location: "sample.csv",
+        threads: shape.0,
+        policy,
+        hints,
+    };
+    collect(how, move |ctx| {
         let raw: Box<dyn BufRead + Send> = Box::new(Cursor::new(bytes));
         let (input, detected) = utf8_input(raw, opts.encoding).unwrap();
-        read_text(input, detected, &opts, ctx, shape).map_err(|e| e.to_string())
-    });
-    let mut batches = Vec::new();
-    while let Some(batch) = batch_rx.blocking_recv() {
-        batches.push(batch.unwrap());
-    }
-    Read {
-        outcome: reader.join().unwrap(),
-        batches,
-    }
-}
-
-/// The rows, as one batch (batch sizes differ between the two ways of reading).
-fn rows(batches: &[RecordBatch]) -> Option<RecordBatch> {
-    let first = batches.first()?;
-    Some(arrow::compute::concat_batches(&first.schema(), batches).unwrap())
+        read_text(input, detected, &opts, ctx, shape)
+    })
 }
 
 fn assert_same_as_one_pass(
@@ -80,18 +48,7 @@ fn assert_same_as_one_pass(
 ) {
     let expected = read(text, opts, policy, hints, ONE_PASS);
     for &shape in PARALLEL {
-        let got = read(text, opts, policy, hints, shape);
-        assert_eq!(
-            got.outcome, expected.outcome,
-            "{shape:?}: the report or the error"
-        );
-        if expected.outcome.is_ok() {
-            assert_eq!(
-                rows(&got.batches),
-                rows(&expected.batches),
-                "{shape:?}: the rows"
-            );
-        }
+        assert_same(&read(text, opts, policy, hints, shape), &expected, shape);
     }
 }
 

@@ -2,17 +2,14 @@
 //! order, the same record and line numbers, counts and rejected records, and the same first error.
 
 use std::io::Cursor;
-use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use carga_config::{JsonOptions, MalformedRowPolicy, MixedTypesPolicy};
 use proptest::prelude::*;
-use tokio::sync::{mpsc, oneshot};
 
 use super::read_text;
-use crate::sources::{SourceOutput, TypeHints};
-use crate::validation::ReadStats;
+use crate::sources::TypeHints;
+use crate::sources::read_harness::{Read, ReadShape, assert_same, collect, rows};
 
 /// One pass: a single thread and one part for the whole file, decoded as one batch.
 const ONE_PASS: (usize, usize, usize) = (1, usize::MAX, usize::MAX);
@@ -27,11 +24,6 @@ const PARALLEL: &[(usize, usize, usize)] = &[
     (8, 7, 5000),
 ];
 
-struct Read {
-    outcome: Result<ReadStats, String>,
-    batches: Vec<RecordBatch>,
-}
-
 fn read(
     text: &[u8],
     opts: &JsonOptions,
@@ -39,41 +31,16 @@ fn read(
     hints: &TypeHints,
     shape: (usize, usize, usize),
 ) -> Read {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let (schema_tx, _schema_rx) = oneshot::channel();
-    let (batch_tx, mut batch_rx) = mpsc::channel(2);
-    let ctx = SourceOutput {
-        location: "sample.json".into(),
-        batch_rows: 7,
-        parse_threads: shape.0,
-        policy,
-        hints: hints.clone(),
-        progress: Arc::default(),
-        key: vec!["id".into()],
-        schema_tx: Some(schema_tx),
-        batch_tx,
-        runtime: runtime.handle().clone(),
-    };
     let (bytes, opts) = (text.to_vec(), opts.clone());
-    let reader = std::thread::spawn(move || {
-        read_text(Cursor::new(bytes), &opts, ctx, shape).map_err(|e| e.to_string())
-    });
-    let mut batches = Vec::new();
-    while let Some(batch) = batch_rx.blocking_recv() {
-        batches.push(batch.unwrap());
-    }
-    Read {
-        outcome: reader.join().unwrap(),
-        batches,
-    }
-}
-
-/// The rows, as one batch (batch sizes differ between the two ways of reading).
-fn rows(batches: &[RecordBatch]) -> Option<RecordBatch> {
-    let first = batches.first()?;
-    Some(arrow::compute::concat_batches(&first.schema(), batches).unwrap())
+    let how = ReadShape {
+        location: "sample.json",
+        threads: shape.0,
+        policy,
+        hints,
+    };
+    collect(how, move |ctx| {
+        read_text(Cursor::new(bytes), &opts, ctx, shape)
+    })
 }
 
 fn assert_same_as_one_pass(
@@ -84,18 +51,7 @@ fn assert_same_as_one_pass(
 ) -> Read {
     let expected = read(text, opts, policy, hints, ONE_PASS);
     for &shape in PARALLEL {
-        let got = read(text, opts, policy, hints, shape);
-        assert_eq!(
-            got.outcome, expected.outcome,
-            "{shape:?}: the report or the error"
-        );
-        if expected.outcome.is_ok() {
-            assert_eq!(
-                rows(&got.batches),
-                rows(&expected.batches),
-                "{shape:?}: the rows"
-            );
-        }
+        assert_same(&read(text, opts, policy, hints, shape), &expected, shape);
     }
     expected
 }
