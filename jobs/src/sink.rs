@@ -136,11 +136,10 @@ impl PartSink {
         let mut offset = 0;
         while offset < batch.num_rows() {
             if self.current.is_none() {
-                let plain = self
-                    .plain_columns
-                    .get_or_insert_with(|| columns_without_dictionary(batch));
-                let plain = plain.clone();
-                self.current = Some(self.open_part(plain)?);
+                if self.plain_columns.is_none() {
+                    self.plain_columns = Some(columns_without_dictionary(batch));
+                }
+                self.current = Some(self.open_part()?);
             }
             let part = self.current.as_mut().expect("part just opened");
             let room = (self.rows_per_file - part.rows) as usize;
@@ -187,7 +186,7 @@ impl PartSink {
         }
     }
 
-    fn open_part(&self, plain_columns: Vec<ColumnPath>) -> Result<OpenPart> {
+    fn open_part(&self) -> Result<OpenPart> {
         let path = self.dir.clone().join(format!(
             "{}{:05}.parquet",
             self.name_prefix,
@@ -204,10 +203,12 @@ impl PartSink {
                 parquet::file::properties::DEFAULT_CREATED_BY
             ))
             .with_file_encryption_properties(self.encryptor.file_encryption()?);
-        let properties = plain_columns
-            .into_iter()
+        let properties = self
+            .plain_columns
+            .iter()
+            .flatten()
             .fold(properties, |builder, column| {
-                builder.set_column_dictionary_enabled(column, false)
+                builder.set_column_dictionary_enabled(column.clone(), false)
             })
             .build();
         let tally = Arc::new(Mutex::new(Tally::default()));
