@@ -81,15 +81,17 @@ fn read_text(
     let mut sample = Vec::new();
     let mut kinds = FieldKinds::default();
     while sample.len() < opts.infer_records.max(1) {
-        let Some(position) = next_record(&mut splitter, &ctx)? else {
+        let start = head.bytes.len();
+        let Some(position) = next_record(&mut splitter, &mut head.bytes, &ctx)? else {
             break;
         };
-        let parsed = serde_json::from_slice::<BTreeMap<String, &RawValue>>(&splitter.record)
-            .and_then(|fields| {
+        let record = &head.bytes[start..];
+        let parsed =
+            serde_json::from_slice::<BTreeMap<String, &RawValue>>(record).and_then(|fields| {
                 kinds.observe(&fields);
-                serde_json::from_slice::<Value>(&splitter.record)
+                serde_json::from_slice::<Value>(record)
             });
-        head.push(position, &splitter.record);
+        head.record_appended(position);
         match parsed {
             Ok(value) => sample.push(value),
             // The run fails: on this record, or on an earlier one that does not fit the schema
@@ -152,7 +154,7 @@ fn read_text(
         as_json_text,
         rules: ctx.rules().without_progress(),
         part_rows: part_rows.max(1),
-        spare_decoders: Mutex::default(),
+        spare_decoders: Spares::default(),
     };
     let mut deliver = |(batch, part_stats): (Option<RecordBatch>, ReadStats)| {
         stats.absorb(part_stats);
@@ -168,19 +170,15 @@ fn read_text(
     let (mut ended, mut stashed) = (false, None);
     // Decoded parts come back emptied, to be filled again: each part's few MiB are allocated
     // once, instead of fresh buffers (and their page faults) for every part.
-    let spare: Mutex<Vec<PendingRecords>> = Mutex::default();
+    let spare_parts: Spares<PendingRecords> = Spares::default();
     parse_in_order(
         || {
             if let Some(error) = stashed.take() {
                 return Err(error);
             }
-            let mut part = spare
-                .lock()
-                .ok()
-                .and_then(|mut spare| spare.pop())
-                .unwrap_or_default();
+            let mut part = spare_parts.take().unwrap_or_default();
             while !ended && part.len() < part_rows && part.bytes.len() < part_bytes {
-                match splitter.next_record_into(&mut part.bytes) {
+                match splitter.next_record(&mut part.bytes) {
                     Ok(Some(position)) => part.record_appended(position),
                     Ok(None) => ended = true,
                     // The records before the broken layout are delivered before its error.
@@ -203,9 +201,7 @@ fn read_text(
         |mut part| {
             let decoded = decoding.decode_part(&part);
             part.clear();
-            if let Ok(mut spare) = spare.lock() {
-                spare.push(part);
-            }
+            spare_parts.give(part);
             decoded
         },
         &mut deliver,
@@ -215,10 +211,11 @@ fn read_text(
 
 fn next_record<R: std::io::BufRead>(
     splitter: &mut RecordSplitter<R>,
+    out: &mut Vec<u8>,
     ctx: &SourceOutput,
 ) -> Result<Option<RecordPosition>> {
     splitter
-        .next_record()
+        .next_record(out)
         .map_err(|message| ctx.bad_input(message))
 }
 
@@ -264,11 +261,6 @@ struct PendingRecords {
 }
 
 impl PendingRecords {
-    fn push(&mut self, position: RecordPosition, record: &[u8]) {
-        self.bytes.extend_from_slice(record);
-        self.record_appended(position);
-    }
-
     /// The record the splitter just appended to `bytes` ends here.
     fn record_appended(&mut self, position: RecordPosition) {
         self.ends.push(self.bytes.len());
@@ -294,6 +286,28 @@ impl PendingRecords {
     }
 }
 
+/// Things emptied by one thread for another to fill again (parts, decoders): allocated once
+/// per thread in flight rather than once per part.
+struct Spares<T>(Mutex<Vec<T>>);
+
+impl<T> Default for Spares<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Spares<T> {
+    fn take(&self) -> Option<T> {
+        self.0.lock().ok()?.pop()
+    }
+
+    fn give(&self, spare: T) {
+        if let Ok(mut spares) = self.0.lock() {
+            spares.push(spare);
+        }
+    }
+}
+
 /// Parts of up to this many records are decoded by decoders kept for reuse.
 const MAX_REUSED_ROWS: usize = 1 << 16;
 
@@ -308,7 +322,7 @@ struct RecordDecoding {
     part_rows: usize,
     /// Decoders that decoded a part cleanly, kept for the next part: a decoder's tape holds
     /// a few MiB per 8,192 records, which a fresh one would allocate and fault in again.
-    spare_decoders: Mutex<Vec<Decoder>>,
+    spare_decoders: Spares<Decoder>,
 }
 
 impl RecordDecoding {
@@ -343,9 +357,7 @@ impl RecordDecoding {
         // A kept decoder is sized for a whole part up front; parts of more records than
         // `MAX_REUSED_ROWS` (a very large `batch_rows`) get a decoder of their own size.
         let reusable = rows > 1 && rows <= self.part_rows && self.part_rows <= MAX_REUSED_ROWS;
-        let spare = reusable
-            .then(|| self.spare_decoders.lock().ok()?.pop())
-            .flatten();
+        let spare = reusable.then(|| self.spare_decoders.take()).flatten();
         let mut decoder = match spare {
             Some(decoder) => decoder,
             None => self.decoder(if reusable { self.part_rows } else { rows })?,
@@ -355,8 +367,8 @@ impl RecordDecoding {
         }
         let batch = decoder.flush()?;
         // Only a decoder that ended cleanly is empty again (an error leaves its tape behind).
-        if reusable && let Ok(mut spare) = self.spare_decoders.lock() {
-            spare.push(decoder);
+        if reusable {
+            self.spare_decoders.give(decoder);
         }
         Ok(batch)
     }

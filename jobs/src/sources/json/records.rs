@@ -1,5 +1,6 @@
 //! Splits a JSON file into top-level records without parsing them: a top-level array of objects
-//! (`[{...},{...}]`) or newline/whitespace-delimited objects (NDJSON). Memory holds one record.
+//! (`[{...},{...}]`) or newline/whitespace-delimited objects (NDJSON). Each record is appended
+//! to the caller's buffer; nothing else is held.
 
 use std::io::BufRead;
 
@@ -39,7 +40,6 @@ pub(crate) struct RecordSplitter<R> {
     line: u64,
     records: u64,
     max_record_bytes: usize,
-    pub record: Vec<u8>,
 }
 
 impl<R: BufRead> RecordSplitter<R> {
@@ -50,25 +50,12 @@ impl<R: BufRead> RecordSplitter<R> {
             line: 1,
             records: 0,
             max_record_bytes,
-            record: Vec::new(),
         }
-    }
-
-    /// Reads the next record into `self.record`. `Ok(None)` at a clean end of input.
-    pub fn next_record(&mut self) -> Result<Option<RecordPosition>, String> {
-        let mut record = std::mem::take(&mut self.record);
-        record.clear();
-        let next = self.next_record_into(&mut record);
-        self.record = record;
-        next
     }
 
     /// Appends the next record to `out` (its bytes are copied once, from the reader's buffer to
     /// where they are decoded); on `Ok(None)` or an error `out` is as it was.
-    pub fn next_record_into(
-        &mut self,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<RecordPosition>, String> {
+    pub fn next_record(&mut self, out: &mut Vec<u8>) -> Result<Option<RecordPosition>, String> {
         let start = out.len();
         let next = self.scan_record(out, start);
         if !matches!(next, Ok(Some(_))) {
@@ -267,13 +254,17 @@ mod tests {
     use super::*;
 
     fn split(input: &str) -> Result<Vec<(String, u64)>, String> {
-        let mut splitter = RecordSplitter::new(input.as_bytes(), 1 << 20);
+        split_from(input.as_bytes())
+    }
+
+    /// Every record (as text, with its line) until the end of `reader` or the first error.
+    fn split_from(reader: impl BufRead) -> Result<Vec<(String, u64)>, String> {
+        let mut splitter = RecordSplitter::new(reader, 1 << 20);
         let mut out = Vec::new();
-        while let Some(pos) = splitter.next_record()? {
-            out.push((
-                String::from_utf8(splitter.record.clone()).unwrap(),
-                pos.line,
-            ));
+        let mut record = Vec::new();
+        while let Some(pos) = splitter.next_record(&mut record)? {
+            out.push((String::from_utf8(record.clone()).unwrap(), pos.line));
+            record.clear();
         }
         Ok(out)
     }
@@ -305,22 +296,8 @@ mod tests {
         for input in inputs {
             let whole = split(input);
             for capacity in 1..=9 {
-                let mut splitter = RecordSplitter::new(
-                    std::io::BufReader::with_capacity(capacity, input.as_bytes()),
-                    1 << 20,
-                );
-                let mut got = Vec::new();
-                let outcome = loop {
-                    match splitter.next_record() {
-                        Ok(Some(pos)) => got.push((
-                            String::from_utf8(splitter.record.clone()).unwrap(),
-                            pos.line,
-                        )),
-                        Ok(None) => break Ok(got),
-                        Err(e) => break Err(e),
-                    }
-                };
-                assert_eq!(outcome, whole, "capacity {capacity}: {input:?}");
+                let reader = std::io::BufReader::with_capacity(capacity, input.as_bytes());
+                assert_eq!(split_from(reader), whole, "capacity {capacity}: {input:?}");
             }
         }
         let lines = split(inputs[2]).unwrap();
@@ -362,7 +339,7 @@ mod tests {
             RecordSplitter::new(std::io::BufReader::with_capacity(64, big.as_bytes()), 1000);
         assert!(
             splitter
-                .next_record()
+                .next_record(&mut Vec::new())
                 .unwrap_err()
                 .contains("max_record_bytes")
         );
