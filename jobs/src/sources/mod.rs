@@ -6,6 +6,7 @@
 //! pushed into its query, the delta cursor evaluated on the server, partitions read in
 //! parallel) it says in [`Capabilities`] and [`Source::partitions`].
 
+mod cell_columns;
 mod columnar;
 mod csv;
 mod excel;

@@ -1,22 +1,23 @@
 //! Rows of text cells (CSV, Excel) assembled into typed Arrow batches.
 //!
-//! The first rows are held as a sample to infer column types; after that rows go straight into
-//! string builders, and each full batch is cast to the column types. A cell that does not parse
-//! is reported with its row, column, value and expected type: the run fails, or the row is
-//! rejected and counted, as the dataset's malformed-row policy says.
+//! The first rows are held as a sample to infer column types; after that each row's cells are
+//! parsed straight into typed columns (`cell_columns`), and each full batch is sent. A cell that
+//! does not parse is reported with its row, column, value and expected type when its row
+//! arrives: the run fails, or the row is rejected and counted, as the dataset's malformed-row
+//! policy says.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder};
-use arrow::compute::filter_record_batch;
+use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::SourceOutput;
+use super::cell_columns::CellColumns;
 use super::output::RowRules;
 use crate::error::{JobError, Result};
 use carga_config::MalformedRowPolicy;
 
-use crate::typing::{cast_text, describe, infer_type};
+use crate::typing::{describe, infer_type};
 use crate::validation::ReadStats;
 
 pub(crate) struct TableAssembler {
@@ -26,8 +27,8 @@ pub(crate) struct TableAssembler {
     infer_rows: usize,
     sample: Vec<(u64, Vec<Option<String>>)>,
     schema: Option<SchemaRef>,
-    builders: Vec<StringBuilder>,
-    row_numbers: Vec<u64>,
+    /// The batch being filled, once the schema is settled.
+    columns: Option<CellColumns>,
     stats: ReadStats,
     /// Set when the pipeline stopped listening; the reader should stop too.
     closed: bool,
@@ -48,7 +49,7 @@ impl TableAssembler {
 
     /// An assembler for a later part of a source whose schema is already settled; its batches
     /// are kept (see [`Self::finish_kept`]) and its counts are the part's own.
-    pub fn for_part(rules: RowRules, schema: SchemaRef, infer_rows: usize) -> Self {
+    pub fn for_part(rules: RowRules, schema: SchemaRef, infer_rows: usize) -> Result<Self> {
         let names = schema.fields().iter().map(|f| f.name().clone()).collect();
         let mut table = Self::build(
             rules,
@@ -57,8 +58,8 @@ impl TableAssembler {
             infer_rows,
             ReadStats::default(),
         );
-        table.schema = Some(schema);
-        table
+        table.start_columns(schema)?;
+        Ok(table)
     }
 
     fn build(
@@ -68,7 +69,6 @@ impl TableAssembler {
         infer_rows: usize,
         stats: ReadStats,
     ) -> Self {
-        let builders = names.iter().map(|_| StringBuilder::new()).collect();
         Self {
             rules,
             out,
@@ -76,8 +76,7 @@ impl TableAssembler {
             infer_rows: infer_rows.max(1),
             sample: Vec::new(),
             schema: None,
-            builders,
-            row_numbers: Vec::new(),
+            columns: None,
             stats,
             closed: false,
         }
@@ -108,11 +107,6 @@ impl TableAssembler {
     /// A row that cannot be read at all (wrong field count, bad encoding, cell error).
     /// `kind` groups it in the report; `reason` names the row and what is wrong.
     pub fn reject(&mut self, row: u64, kind: &str, reason: String) -> Result<()> {
-        if self.rules.policy == MalformedRowPolicy::Fail && self.schema.is_some() {
-            // Rows buffered before this one are checked first, so the run fails on the first
-            // bad row of the source however its rows were batched.
-            self.flush()?;
-        }
         self.stats.rows_read += 1;
         self.rules.reject(&mut self.stats, row, kind, reason)
     }
@@ -132,11 +126,7 @@ impl TableAssembler {
             }
             return Ok(());
         }
-        self.append(row, cells.iter().copied());
-        if self.row_numbers.len() >= self.rules.batch_rows {
-            self.flush()?;
-        }
-        Ok(())
+        self.append(row, cells)
     }
 
     /// Flushes what is left and returns the reader's statistics.
@@ -167,11 +157,27 @@ impl TableAssembler {
         }
     }
 
-    fn append<'a>(&mut self, row: u64, cells: impl Iterator<Item = Option<&'a str>>) {
-        for (builder, cell) in self.builders.iter_mut().zip(cells) {
-            builder.append_option(cell);
+    /// Parses a row into the batch (or handles its misfit cell), sending the batch when full.
+    fn append(&mut self, row: u64, cells: &[Option<&str>]) -> Result<()> {
+        let columns = self
+            .columns
+            .as_mut()
+            .expect("the columns start with the schema");
+        if let Err(column) = columns.push_row(cells) {
+            return self.misfit(column, cells, row);
         }
-        self.row_numbers.push(row);
+        if columns.rows() >= self.rules.batch_rows {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn start_columns(&mut self, schema: SchemaRef) -> Result<()> {
+        let columns = CellColumns::try_new(&schema)
+            .map_err(|e| JobError::arrow(self.rules.location.clone(), e))?;
+        self.columns = Some(columns);
+        self.schema = Some(schema);
+        Ok(())
     }
 
     /// Decides column types from the sample and the hints, announces the schema, replays the sample.
@@ -196,67 +202,30 @@ impl TableAssembler {
         if let BatchOut::Source(ctx) = &mut self.out {
             ctx.announce_schema(schema.clone());
         }
-        self.schema = Some(schema);
+        self.start_columns(schema)?;
         for (row, cells) in sample {
-            self.append(row, cells.iter().map(Option::as_deref));
-            if self.row_numbers.len() >= self.rules.batch_rows {
-                self.flush()?;
-            }
+            let cells: Vec<Option<&str>> = cells.iter().map(Option::as_deref).collect();
+            self.append(row, &cells)?;
         }
         Ok(())
     }
 
-    /// Casts the buffered text to the schema's types and sends the batch. Cells that do not fit
-    /// are handled row by row in the source's order: the first bad row decides a failing run.
+    /// Sends the rows parsed so far as a batch.
     fn flush(&mut self) -> Result<()> {
-        if self.row_numbers.is_empty() || self.closed {
+        let Some(columns) = self.columns.as_mut() else {
+            return Ok(());
+        };
+        if columns.rows() == 0 || self.closed {
             return Ok(());
         }
         let schema = self
             .schema
             .clone()
-            .expect("schema is settled before rows are buffered");
-        let rows = std::mem::take(&mut self.row_numbers);
-        let texts: Vec<StringArray> = self.builders.iter_mut().map(|b| b.finish()).collect();
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(texts.len());
-        let mut misfits = Vec::new();
-        for (i, text) in texts.iter().enumerate() {
-            let field = schema.field(i);
-            let typed = cast_text(text, field.data_type()).map_err(|e| {
-                JobError::arrow(
-                    format!("{}: column '{}'", self.rules.location, field.name()),
-                    e,
-                )
-            })?;
-            if typed.null_count() != text.null_count() {
-                misfits.push(i);
-            }
-            columns.push(typed);
-        }
-        let mut keep = vec![true; rows.len()];
-        if !misfits.is_empty() {
-            for r in 0..rows.len() {
-                let Some(&i) = misfits
-                    .iter()
-                    .find(|&&i| texts[i].is_valid(r) && columns[i].is_null(r))
-                else {
-                    continue;
-                };
-                keep[r] = false;
-                self.misfit(&schema, &texts, (i, r), rows[r])?;
-            }
-        }
-        let batch = RecordBatch::try_new(schema, columns)
+            .expect("schema is settled before rows are parsed");
+        let batch = columns
+            .finish()
+            .and_then(|columns| RecordBatch::try_new(schema, columns))
             .map_err(|e| JobError::arrow(self.rules.location.clone(), e))?;
-        let batch = if keep.iter().all(|&k| k) {
-            batch
-        } else {
-            filter_record_batch(&batch, &BooleanArray::from(keep))
-                .map_err(|e| JobError::arrow(self.rules.location.clone(), e))?
-        };
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
         match &mut self.out {
             BatchOut::Source(ctx) => {
                 if !ctx.send(batch) {
@@ -268,29 +237,27 @@ impl TableAssembler {
         Ok(())
     }
 
-    /// A cell (`column`, index `r` of the batch) that does not parse as its column's type: the
-    /// run rereads the file with a wider type (an inferred type, failing policy), fails, or
-    /// leaves the row out and counts it.
-    fn misfit(
-        &mut self,
-        schema: &Schema,
-        texts: &[StringArray],
-        (column, r): (usize, usize),
-        row: u64,
-    ) -> Result<()> {
+    /// A row whose cell in `column` does not parse as the column's type: the run rereads the
+    /// file with a wider type (an inferred type, failing policy), fails, or leaves the row out
+    /// and counts it.
+    fn misfit(&mut self, column: usize, cells: &[Option<&str>], row: u64) -> Result<()> {
+        let schema = self
+            .schema
+            .clone()
+            .expect("schema is settled before rows are parsed");
         let field = schema.field(column);
-        let text = &texts[column];
+        let text = cells[column].expect("a null cell always fits");
         let may_widen = self.rules.hints.may_widen(field.name());
         if self.rules.policy == MalformedRowPolicy::Fail && may_widen {
             return Err(JobError::Reread {
                 column: field.name().clone(),
-                data_type: widened(field.data_type(), text.value(r)),
+                data_type: widened(field.data_type(), text),
                 message: format!(
                     "column '{}' was inferred as {} from the first {} rows, but row {row} holds '{}'",
                     field.name(),
                     describe(field.data_type()),
                     self.infer_rows,
-                    truncate(text.value(r), 80)
+                    truncate(text, 80)
                 ),
             });
         }
@@ -307,11 +274,11 @@ impl TableAssembler {
         } else {
             String::new()
         };
-        let key = self.key_of(texts, r);
+        let key = self.key_of(cells);
         let reason = format!(
             "row {row}{key}: column '{}': '{}' is not a valid {}{hint}",
             field.name(),
-            truncate(text.value(r), 80),
+            truncate(text, 80),
             describe(field.data_type())
         );
         self.rules
@@ -321,22 +288,15 @@ impl TableAssembler {
 
 impl TableAssembler {
     /// ` (id=4)`: the row's key as the file wrote it, when the dataset has one.
-    fn key_of(&self, texts: &[StringArray], row: usize) -> String {
+    fn key_of(&self, cells: &[Option<&str>]) -> String {
         let parts: Vec<String> = self
             .rules
             .key
             .iter()
             .filter_map(|name| {
                 let i = self.names.iter().position(|n| n == name)?;
-                let text = &texts[i];
-                Some(format!(
-                    "{name}={}",
-                    if text.is_valid(row) {
-                        truncate(text.value(row), 40)
-                    } else {
-                        "null".to_owned()
-                    }
-                ))
+                let text = cells[i].map_or_else(|| "null".to_owned(), |t| truncate(t, 40));
+                Some(format!("{name}={text}"))
             })
             .collect();
         if parts.is_empty() {

@@ -137,7 +137,8 @@ fn read_text(
         || chunks.next_chunk().map_err(read_err),
         threads,
         |chunk| {
-            let mut part = TableAssembler::for_part(rules.clone(), schema.clone(), opts.infer_rows);
+            let mut part =
+                TableAssembler::for_part(rules.clone(), schema.clone(), opts.infer_rows)?;
             ChunkRecords::new(&chunk, opts, &location).rows_into(
                 &mut part,
                 null_values,

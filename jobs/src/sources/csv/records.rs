@@ -127,13 +127,43 @@ fn decode_cells<'r>(
     record: &'r ByteRecord,
     null_values: &[String],
 ) -> Result<Vec<Option<&'r str>>, usize> {
+    let cell = |text: &'r str| {
+        let is_null = text.is_empty() || null_values.iter().any(|n| n == text);
+        (!is_null).then_some(text)
+    };
+    // The record's fields lie back to back in one buffer: when it is UTF-8 as a whole and every
+    // field starts and ends on a character boundary, every field is UTF-8, checked in one pass
+    // instead of one call per field.
+    if let Ok(whole) = std::str::from_utf8(record.as_slice()) {
+        let fields: Option<Vec<Option<&str>>> = (0..record.len())
+            .map(|i| record.range(i).and_then(|range| whole.get(range)).map(cell))
+            .collect();
+        if let Some(cells) = fields {
+            return Ok(cells);
+        }
+    }
     record
         .iter()
         .enumerate()
-        .map(|(i, field)| {
-            let text = std::str::from_utf8(field).map_err(|_| i)?;
-            let is_null = text.is_empty() || null_values.iter().any(|n| n == text);
-            Ok((!is_null).then_some(text))
-        })
+        .map(|(i, field)| std::str::from_utf8(field).map(cell).map_err(|_| i))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_utf8_one_by_one_even_when_the_record_is_as_a_whole() {
+        // `é` cut in two by a delimiter: the record's buffer is UTF-8, its fields are not.
+        let split = ByteRecord::from(vec![&b"1"[..], b"\xC3", b"\xA9"]);
+        assert_eq!(decode_cells(&split, &[]), Err(1));
+        let bad = ByteRecord::from(vec![&b"1"[..], b"ok", b"\xFF"]);
+        assert_eq!(decode_cells(&bad, &[]), Err(2));
+        let good = ByteRecord::from(vec![&b"1"[..], "é".as_bytes(), b"", b"NA"]);
+        assert_eq!(
+            decode_cells(&good, &["NA".into()]),
+            Ok(vec![Some("1"), Some("é"), None, None])
+        );
+    }
 }
