@@ -79,6 +79,8 @@ impl<'a> ChunkRecords<'a> {
         encoding_hint: &str,
         mut current: bool,
     ) -> Result<()> {
+        // One row's cells, its allocation kept from row to row (the cells borrow the record).
+        let mut spare: Vec<Option<&str>> = Vec::with_capacity(table.width());
         loop {
             if !current && !self.next()? {
                 break;
@@ -101,8 +103,10 @@ impl<'a> ChunkRecords<'a> {
                 table.reject(line, "wrong number of fields", reason)?;
                 continue;
             }
-            match decode_cells(record, null_values) {
-                Ok(cells) => table.push_row(line, &cells)?,
+            let mut cells = recycle(std::mem::take(&mut spare));
+            let decoded = decode_cells(record, null_values, &mut cells);
+            match decoded {
+                Ok(()) => table.push_row(line, &cells)?,
                 Err(column) => {
                     let reason = format!(
                         "line {line}: column '{}' is not valid UTF-8{encoding_hint}",
@@ -111,6 +115,7 @@ impl<'a> ChunkRecords<'a> {
                     table.reject(line, "invalid UTF-8", reason)?;
                 }
             }
+            spare = recycle(cells);
             if table.is_closed() {
                 return Ok(());
             }
@@ -122,31 +127,44 @@ impl<'a> ChunkRecords<'a> {
     }
 }
 
-/// Cells as text, `None` for nulls; `Err(column)` names the first field that is not UTF-8.
+/// An empty vector of cells in the allocation of `cells`, free of their borrow (the standard
+/// library collects a vector's `into_iter().map()` in place).
+fn recycle<'b>(mut cells: Vec<Option<&str>>) -> Vec<Option<&'b str>> {
+    cells.clear();
+    cells.into_iter().map(|_| None).collect()
+}
+
+/// The record's cells into `cells` as text, `None` for nulls; `Err(column)` names the first
+/// field that is not UTF-8.
 fn decode_cells<'r>(
     record: &'r ByteRecord,
     null_values: &[String],
-) -> Result<Vec<Option<&'r str>>, usize> {
+    cells: &mut Vec<Option<&'r str>>,
+) -> Result<(), usize> {
     let cell = |text: &'r str| {
         let is_null = text.is_empty() || null_values.iter().any(|n| n == text);
         (!is_null).then_some(text)
     };
+    cells.clear();
     // The record's fields lie back to back in one buffer: when it is UTF-8 as a whole and every
     // field starts and ends on a character boundary, every field is UTF-8, checked in one pass
     // instead of one call per field.
     if let Ok(whole) = std::str::from_utf8(record.as_slice()) {
-        let fields: Option<Vec<Option<&str>>> = (0..record.len())
-            .map(|i| record.range(i).and_then(|range| whole.get(range)).map(cell))
-            .collect();
-        if let Some(cells) = fields {
-            return Ok(cells);
+        for i in 0..record.len() {
+            match record.range(i).and_then(|range| whole.get(range)) {
+                Some(text) => cells.push(cell(text)),
+                None => break,
+            }
         }
+        if cells.len() == record.len() {
+            return Ok(());
+        }
+        cells.clear();
     }
-    record
-        .iter()
-        .enumerate()
-        .map(|(i, field)| std::str::from_utf8(field).map(cell).map_err(|_| i))
-        .collect()
+    for (i, field) in record.iter().enumerate() {
+        cells.push(cell(std::str::from_utf8(field).map_err(|_| i)?));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -156,14 +174,27 @@ mod tests {
     #[test]
     fn cells_are_utf8_one_by_one_even_when_the_record_is_as_a_whole() {
         // `é` cut in two by a delimiter: the record's buffer is UTF-8, its fields are not.
+        let mut cells = Vec::new();
         let split = ByteRecord::from(vec![&b"1"[..], b"\xC3", b"\xA9"]);
-        assert_eq!(decode_cells(&split, &[]), Err(1));
+        assert_eq!(decode_cells(&split, &[], &mut cells), Err(1));
         let bad = ByteRecord::from(vec![&b"1"[..], b"ok", b"\xFF"]);
-        assert_eq!(decode_cells(&bad, &[]), Err(2));
+        assert_eq!(decode_cells(&bad, &[], &mut cells), Err(2));
         let good = ByteRecord::from(vec![&b"1"[..], "é".as_bytes(), b"", b"NA"]);
+        assert_eq!(decode_cells(&good, &["NA".into()], &mut cells), Ok(()));
+        assert_eq!(cells, vec![Some("1"), Some("é"), None, None]);
+    }
+
+    #[test]
+    fn recycled_cells_keep_their_allocation() {
+        let record = ByteRecord::from(vec!["a", "b", "c"]);
+        let mut cells = Vec::with_capacity(16);
+        decode_cells(&record, &[], &mut cells).unwrap();
+        let (place, capacity) = (cells.as_ptr() as usize, cells.capacity());
+        let again: Vec<Option<&str>> = recycle(cells);
+        assert!(again.is_empty());
         assert_eq!(
-            decode_cells(&good, &["NA".into()]),
-            Ok(vec![Some("1"), Some("é"), None, None])
+            (again.as_ptr() as usize, again.capacity()),
+            (place, capacity)
         );
     }
 }
