@@ -23,6 +23,7 @@ mod read_harness;
 mod registry;
 pub mod rest;
 pub(crate) mod scan;
+mod spares;
 mod table;
 mod text_input;
 

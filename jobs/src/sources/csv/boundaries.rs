@@ -11,8 +11,11 @@
 //! after a newline outside quotes: a proven record boundary (blank lines may follow it).
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use carga_config::CsvOptions;
+
+use crate::sources::spares::Spares;
 
 /// The parser's states (csv-core's NFA, without comments; the terminator is `\r`, `\n` or `\r\n`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +151,8 @@ pub(crate) struct ChunkSplitter<R> {
     cut: Option<usize>,
     next_line: u64,
     ended: bool,
+    /// Chunks' buffers given back once parsed, filled again here.
+    spare_buffers: Arc<Spares<Vec<u8>>>,
 }
 
 impl<R: Read> ChunkSplitter<R> {
@@ -161,7 +166,14 @@ impl<R: Read> ChunkSplitter<R> {
             cut: None,
             next_line: 1,
             ended: false,
+            spare_buffers: Arc::default(),
         }
+    }
+
+    /// Where a parsed chunk's buffer goes back to (`Spares::give`), to be filled again: a
+    /// chunk's few MiB are allocated once per chunk in flight, not once per chunk.
+    pub fn spare_buffers(&self) -> Arc<Spares<Vec<u8>>> {
+        self.spare_buffers.clone()
     }
 
     /// The next chunk, `None` after the last.
@@ -171,7 +183,10 @@ impl<R: Read> ChunkSplitter<R> {
                 .cut
                 .filter(|_| self.buffer.len() >= self.target || self.ended)
             {
-                let rest = self.buffer.split_off(cut);
+                let mut rest = self.spare_buffers.take().unwrap_or_default();
+                rest.clear();
+                rest.extend_from_slice(&self.buffer[cut..]);
+                self.buffer.truncate(cut);
                 let bytes = std::mem::replace(&mut self.buffer, rest);
                 self.scanned -= cut;
                 self.cut = None;

@@ -133,6 +133,7 @@ fn read_text(
 
     // The rest: chunks parsed on every thread, handed on in the file's order.
     let rules = ctx.rules().without_progress();
+    let spare_buffers = chunks.spare_buffers();
     parse_in_order(
         || chunks.next_chunk().map_err(read_err),
         threads,
@@ -145,6 +146,7 @@ fn read_text(
                 hint,
                 false,
             )?;
+            spare_buffers.give(chunk.bytes);
             part.finish_kept()
         },
         |(batches, part_stats)| {

@@ -18,7 +18,7 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -30,6 +30,7 @@ use serde_json::value::RawValue;
 use self::records::{RecordPosition, RecordSplitter};
 use super::in_order::parse_in_order;
 use super::output::RowRules;
+use super::spares::Spares;
 use super::text_input::utf8_input;
 use super::{FileFormat, SourceOutput, TypeHints};
 use crate::error::{JobError, Result};
@@ -283,28 +284,6 @@ impl PendingRecords {
             .iter()
             .zip(starts.zip(self.ends.iter().copied()))
             .map(|(p, (s, e))| (*p, &self.bytes[s..e]))
-    }
-}
-
-/// Things emptied by one thread for another to fill again (parts, decoders): allocated once
-/// per thread in flight rather than once per part.
-struct Spares<T>(Mutex<Vec<T>>);
-
-impl<T> Default for Spares<T> {
-    fn default() -> Self {
-        Self(Mutex::new(Vec::new()))
-    }
-}
-
-impl<T> Spares<T> {
-    fn take(&self) -> Option<T> {
-        self.0.lock().ok()?.pop()
-    }
-
-    fn give(&self, spare: T) {
-        if let Ok(mut spares) = self.0.lock() {
-            spares.push(spare);
-        }
     }
 }
 
