@@ -128,6 +128,19 @@ impl Embedded {
             .to_owned()
     }
 
+    /// The logs once they hold `text`: a job's closing line is written just after the run is
+    /// recorded, so it may come a moment after the API shows the run.
+    async fn logs_once_they_hold(&self, text: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.contains(text) || tokio::time::Instant::now() >= deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn wait_until_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -473,7 +486,7 @@ async fn a_dataset_that_never_ran_runs_once_at_start_and_not_again_after_a_resta
     assert_eq!(first["rows_written"], 2);
     assert_eq!(first["requested_by"], "carga-serve (initial run)");
     // Services say what each job did at the default level (no RUST_LOG).
-    let logs = carga.logs();
+    let logs = carga.logs_once_they_hold("job succeeded").await;
     assert!(
         logs.contains("initial run queued") && logs.contains("job succeeded"),
         "{logs}"
