@@ -91,18 +91,38 @@ pub fn decimal_from_text(text: &str, precision: u8, scale: i8) -> Option<i128> {
     if beyond.iter().any(|&d| d != b'0') {
         return None;
     }
-    let mut value: i128 = 0;
-    for &d in integer.iter().chain(kept) {
-        value = value.checked_mul(10)?.checked_add(i128::from(d - b'0'))?;
-    }
-    for _ in kept.len()..scale {
-        value = value.checked_mul(10)?;
-    }
-    if value >= 10_i128.checked_pow(u32::from(precision))? {
+    let digits = integer.iter().chain(kept);
+    let mut value: i128 = if integer.len() + kept.len() <= MAX_U64_DIGITS {
+        // Most decimals fit 64 bits: their digits are gathered without 128-bit arithmetic.
+        i128::from(digits.fold(0u64, |v, &d| v * 10 + u64::from(d - b'0')))
+    } else {
+        let mut value: i128 = 0;
+        for &d in digits {
+            value = value.checked_mul(10)?.checked_add(i128::from(d - b'0'))?;
+        }
+        value
+    };
+    let padding = scale - kept.len();
+    value = value.checked_mul(*POWERS_OF_TEN.get(padding)?)?;
+    if value >= *POWERS_OF_TEN.get(usize::from(precision))? {
         return None;
     }
     Some(if negative { -value } else { value })
 }
+
+/// Digits that always fit a `u64` (10^19 - 1 does, 10^20 - 1 does not).
+const MAX_U64_DIGITS: usize = 19;
+
+/// 10^0 ..= 10^38: the scales and precisions of a `Decimal128`.
+const POWERS_OF_TEN: [i128; 39] = {
+    let mut powers = [1i128; 39];
+    let mut i = 1;
+    while i < powers.len() {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
 
 /// Casts text to `target`, or names the first present cell that does not parse: `Err(index)`.
 pub fn cast_exact(values: &StringArray, target: &DataType) -> Result<ArrayRef, CastFailure> {
@@ -289,6 +309,55 @@ mod tests {
             None,
             "negative scales are not text's"
         );
+    }
+
+    /// Digit by digit in 128 bits, every step checked: what `decimal_from_text` must agree with.
+    fn decimal_by_the_digit(text: &str, precision: u8, scale: i8) -> Option<i128> {
+        let text = text.trim();
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix('+').unwrap_or(text)),
+        };
+        let (integer, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+        if (integer.is_empty() && fraction.is_empty())
+            || !all_digits(integer)
+            || !all_digits(fraction)
+        {
+            return None;
+        }
+        let scale = usize::try_from(scale).ok()?;
+        let fraction = fraction.trim_end_matches('0');
+        if fraction.len() > scale {
+            return None;
+        }
+        let mut value: i128 = 0;
+        for d in integer.bytes().chain(fraction.bytes()) {
+            value = value.checked_mul(10)?.checked_add(i128::from(d - b'0'))?;
+        }
+        for _ in fraction.len()..scale {
+            value = value.checked_mul(10)?;
+        }
+        let limit = (0..precision).try_fold(1i128, |p, _| p.checked_mul(10))?;
+        (value < limit).then_some(if negative { -value } else { value })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(512, 1)))]
+
+        #[test]
+        fn decimals_agree_with_a_digit_by_digit_reading(
+            text in "[-+ ]?[0-9]{0,40}(\\.[0-9]{0,40})? ?",
+            precision in 1u8..=38,
+            scale in 0i8..=38,
+        ) {
+            let scale = scale.min(precision as i8);
+            proptest::prop_assert_eq!(
+                decimal_from_text(&text, precision, scale),
+                decimal_by_the_digit(&text, precision, scale),
+                "{} as decimal({},{})", text, precision, scale
+            );
+        }
     }
 
     #[test]
