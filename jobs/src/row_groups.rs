@@ -9,9 +9,15 @@
 //! (`ArrowWriter::into_serialized_writer`), so the bytes a reader sees are those of a file
 //! written by `ArrowWriter`; only the work is spread. Batches reach the lanes through bounded
 //! async channels, so a slow encoder slows the writer instead of filling memory.
+//!
+//! Every lane waits for the slowest at each batch, so the fields are dealt by cost: each lane
+//! times its fields, and the next row group's fields are dealt heaviest first to the least
+//! loaded lane. (Dealt round-robin, lineitem's three high-entropy columns, the ones zstd works
+//! hardest on, all fell to one of two lanes.)
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -51,6 +57,8 @@ pub(crate) struct ParallelFileWriter {
     buffer: SharedBuffer,
     /// The top-level fields each lane encodes.
     fields_of_lane: Vec<Vec<usize>>,
+    /// The time each top-level field took to encode in the last row group.
+    field_costs: Vec<Duration>,
     /// The leaf columns (writers) of each top-level field, in schema order.
     leaves_of_field: Vec<std::ops::Range<usize>>,
     /// A channel to each lane's thread; the threads end when these are dropped.
@@ -60,11 +68,22 @@ pub(crate) struct ParallelFileWriter {
     rows_in_group: Option<usize>,
 }
 
-/// What a lane hands back: its column chunks, by leaf index.
-type LaneChunks = Vec<(usize, ArrowColumnChunk)>;
+/// What a lane hands back at a row group's end: its column chunks by leaf index, and the time
+/// each of its top-level fields took.
+struct LaneAnswer {
+    chunks: Vec<(usize, ArrowColumnChunk)>,
+    costs: Vec<(usize, Duration)>,
+}
 
-/// The top-level fields a lane encodes, each with its leaf columns' writers (by leaf index).
-type LaneWriters = Vec<(usize, Vec<(usize, ArrowColumnWriter)>)>;
+/// A top-level field a lane encodes: its leaf columns' writers (by leaf index), and the time
+/// spent on them in this row group.
+struct LaneField {
+    field: usize,
+    writers: Vec<(usize, ArrowColumnWriter)>,
+    cost: Duration,
+}
+
+type LaneWriters = Vec<LaneField>;
 
 /// What a lane thread is asked to do.
 enum LaneWork {
@@ -72,7 +91,7 @@ enum LaneWork {
     RowGroup(LaneWriters),
     Batch(RecordBatch),
     /// The row group ends: close the writers and answer with their chunks.
-    Close(oneshot::Sender<Result<LaneChunks>>),
+    Close(oneshot::Sender<Result<LaneAnswer>>),
 }
 
 impl ParallelFileWriter {
@@ -96,12 +115,9 @@ impl ParallelFileWriter {
                 leaves_of_field[field].end = leaf + 1;
             }
         }
-        // Fields dealt round-robin: lineitem-like tables mix cheap and costly columns evenly.
+        // Until a row group has been timed, every field counts the same (dealt round-robin).
         let lane_count = lanes.clamp(1, schema.fields().len().max(1));
-        let mut fields_of_lane = vec![Vec::new(); lane_count];
-        for field in 0..schema.fields().len() {
-            fields_of_lane[field % lane_count].push(field);
-        }
+        let field_costs = vec![Duration::ZERO; schema.fields().len()];
         let mut senders = Vec::with_capacity(lane_count);
         for _ in 0..lane_count {
             let (tx, rx) = mpsc::channel(LANE_QUEUE);
@@ -116,7 +132,8 @@ impl ParallelFileWriter {
             file,
             factory,
             buffer,
-            fields_of_lane,
+            fields_of_lane: deal_by_cost(&field_costs, lane_count),
+            field_costs,
             leaves_of_field,
             senders,
             rows_per_row_group: rows_per_row_group.max(1),
@@ -173,12 +190,13 @@ impl ParallelFileWriter {
         for (fields, sender) in self.fields_of_lane.iter().zip(&self.senders) {
             let lane = fields
                 .iter()
-                .map(|&field| {
-                    let columns = self.leaves_of_field[field]
+                .map(|&field| LaneField {
+                    field,
+                    writers: self.leaves_of_field[field]
                         .clone()
                         .map(|leaf| (leaf, writers[leaf].take().expect("each leaf has one lane")))
-                        .collect();
-                    (field, columns)
+                        .collect(),
+                    cost: Duration::ZERO,
                 })
                 .collect();
             send(sender, LaneWork::RowGroup(lane)).await?;
@@ -199,8 +217,13 @@ impl ParallelFileWriter {
         }
         let mut chunks = Vec::new();
         for answer in answers {
-            chunks.extend(answer.await.map_err(|_| lane_stopped())??);
+            let answer = answer.await.map_err(|_| lane_stopped())??;
+            chunks.extend(answer.chunks);
+            for (field, cost) in answer.costs {
+                self.field_costs[field] = cost;
+            }
         }
+        self.fields_of_lane = deal_by_cost(&self.field_costs, self.senders.len());
         chunks.sort_by_key(|(leaf, _)| *leaf);
         let mut row_group = self.file.next_row_group()?;
         for (_, chunk) in chunks {
@@ -240,7 +263,10 @@ fn run_lane(schema: &SchemaRef, mut work: mpsc::Receiver<LaneWork>) {
                 let chunks = match (failed.take(), lane.take()) {
                     (Some(e), _) => Err(e),
                     (None, Some(writers)) => close(writers),
-                    (None, None) => Ok(Vec::new()),
+                    (None, None) => Ok(LaneAnswer {
+                        chunks: Vec::new(),
+                        costs: Vec::new(),
+                    }),
                 };
                 let _ = answer.send(chunks);
             }
@@ -249,23 +275,55 @@ fn run_lane(schema: &SchemaRef, mut work: mpsc::Receiver<LaneWork>) {
 }
 
 fn encode(schema: &SchemaRef, lane: &mut LaneWriters, batch: &RecordBatch) -> Result<()> {
-    for (field, writers) in lane {
-        let leaves = compute_leaves(schema.field(*field), batch.column(*field))?;
-        for ((_, writer), leaf) in writers.iter_mut().zip(leaves) {
+    for field in lane {
+        let started = Instant::now();
+        let leaves = compute_leaves(schema.field(field.field), batch.column(field.field))?;
+        for ((_, writer), leaf) in field.writers.iter_mut().zip(leaves) {
             writer.write(&leaf)?;
         }
+        field.cost += started.elapsed();
     }
     Ok(())
 }
 
-fn close(lane: LaneWriters) -> Result<LaneChunks> {
-    let mut chunks = Vec::new();
-    for (_, writers) in lane {
-        for (leaf, writer) in writers {
-            chunks.push((leaf, writer.close()?));
+fn close(lane: LaneWriters) -> Result<LaneAnswer> {
+    let mut answer = LaneAnswer {
+        chunks: Vec::new(),
+        costs: Vec::with_capacity(lane.len()),
+    };
+    for field in lane {
+        // Closing compresses and encrypts the last pages: part of the field's cost.
+        let started = Instant::now();
+        for (leaf, writer) in field.writers {
+            answer.chunks.push((leaf, writer.close()?));
         }
+        answer
+            .costs
+            .push((field.field, field.cost + started.elapsed()));
     }
-    Ok(chunks)
+    Ok(answer)
+}
+
+/// Deals the fields out to `lanes` lanes, heaviest first, each to the lane with the least cost so
+/// far (fewest fields on a tie, so fields of equal cost go round-robin); each lane's fields in
+/// schema order. The slowest lane is then within one field's cost of an even share.
+fn deal_by_cost(costs: &[Duration], lanes: usize) -> Vec<Vec<usize>> {
+    let lanes = lanes.max(1);
+    let mut heaviest_first: Vec<usize> = (0..costs.len()).collect();
+    heaviest_first.sort_by_key(|&field| (std::cmp::Reverse(costs[field]), field));
+    let mut load = vec![Duration::ZERO; lanes];
+    let mut fields_of_lane = vec![Vec::new(); lanes];
+    for field in heaviest_first {
+        let lane = (0..lanes)
+            .min_by_key(|&lane| (load[lane], fields_of_lane[lane].len(), lane))
+            .expect("at least one lane");
+        load[lane] += costs[field];
+        fields_of_lane[lane].push(field);
+    }
+    for fields in &mut fields_of_lane {
+        fields.sort_unstable();
+    }
+    fields_of_lane
 }
 
 #[cfg(test)]
@@ -379,6 +437,98 @@ mod tests {
         let plain = plain.into_inner().unwrap();
         let ours = write_all(&batches, 400, 3).await;
         assert_eq!(ours, plain);
+    }
+
+    fn costs(millis: &[u64]) -> Vec<Duration> {
+        millis.iter().map(|&m| Duration::from_millis(m)).collect()
+    }
+
+    fn loads(costs: &[Duration], lanes: &[Vec<usize>]) -> Vec<Duration> {
+        lanes
+            .iter()
+            .map(|fields| fields.iter().map(|&f| costs[f]).sum())
+            .collect()
+    }
+
+    #[test]
+    fn untimed_fields_are_dealt_round_robin() {
+        let lanes = deal_by_cost(&costs(&[0; 7]), 3);
+        assert_eq!(lanes, vec![vec![0, 3, 6], vec![1, 4], vec![2, 5]]);
+        assert_eq!(deal_by_cost(&costs(&[0; 2]), 1), vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn the_costly_fields_round_robin_put_together_are_split() {
+        // Lineitem's shape: the three high-entropy columns sit at odd places.
+        let millis = [5, 40, 5, 2, 3, 40, 2, 2, 1, 1, 3, 3, 3, 2, 2, 90];
+        let lanes = deal_by_cost(&costs(&millis), 2);
+        let load = loads(&costs(&millis), &lanes);
+        assert_eq!(load.iter().sum::<Duration>(), Duration::from_millis(204));
+        assert_eq!(load, vec![Duration::from_millis(102); 2], "{lanes:?}");
+        assert!(lanes[0].contains(&15) && lanes[1].contains(&1) && lanes[1].contains(&5));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::fuzz_cases(256, 1)))]
+
+        /// Every field on exactly one lane, in schema order, and the slowest lane within one
+        /// field's cost of an even share (what dealing heaviest-first guarantees).
+        #[test]
+        fn fields_are_dealt_once_and_evenly(
+            millis in proptest::collection::vec(0u64..1_000, 1..40),
+            lanes in 1usize..9,
+        ) {
+            let costs = costs(&millis);
+            let dealt = deal_by_cost(&costs, lanes);
+            proptest::prop_assert_eq!(dealt.len(), lanes);
+            let mut all: Vec<usize> = dealt.concat();
+            for fields in &dealt {
+                proptest::prop_assert!(fields.is_sorted());
+            }
+            all.sort_unstable();
+            proptest::prop_assert_eq!(all, (0..costs.len()).collect::<Vec<_>>());
+            let total: Duration = costs.iter().sum();
+            let heaviest = costs.iter().max().copied().unwrap_or_default();
+            let slowest = loads(&costs, &dealt).into_iter().max().unwrap_or_default();
+            proptest::prop_assert!(slowest <= total / lanes as u32 + heaviest);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_costly_field_gets_a_lane_of_its_own_after_the_first_row_group() {
+        // Field 1 is long random text, the others small integers: round-robin puts field 3 with
+        // it; timed, it is dealt alone.
+        let rows = 2_000;
+        let mut seed = 7u64;
+        let text: ArrayRef = Arc::new(StringArray::from_iter_values((0..rows).map(|_| {
+            (0..2_000)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    char::from(b'a' + (seed >> 60) as u8)
+                })
+                .collect::<String>()
+        })));
+        let small = || Arc::new(Int64Array::from_iter_values(0..rows as i64)) as ArrayRef;
+        let batch = RecordBatch::try_from_iter([
+            ("a", small()),
+            ("text", text),
+            ("b", small()),
+            ("c", small()),
+        ])
+        .unwrap();
+        let mut writer = ParallelFileWriter::try_new(
+            batch.schema(),
+            WriterProperties::builder().build(),
+            rows,
+            2,
+        )
+        .unwrap();
+        assert_eq!(writer.fields_of_lane, vec![vec![0, 2], vec![1, 3]]);
+        writer.write(&batch).await.unwrap();
+        assert_eq!(writer.fields_of_lane, vec![vec![1], vec![0, 2, 3]]);
+        let bytes = writer.finish().await.unwrap();
+        let (read, _) = read(bytes.to_vec());
+        assert_eq!(read.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
     }
 
     #[tokio::test]
