@@ -524,10 +524,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(writer.fields_of_lane, vec![vec![0, 2], vec![1, 3]]);
-        writer.write(&batch).await.unwrap();
+        let mut bytes = writer.write(&batch).await.unwrap().to_vec();
         assert_eq!(writer.fields_of_lane, vec![vec![1], vec![0, 2, 3]]);
-        let bytes = writer.finish().await.unwrap();
-        let (read, _) = read(bytes.to_vec());
+        bytes.extend_from_slice(&writer.finish().await.unwrap());
+        let (read, _) = read(bytes);
         assert_eq!(read.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
     }
 
